@@ -1,0 +1,66 @@
+// Hook points: named places in the forward pass where an analysis observes, or replaces, an
+// activation. Names (TransformerLens-compatible where they overlap):
+//   blocks.{L}.hook_resid_pre   [B, T, d_model]   input of block L
+//   blocks.{L}.attn.hook_out    [B, T, d_model]   attention output (after o_proj)
+//   blocks.{L}.hook_resid_mid   [B, T, d_model]   after the attention residual add
+//   blocks.{L}.mlp.hook_pre     [B, T, d_mlp]     gate / fc1 output before the activation
+//   blocks.{L}.mlp.hook_act     [B, T, d_mlp]     activation output: the paper's "neurons"
+//   blocks.{L}.mlp.hook_post    [B, T, d_mlp]     input of down_proj (act * up when gated)
+//   blocks.{L}.hook_resid_post  [B, T, d_model]   output of block L
+//   hook_logits                 [B, T, vocab]
+// Every hook also receives the token mask [B, T] (bool, true = real token, false = padding),
+// so an analysis can skip padding.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qinterp::model {
+
+struct HookContext {
+  const std::string& name;  // the hook point's full name
+  int64_t layer;            // block index, -1 for hook_logits
+  const at::Tensor& mask;   // [B, T] bool
+};
+
+// Return std::nullopt to observe only, or a tensor of the same shape to replace the activation.
+using HookFn = std::function<std::optional<at::Tensor>(const at::Tensor& act, const HookContext& ctx)>;
+
+class Hooks {
+ public:
+  // Registers fn at a hook point; returns a handle for remove(). Throws Error for a name that is
+  // not a hook point (the message lists the valid forms).
+  int add(const std::string& name, HookFn fn);
+  void remove(int handle);
+  void clear();
+  bool empty() const { return fns_.empty(); }
+  bool has(const std::string& name) const { return by_name_.count(name) != 0; }
+  std::vector<std::string> names() const;  // hook points with at least one function
+
+  // Throws Error if a registered name refers to a layer the model does not have.
+  void check_layers(int64_t num_layers) const;
+
+  // Runs the functions registered at `name` in registration order, each seeing the previous
+  // one's replacement. Cheap when nothing is registered there.
+  at::Tensor run(const std::string& name, int64_t layer, at::Tensor act, const at::Tensor& mask) const;
+
+  // All hook point names of a model with this many layers, in forward order.
+  static std::vector<std::string> all_names(int64_t num_layers);
+  static bool parse(const std::string& name, int64_t* layer, std::string* point);
+
+ private:
+  struct Entry {
+    int handle;
+    std::string name;
+    HookFn fn;
+  };
+  std::vector<Entry> fns_;
+  std::map<std::string, int> by_name_;  // name -> number registered
+  int next_ = 1;
+};
+
+}  // namespace qinterp::model

@@ -1,0 +1,104 @@
+#include "qinterp/model/hooks.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+
+#include "qinterp/error.hpp"
+
+namespace qinterp::model {
+
+namespace {
+const char* const kPoints[] = {"hook_resid_pre", "attn.hook_out", "hook_resid_mid", "mlp.hook_pre",
+                               "mlp.hook_act",   "mlp.hook_post", "hook_resid_post"};
+}
+
+bool Hooks::parse(const std::string& name, int64_t* layer, std::string* point) {
+  if (name == "hook_logits") {
+    *layer = -1;
+    *point = name;
+    return true;
+  }
+  const std::string pre = "blocks.";
+  if (name.compare(0, pre.size(), pre) != 0) return false;
+  size_t i = pre.size(), j = i;
+  while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+  if (j == i || j - i > 6 || j >= name.size() || name[j] != '.') return false;
+  const std::string rest = name.substr(j + 1);
+  for (const char* p : kPoints)
+    if (rest == p) {
+      *layer = std::atoll(name.substr(i, j - i).c_str());
+      *point = rest;
+      return true;
+    }
+  return false;
+}
+
+std::vector<std::string> Hooks::all_names(int64_t num_layers) {
+  std::vector<std::string> out;
+  for (int64_t l = 0; l < num_layers; ++l)
+    for (const char* p : kPoints) out.push_back("blocks." + std::to_string(l) + "." + p);
+  out.push_back("hook_logits");
+  return out;
+}
+
+int Hooks::add(const std::string& name, HookFn fn) {
+  int64_t layer;
+  std::string point;
+  if (!parse(name, &layer, &point))
+    fail("unknown hook point '", name,
+         "'; valid: blocks.{L}.hook_resid_pre, blocks.{L}.attn.hook_out, blocks.{L}.hook_resid_mid, "
+         "blocks.{L}.mlp.hook_pre, blocks.{L}.mlp.hook_act, blocks.{L}.mlp.hook_post, "
+         "blocks.{L}.hook_resid_post, hook_logits");
+  if (!fn) fail("hook at '", name, "': empty function");
+  const int h = next_++;
+  fns_.push_back({h, name, std::move(fn)});
+  ++by_name_[name];
+  return h;
+}
+
+void Hooks::remove(int handle) {
+  auto it = std::find_if(fns_.begin(), fns_.end(), [&](const Entry& e) { return e.handle == handle; });
+  if (it == fns_.end()) fail("no hook with handle ", handle);
+  if (--by_name_[it->name] == 0) by_name_.erase(it->name);
+  fns_.erase(it);
+}
+
+void Hooks::clear() {
+  fns_.clear();
+  by_name_.clear();
+}
+
+std::vector<std::string> Hooks::names() const {
+  std::vector<std::string> out;
+  for (const auto& kv : by_name_) out.push_back(kv.first);
+  return out;
+}
+
+void Hooks::check_layers(int64_t num_layers) const {
+  for (const auto& kv : by_name_) {
+    int64_t layer;
+    std::string point;
+    parse(kv.first, &layer, &point);
+    if (layer >= num_layers)
+      fail("hook point '", kv.first, "' names layer ", layer, " but the model has ", num_layers,
+           " layers (0..", num_layers - 1, ")");
+  }
+}
+
+at::Tensor Hooks::run(const std::string& name, int64_t layer, at::Tensor act, const at::Tensor& mask) const {
+  if (by_name_.find(name) == by_name_.end()) return act;
+  const HookContext ctx{name, layer, mask};
+  for (const auto& e : fns_) {
+    if (e.name != name) continue;
+    std::optional<at::Tensor> r = e.fn(act, ctx);
+    if (r && r->defined()) {
+      if (r->sizes() != act.sizes())
+        fail("hook at '", name, "' returned shape ", r->sizes(), " but the activation has shape ", act.sizes());
+      act = r->to(act.device(), act.scalar_type());
+    }
+  }
+  return act;
+}
+
+}  // namespace qinterp::model

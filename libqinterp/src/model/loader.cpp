@@ -1,0 +1,191 @@
+// load_model: reads llama2.c, GGUF and Hugging Face safetensors checkpoints into one Model.
+// Every format is mapped onto the Hugging Face tensor names the Model constructor expects.
+#include <ATen/ATen.h>
+
+#include <filesystem>
+
+#include "qinterp/error.hpp"
+#include "qinterp/io/gguf.hpp"
+#include "qinterp/io/llama2c.hpp"
+#include "qinterp/io/safetensors.hpp"
+#include "qinterp/model/model.hpp"
+#include "qinterp/quant/dequantize.hpp"
+
+namespace fs = std::filesystem;
+
+namespace qinterp::model {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// Copies `shape` fp32 values starting at p into a new tensor.
+at::Tensor copy_f32(const float* p, std::vector<int64_t> shape) {
+  return at::from_blob(const_cast<float*>(p), shape, at::kFloat).clone();
+}
+
+std::shared_ptr<Model> from_llama2c(const std::string& path) {
+  io::Llama2cFile f(path);
+  const io::Llama2cConfig& c = f.config();
+  ModelConfig cfg;
+  cfg.arch = "llama2c";
+  cfg.source = path;
+  cfg.format = "llama2c";
+  cfg.vocab_size = c.vocab_size;
+  cfg.hidden_size = c.dim;
+  cfg.intermediate_size = c.hidden_dim;
+  cfg.num_layers = c.n_layers;
+  cfg.num_heads = c.n_heads;
+  cfg.num_kv_heads = c.n_kv_heads;
+  cfg.head_dim = c.dim / c.n_heads;
+  cfg.max_seq_len = c.seq_len;
+  cfg.rms_norm_eps = 1e-5;  // run.c's rmsnorm
+  cfg.rope_theta = 10000.0;
+  cfg.rope_layout = RopeLayout::Interleaved;
+  cfg.tie_embeddings = c.shared_classifier;
+  cfg.bos_id = 1;
+  cfg.eos_id = 2;
+  const int64_t D = c.dim, I = c.hidden_dim, KVD = cfg.head_dim * c.n_kv_heads;
+  std::vector<NamedTensor> w;
+  w.push_back({"model.embed_tokens.weight", copy_f32(f.token_embedding(), {c.vocab_size, D})});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.push_back({p + "input_layernorm.weight", copy_f32(f.rms_att() + l * D, {D})});
+    w.push_back({p + "self_attn.q_proj.weight", copy_f32(f.wq() + l * D * D, {D, D})});
+    w.push_back({p + "self_attn.k_proj.weight", copy_f32(f.wk() + l * KVD * D, {KVD, D})});
+    w.push_back({p + "self_attn.v_proj.weight", copy_f32(f.wv() + l * KVD * D, {KVD, D})});
+    w.push_back({p + "self_attn.o_proj.weight", copy_f32(f.wo() + l * D * D, {D, D})});
+    w.push_back({p + "post_attention_layernorm.weight", copy_f32(f.rms_ffn() + l * D, {D})});
+    w.push_back({p + "mlp.gate_proj.weight", copy_f32(f.w1() + l * I * D, {I, D})});
+    w.push_back({p + "mlp.down_proj.weight", copy_f32(f.w2() + l * D * I, {D, I})});
+    w.push_back({p + "mlp.up_proj.weight", copy_f32(f.w3() + l * I * D, {I, D})});
+  }
+  w.push_back({"model.norm.weight", copy_f32(f.rms_final(), {D})});
+  if (!c.shared_classifier) w.push_back({"lm_head.weight", copy_f32(f.wcls(), {c.vocab_size, D})});
+  return std::make_shared<Model>(cfg, std::move(w));
+}
+
+at::ScalarType torch_dtype(io::DType t, const std::string& file, const std::string& name) {
+  switch (t) {
+    case io::DType::F32: return at::kFloat;
+    case io::DType::F16: return at::kHalf;
+    case io::DType::BF16: return at::kBFloat16;
+    case io::DType::F64: return at::kDouble;
+    default: fail(file, ": tensor '", name, "' has dtype ", io::dtype_name(t), "; weights must be F32, F16 or BF16");
+  }
+}
+
+std::shared_ptr<Model> from_safetensors(const std::string& path) {
+  fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const fs::path cfg_path = dir / "config.json";
+  if (!fs::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir.string(), ")");
+  ModelConfig cfg = config_from_hf_json(cfg_path.string());
+  cfg.source = path;
+  io::SafetensorsCheckpoint ck(path);
+  std::vector<NamedTensor> w;
+  for (const auto& name : ck.names()) {
+    const io::TensorView& v = ck.get(name);
+    const at::ScalarType st = torch_dtype(v.dtype, path, name);
+    w.push_back({name, at::from_blob(const_cast<void*>(v.data), v.shape, st).clone()});
+  }
+  // Some exports write a tied lm_head anyway; some untied configs rely on the default.
+  if (!cfg.tie_embeddings && !ck.has("lm_head.weight")) cfg.tie_embeddings = true;
+  return std::make_shared<Model>(cfg, std::move(w));
+}
+
+std::shared_ptr<Model> from_gguf(const std::string& path) {
+  io::GgufFile f(path);
+  const std::string arch = f.has("general.architecture") ? f.get_string("general.architecture") : "";
+  if (arch != "llama" && arch != "qwen2")
+    fail(path, ": GGUF architecture '", arch, "' is not supported (llama, qwen2)");
+  const std::string k = arch + ".";
+  ModelConfig cfg;
+  cfg.arch = arch;
+  cfg.source = path;
+  cfg.format = "gguf";
+  cfg.num_layers = f.get_int(k + "block_count");
+  cfg.hidden_size = f.get_int(k + "embedding_length");
+  cfg.intermediate_size = f.get_int(k + "feed_forward_length");
+  cfg.num_heads = f.get_int(k + "attention.head_count");
+  cfg.num_kv_heads = f.get_int(k + "attention.head_count_kv", cfg.num_heads);
+  cfg.head_dim = f.get_int(k + "rope.dimension_count", cfg.num_heads > 0 ? cfg.hidden_size / cfg.num_heads : 0);
+  cfg.max_seq_len = f.get_int(k + "context_length", 2048);
+  cfg.rope_theta = f.get_float(k + "rope.freq_base", 10000.0);
+  cfg.rms_norm_eps = f.get_float(k + "attention.layer_norm_rms_epsilon", 1e-5);
+  // llama.cpp's converter permutes llama q/k rows so that RoPE rotates adjacent pairs ("normal"
+  // rope); qwen2 keeps the Hugging Face order and uses the half-split ("neox") rope.
+  cfg.rope_layout = arch == "llama" ? RopeLayout::Interleaved : RopeLayout::HalfSplit;
+  cfg.qkv_bias = arch == "qwen2";
+  cfg.bos_id = f.get_int("tokenizer.ggml.bos_token_id", 1);
+  cfg.eos_id = f.get_int("tokenizer.ggml.eos_token_id", 2);
+  cfg.pad_id = f.get_int("tokenizer.ggml.padding_token_id", -1);
+  const io::GgufTensorInfo* emb = f.find_tensor("token_embd.weight");
+  if (!emb) fail(path, ": missing tensor 'token_embd.weight'");
+  cfg.vocab_size = f.get_int(k + "vocab_size", emb->ne.size() == 2 ? emb->ne[1] : 0);
+  cfg.tie_embeddings = f.find_tensor("output.weight") == nullptr;
+  cfg.validate();
+
+  auto hf_name = [&](const std::string& g) -> std::string {
+    if (g == "token_embd.weight") return "model.embed_tokens.weight";
+    if (g == "output_norm.weight") return "model.norm.weight";
+    if (g == "output.weight") return "lm_head.weight";
+    if (g.rfind("blk.", 0) != 0) return "";
+    const size_t dot = g.find('.', 4);
+    if (dot == std::string::npos) return "";
+    const std::string layer = g.substr(4, dot - 4), rest = g.substr(dot + 1);
+    static const std::pair<const char*, const char*> map[] = {
+        {"attn_norm.weight", "input_layernorm.weight"}, {"attn_q.weight", "self_attn.q_proj.weight"},
+        {"attn_k.weight", "self_attn.k_proj.weight"},   {"attn_v.weight", "self_attn.v_proj.weight"},
+        {"attn_q.bias", "self_attn.q_proj.bias"},       {"attn_k.bias", "self_attn.k_proj.bias"},
+        {"attn_v.bias", "self_attn.v_proj.bias"},       {"attn_output.weight", "self_attn.o_proj.weight"},
+        {"ffn_norm.weight", "post_attention_layernorm.weight"}, {"ffn_gate.weight", "mlp.gate_proj.weight"},
+        {"ffn_up.weight", "mlp.up_proj.weight"},        {"ffn_down.weight", "mlp.down_proj.weight"}};
+    for (const auto& m : map)
+      if (rest == m.first) return "model.layers." + layer + "." + m.second;
+    return "";
+  };
+  std::vector<NamedTensor> w;
+  for (const auto& t : f.tensors()) {
+    const std::string name = hf_name(t.name);
+    if (name.empty()) continue;  // e.g. rope_freqs: recomputed
+    const at::Tensor raw = at::from_blob(const_cast<uint8_t*>(t.data), {static_cast<int64_t>(t.nbytes)}, at::kByte);
+    w.push_back({name, quant::dequantize_gguf(raw, t.type, t.numel()).view(t.torch_shape())});
+  }
+  return std::make_shared<Model>(cfg, std::move(w));
+}
+
+}  // namespace
+
+std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
+  if (!opts.quant.empty() && opts.quant != "fp32" && opts.quant != "none")
+    fail("load_model: quantization spec '", opts.quant,
+         "' is not available in this build yet (weight quantization is tracked separately); "
+         "load without a spec, or with dtype fp16/bf16");
+  const at::ScalarType dtype = parse_dtype(opts.dtype);
+  at::Device device(at::kCPU);
+  try {
+    device = at::Device(opts.device);
+  } catch (const std::exception&) {
+    fail("load_model: unknown device '", opts.device, "' (use cpu, cuda or cuda:N)");
+  }
+  if (device.is_cuda() && !at::hasCUDA()) fail("load_model: device '", opts.device, "' requested but no CUDA device is available");
+  if (!fs::exists(path)) fail(path, ": no such file or directory");
+  std::shared_ptr<Model> m;
+  if (fs::is_directory(path) || ends_with(path, ".safetensors") || ends_with(path, ".index.json")) {
+    m = from_safetensors(path);
+  } else if (ends_with(path, ".gguf")) {
+    m = from_gguf(path);
+  } else {
+    // Sniff: GGUF magic, safetensors' JSON header, else llama2.c.
+    io::MappedFile mf(path);
+    if (mf.size() >= 4 && std::memcmp(mf.data(), "GGUF", 4) == 0) m = from_gguf(path);
+    else if (mf.size() >= 9 && mf.data()[8] == '{') m = from_safetensors(path);
+    else m = from_llama2c(path);
+  }
+  if (m->device() != device || m->dtype() != dtype) m->to(device, dtype);
+  return m;
+}
+
+}  // namespace qinterp::model

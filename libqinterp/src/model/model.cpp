@@ -1,0 +1,342 @@
+#include "qinterp/model/model.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
+
+#include <map>
+#include <set>
+
+#include "qinterp/error.hpp"
+
+namespace qinterp::model {
+
+namespace {
+
+const std::string kLogitsHook = "hook_logits";
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  // Reduce in float32 and cast back before the weight, as Hugging Face's LlamaRMSNorm does.
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor r = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return w * r.to(x.scalar_type());
+}
+
+at::Tensor activate(const at::Tensor& x, Activation a) {
+  switch (a) {
+    case Activation::SiLU: return at::silu(x);
+    case Activation::GeluTanh: return at::gelu(x, "tanh");
+    case Activation::Gelu: return at::gelu(x);
+    case Activation::Relu: return at::relu(x);
+  }
+  return x;
+}
+
+// x [B, T, heads, hd]; cos/sin [B, T, 1, hd/2] in x's dtype.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  const int64_t hd = x.size(-1);
+  if (layout == RopeLayout::Interleaved) {
+    const at::Tensor p = x.unflatten(-1, {hd / 2, 2});
+    const at::Tensor x0 = p.select(-1, 0), x1 = p.select(-1, 1);
+    return at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(-2);
+  }
+  const at::Tensor x0 = x.narrow(-1, 0, hd / 2), x1 = x.narrow(-1, hd / 2, hd / 2);
+  return at::cat({x0 * cos - x1 * sin, x1 * cos + x0 * sin}, -1);
+}
+
+at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+at::ScalarType parse_dtype(const std::string& s) {
+  if (s.empty() || s == "fp32" || s == "float32" || s == "float") return at::kFloat;
+  if (s == "fp16" || s == "float16" || s == "half") return at::kHalf;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  fail("unknown dtype '", s, "' (use fp32, fp16 or bf16)");
+}
+
+Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights) : cfg_(std::move(cfg)) {
+  cfg_.validate();
+  std::map<std::string, at::Tensor> w;
+  for (auto& nt : weights) w[nt.name] = std::move(nt.tensor);
+  const int64_t D = cfg_.hidden_size, I = cfg_.intermediate_size, V = cfg_.vocab_size;
+  const int64_t qd = cfg_.num_heads * cfg_.head_dim, kvd = cfg_.num_kv_heads * cfg_.head_dim;
+  auto take = [&](const std::string& name, std::vector<int64_t> shape, bool required = true) -> at::Tensor {
+    auto it = w.find(name);
+    if (it == w.end()) {
+      if (required) fail(cfg_.source, ": missing tensor '", name, "'");
+      return {};
+    }
+    if (it->second.sizes() != at::IntArrayRef(shape))
+      fail(cfg_.source, ": tensor '", name, "' has shape ", shape_str(it->second.sizes()),
+           " but the configuration needs ", shape_str(shape));
+    return it->second;
+  };
+  embed_ = take("model.embed_tokens.weight", {V, D});
+  final_norm_ = take("model.norm.weight", {D});
+  lm_head_ = cfg_.tie_embeddings ? embed_ : take("lm_head.weight", {V, D});
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer L;
+    L.attn_norm = take(p + "input_layernorm.weight", {D});
+    L.wq = take(p + "self_attn.q_proj.weight", {qd, D});
+    L.wk = take(p + "self_attn.k_proj.weight", {kvd, D});
+    L.wv = take(p + "self_attn.v_proj.weight", {kvd, D});
+    L.bq = take(p + "self_attn.q_proj.bias", {qd}, cfg_.qkv_bias);
+    L.bk = take(p + "self_attn.k_proj.bias", {kvd}, cfg_.qkv_bias);
+    L.bv = take(p + "self_attn.v_proj.bias", {kvd}, cfg_.qkv_bias);
+    L.wo = take(p + "self_attn.o_proj.weight", {D, qd});
+    L.ffn_norm = take(p + "post_attention_layernorm.weight", {D});
+    L.w_gate = take(p + "mlp.gate_proj.weight", {I, D});
+    L.w_up = take(p + "mlp.up_proj.weight", {I, D}, cfg_.gated_mlp);
+    L.w_down = take(p + "mlp.down_proj.weight", {D, I});
+    layers_.push_back(std::move(L));
+  }
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    std::array<std::string, 7> n;
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    n = {p + "hook_resid_pre", p + "attn.hook_out", p + "hook_resid_mid", p + "mlp.hook_pre",
+         p + "mlp.hook_act",   p + "mlp.hook_post", p + "hook_resid_post"};
+    hook_names_.push_back(n);
+  }
+  // One dtype and device for all weights: the embedding's.
+  to(embed_.device(), embed_.scalar_type() == at::kFloat || embed_.scalar_type() == at::kHalf ||
+                              embed_.scalar_type() == at::kBFloat16
+                          ? embed_.scalar_type()
+                          : at::kFloat);
+}
+
+void Model::build_rope() {
+  // Exactly Hugging Face's float32 computation: inv_freq = 1 / theta^(2i/d), angle = pos * inv_freq.
+  const int64_t hd = cfg_.head_dim;
+  const at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(cfg_.rope_theta, at::kFloat),
+                                       at::arange(0, hd, 2, at::kLong).to(at::kFloat) / static_cast<double>(hd));
+  const at::Tensor ang = at::outer(at::arange(cfg_.max_seq_len, at::kLong).to(at::kFloat), inv);
+  rope_cos_ = ang.cos().to(embed_.device());
+  rope_sin_ = ang.sin().to(embed_.device());
+}
+
+void Model::to(at::Device device, at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16)
+    fail("Model::to: compute dtype must be float32, float16 or bfloat16");
+  auto cv = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device, dtype).contiguous();
+  };
+  const bool tied = lm_head_.defined() && lm_head_.is_same(embed_);
+  cv(embed_);
+  cv(final_norm_);
+  if (tied) lm_head_ = embed_; else cv(lm_head_);
+  for (auto& L : layers_)
+    for (at::Tensor* t : {&L.attn_norm, &L.wq, &L.bq, &L.wk, &L.bk, &L.wv, &L.bv, &L.wo, &L.ffn_norm, &L.w_gate,
+                          &L.w_up, &L.w_down})
+      cv(*t);
+  build_rope();
+}
+
+at::Device Model::device() const { return embed_.device(); }
+at::ScalarType Model::dtype() const { return embed_.scalar_type(); }
+
+std::vector<NamedTensor> Model::named_parameters() const {
+  std::vector<NamedTensor> out{{"model.embed_tokens.weight", embed_}};
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const Layer& L = layers_[l];
+    const std::pair<const char*, const at::Tensor*> items[] = {
+        {"input_layernorm.weight", &L.attn_norm}, {"self_attn.q_proj.weight", &L.wq},
+        {"self_attn.q_proj.bias", &L.bq},         {"self_attn.k_proj.weight", &L.wk},
+        {"self_attn.k_proj.bias", &L.bk},         {"self_attn.v_proj.weight", &L.wv},
+        {"self_attn.v_proj.bias", &L.bv},         {"self_attn.o_proj.weight", &L.wo},
+        {"post_attention_layernorm.weight", &L.ffn_norm}, {"mlp.gate_proj.weight", &L.w_gate},
+        {"mlp.up_proj.weight", &L.w_up},          {"mlp.down_proj.weight", &L.w_down}};
+    for (const auto& it : items)
+      if (it.second->defined()) out.push_back({p + it.first, *it.second});
+  }
+  out.push_back({"model.norm.weight", final_norm_});
+  if (!lm_head_.is_same(embed_)) out.push_back({"lm_head.weight", lm_head_});
+  return out;
+}
+
+int64_t Model::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : named_parameters()) n += p.tensor.numel();
+  return n;
+}
+
+int64_t Model::parameter_bytes() const {
+  int64_t n = 0;
+  for (const auto& p : named_parameters()) n += p.tensor.numel() * static_cast<int64_t>(p.tensor.element_size());
+  return n;
+}
+
+KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
+  KVCache c;
+  const auto opt = embed_.options();
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    c.k.push_back(at::zeros({batch, cfg_.num_kv_heads, capacity, cfg_.head_dim}, opt));
+    c.v.push_back(at::zeros({batch, cfg_.num_kv_heads, capacity, cfg_.head_dim}, opt));
+  }
+  c.key_valid = at::zeros({batch, capacity}, opt.dtype(at::kBool));
+  c.next_pos = at::zeros({batch}, opt.dtype(at::kLong));
+  return c;
+}
+
+at::Tensor Model::forward(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hooks* hooks,
+                          KVCache* cache) const {
+  if (!ids_in.defined() || ids_in.dim() != 2)
+    fail("Model::forward: ids must be a [batch, seq] integer tensor");
+  if (ids_in.is_floating_point() || ids_in.is_complex()) fail("Model::forward: ids must be integers");
+  const int64_t B = ids_in.size(0), T = ids_in.size(1);
+  if (B == 0 || T == 0) fail("Model::forward: empty batch or sequence");
+  const at::Device dev = device();
+  const at::Tensor ids = ids_in.to(dev, at::kLong);
+  at::Tensor mask;
+  if (mask_in.defined()) {
+    if (mask_in.sizes() != ids_in.sizes())
+      fail("Model::forward: mask shape ", shape_str(mask_in.sizes()), " differs from ids shape ",
+           shape_str(ids_in.sizes()));
+    mask = mask_in.to(dev).ne(0);
+  } else {
+    mask = at::ones({B, T}, ids.options().dtype(at::kBool));
+  }
+  {
+    const auto lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= cfg_.vocab_size)
+      fail("Model::forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  }
+  if (hooks && !hooks->empty()) hooks->check_layers(cfg_.num_layers);
+  const bool hooked = hooks && !hooks->empty();
+  auto hook = [&](const std::string& name, int64_t layer, at::Tensor x) {
+    return hooked ? hooks->run(name, layer, std::move(x), mask) : x;
+  };
+
+  const int64_t past = cache ? cache->length : 0, S = past + T;
+  if (cache) {
+    if (cache->k.size() != static_cast<size_t>(cfg_.num_layers) || cache->key_valid.size(0) != B)
+      fail("Model::forward: the KV cache was made for another model or batch size");
+    if (S > cache->capacity())
+      fail("Model::forward: KV cache holds ", cache->capacity(), " positions; ", S, " needed");
+  }
+  // RoPE position of each token: the number of real tokens before it in its row.
+  at::Tensor pos = (at::cumsum(mask.to(at::kLong), 1) - 1).clamp_min(0);
+  if (cache) pos = pos + cache->next_pos.unsqueeze(1);
+  if (pos.max().item<int64_t>() >= cfg_.max_seq_len)
+    fail("Model::forward: position ", pos.max().item<int64_t>(), " is beyond the model's context of ",
+         cfg_.max_seq_len, " tokens");
+  const int64_t half = cfg_.head_dim / 2;
+  const at::ScalarType dt = dtype();
+  const at::Tensor flat = pos.reshape({-1});
+  const at::Tensor cos = rope_cos_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+  const at::Tensor sin = rope_sin_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+
+  // Attention mask [B, 1, T, S], true = may attend: causal and not padding. A padding query
+  // would have no key left and give NaN, so every query may always see itself.
+  const at::Tensor key_valid = cache ? at::cat({cache->key_valid.narrow(1, 0, past), mask}, 1) : mask;
+  const auto bopt = mask.options();
+  const at::Tensor qpos = at::arange(past, S, bopt.dtype(at::kLong)).unsqueeze(1);
+  const at::Tensor kpos = at::arange(S, bopt.dtype(at::kLong)).unsqueeze(0);
+  const at::Tensor allowed =
+      (kpos.le(qpos).unsqueeze(0).logical_and(key_valid.unsqueeze(1))).logical_or(kpos.eq(qpos).unsqueeze(0));
+  const at::Tensor attn_mask = allowed.unsqueeze(1);
+
+  const int64_t H = cfg_.num_heads, KV = cfg_.num_kv_heads, hd = cfg_.head_dim;
+  at::Tensor x = at::embedding(embed_, ids);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const Layer& L = layers_[l];
+    const auto& hn = hook_names_[l];
+    x = hook(hn[0], l, x);
+    at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
+    at::Tensor q = apply_rope(dense(h, L.wq, L.bq).view({B, T, H, hd}), cos, sin, cfg_.rope_layout).transpose(1, 2);
+    at::Tensor k = apply_rope(dense(h, L.wk, L.bk).view({B, T, KV, hd}), cos, sin, cfg_.rope_layout).transpose(1, 2);
+    at::Tensor v = dense(h, L.wv, L.bv).view({B, T, KV, hd}).transpose(1, 2);
+    if (cache) {
+      cache->k[l].narrow(2, past, T).copy_(k);
+      cache->v[l].narrow(2, past, T).copy_(v);
+      k = cache->k[l].narrow(2, 0, S);
+      v = cache->v[l].narrow(2, 0, S);
+    }
+    if (KV != H) {  // grouped-query attention: kv head j serves query heads j*g .. j*g+g-1
+      k = k.repeat_interleave(H / KV, 1);
+      v = v.repeat_interleave(H / KV, 1);
+    }
+    at::Tensor a = at::scaled_dot_product_attention(q, k, v, attn_mask);
+    a = a.transpose(1, 2).reshape({B, T, H * hd});
+    at::Tensor o = hook(hn[1], l, dense(a, L.wo));
+    x = hook(hn[2], l, x + o);
+    h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
+    at::Tensor pre = hook(hn[3], l, dense(h, L.w_gate));
+    at::Tensor act = hook(hn[4], l, activate(pre, cfg_.activation));
+    at::Tensor post = hook(hn[5], l, cfg_.gated_mlp ? act * dense(h, L.w_up) : act);
+    x = hook(hn[6], l, x + dense(post, L.w_down));
+  }
+  x = rms_norm(x, final_norm_, cfg_.rms_norm_eps);
+  at::Tensor logits = hook(kLogitsHook, -1, dense(x, lm_head_).to(at::kFloat));
+  if (cache) {
+    cache->key_valid.narrow(1, past, T).copy_(mask);
+    cache->next_pos.add_(mask.to(at::kLong).sum(1));
+    cache->length = S;
+  }
+  return logits;
+}
+
+namespace {
+
+// Picks the next token of each row from logits [B, V] (any device); returns [B] int64 on CPU.
+at::Tensor pick(const at::Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
+  if (o.temperature <= 0) return logits.argmax(-1).to(at::kCPU);
+  at::Tensor p = at::softmax(logits.to(at::kCPU, at::kDouble) / o.temperature, -1);
+  if (o.top_p < 1.0) {
+    // Keep the smallest set of most likely tokens whose mass reaches top_p.
+    auto sorted = p.sort(-1, /*descending=*/true);
+    at::Tensor sp = std::get<0>(sorted), si = std::get<1>(sorted);
+    at::Tensor drop = (sp.cumsum(-1) - sp).ge(o.top_p);
+    sp = sp.masked_fill(drop, 0.0);
+    p = at::zeros_like(p).scatter(-1, si, sp);
+  }
+  return at::multinomial(p, 1, false, gen).squeeze(-1);
+}
+
+}  // namespace
+
+at::Tensor Model::generate(const at::Tensor& ids_in, const GenerateOptions& opts, const at::Tensor& mask_in,
+                           const Hooks* hooks) const {
+  c10::NoGradGuard no_grad;
+  if (!ids_in.defined() || ids_in.dim() != 2) fail("Model::generate: ids must be [batch, seq]");
+  if (opts.max_new_tokens < 0) fail("Model::generate: max_new_tokens must be >= 0");
+  const int64_t B = ids_in.size(0), T = ids_in.size(1);
+  at::Tensor ids = ids_in.to(at::kCPU, at::kLong);
+  at::Tensor mask = mask_in.defined() ? mask_in.to(at::kCPU).ne(0) : at::ones({B, T}, at::kBool);
+  if (mask.sizes() != ids.sizes()) fail("Model::generate: mask shape differs from ids shape");
+  if (!mask.select(1, T - 1).all().item<bool>())
+    fail("Model::generate: the last position of every row must be a real token (pad on the left)");
+  if (opts.max_new_tokens == 0) return ids;
+  std::set<int64_t> stops(opts.stop_tokens.begin(), opts.stop_tokens.end());
+  if (opts.use_default_stop && cfg_.eos_id >= 0) stops.insert(cfg_.eos_id);
+  at::Tensor stop_t = at::tensor(std::vector<int64_t>(stops.begin(), stops.end()), at::kLong);
+
+  KVCache cache = new_cache(B, T + opts.max_new_tokens);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opts.seed);
+  at::Tensor logits = forward(ids, mask, hooks, &cache).select(1, T - 1);
+  std::vector<at::Tensor> out{ids};
+  at::Tensor finished = at::zeros({B}, at::kBool);
+  at::Tensor last = ids.select(1, T - 1);
+  for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
+    at::Tensor tok = pick(logits, opts, gen);
+    tok = at::where(finished, last, tok);  // a stopped row repeats its stop token
+    out.push_back(tok.unsqueeze(1));
+    if (stop_t.numel()) finished = finished.logical_or(at::isin(tok, stop_t));
+    last = tok;
+    if (finished.all().item<bool>() || step + 1 == opts.max_new_tokens) break;
+    logits = forward(tok.unsqueeze(1), at::ones({B, 1}, at::kBool), hooks, &cache).select(1, 0);
+  }
+  return at::cat(out, 1);
+}
+
+}  // namespace qinterp::model
