@@ -16,7 +16,7 @@ say() { echo "[setup] $*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
 apt_pkgs=(build-essential cmake libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev ccache
-          pybind11-dev unzip python3-venv)
+          unzip python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

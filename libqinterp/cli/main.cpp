@@ -5,14 +5,13 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
 
+#include "../src/io/paths.hpp"
 #include "qinterp/qinterp.hpp"
 
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -60,9 +59,10 @@ double to_double(const std::string& s, const char* what) {
 // The tokenizer for a model: --tokenizer, else tokenizer.bin / tok512.bin beside the model.
 std::string find_tokenizer(const Args& a, const std::string& model) {
   if (a.has("tokenizer")) return a.get("tokenizer");
-  const fs::path dir = fs::path(model).parent_path();
+  namespace paths = qinterp::io::paths;
+  const std::string dir = paths::parent(model);
   for (const char* n : {"tokenizer.bin", "tok512.bin"})
-    if (fs::exists(dir / n)) return (dir / n).string();
+    if (paths::exists(paths::join(dir, n))) return paths::join(dir, n);
   qinterp::fail("no tokenizer found beside ", model, "; pass --tokenizer PATH");
 }
 

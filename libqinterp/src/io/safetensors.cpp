@@ -1,12 +1,14 @@
 #include "qinterp/io/safetensors.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-namespace fs = std::filesystem;
+#include "paths.hpp"
+
 using nlohmann::json;
 
 namespace qinterp::io {
@@ -95,49 +97,47 @@ const TensorView& SafetensorsFile::get(const std::string& name) const {
 }
 
 SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& path) : path_(path) {
-  fs::path p(path);
-  fs::path index;
-  if (fs::is_directory(p)) {
-    if (fs::exists(p / "model.safetensors.index.json"))
-      index = p / "model.safetensors.index.json";
-    else if (fs::exists(p / "model.safetensors"))
-      p = p / "model.safetensors";
+  std::string file = path, index;
+  if (paths::is_dir(path)) {
+    if (paths::exists(paths::join(path, "model.safetensors.index.json")))
+      index = paths::join(path, "model.safetensors.index.json");
+    else if (paths::exists(paths::join(path, "model.safetensors")))
+      file = paths::join(path, "model.safetensors");
     else
       fail(path, ": directory has neither model.safetensors nor model.safetensors.index.json");
-  } else if (p.filename().string().size() > 5 &&
-             p.filename().string().substr(p.filename().string().size() - 5) == ".json") {
-    index = p;
+  } else if (paths::ends_with(path, ".json")) {
+    index = path;
   }
   if (index.empty()) {
-    shards_.push_back(std::make_unique<SafetensorsFile>(p.string()));
+    shards_.push_back(std::make_unique<SafetensorsFile>(file));
     for (const auto& n : shards_[0]->names()) where_[n] = 0;
     return;
   }
   json j;
   {
     std::ifstream in(index);
-    if (!in) fail(index.string(), ": cannot open");
+    if (!in) fail(index, ": cannot open");
     try {
       in >> j;
     } catch (const json::exception& e) {
-      fail(index.string(), ": not valid JSON (", e.what(), ")");
+      fail(index, ": not valid JSON (", e.what(), ")");
     }
   }
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-    fail(index.string(), ": missing the \"weight_map\" object");
+    fail(index, ": missing the \"weight_map\" object");
   std::map<std::string, size_t> shard_ix;
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-    if (!it.value().is_string()) fail(index.string(), ": weight_map entry '", it.key(), "' is not a file name");
+    if (!it.value().is_string()) fail(index, ": weight_map entry '", it.key(), "' is not a file name");
     const std::string shard = it.value().get<std::string>();
     if (shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
-      fail(index.string(), ": shard name '", shard, "' must be a plain file name");
+      fail(index, ": shard name '", shard, "' must be a plain file name");
     auto s = shard_ix.find(shard);
     if (s == shard_ix.end()) {
-      shards_.push_back(std::make_unique<SafetensorsFile>((index.parent_path() / shard).string()));
+      shards_.push_back(std::make_unique<SafetensorsFile>(paths::join(paths::parent(index), shard)));
       s = shard_ix.emplace(shard, shards_.size() - 1).first;
     }
     if (!shards_[s->second]->has(it.key()))
-      fail(index.string(), ": tensor '", it.key(), "' is mapped to ", shard, " which does not contain it");
+      fail(index, ": tensor '", it.key(), "' is mapped to ", shard, " which does not contain it");
     where_[it.key()] = s->second;
   }
 }
@@ -187,9 +187,10 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
       fail(tmp, ": write failed (disk full?)");
     }
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail(path, ": cannot move the written file into place (", ec.message(), ")");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(path, ": cannot move the written file into place (", std::strerror(errno), ")");
+  }
 }
 
 }  // namespace qinterp::io

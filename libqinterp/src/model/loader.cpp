@@ -2,7 +2,6 @@
 // Every format is mapped onto the Hugging Face tensor names the Model constructor expects.
 #include <ATen/ATen.h>
 
-#include <filesystem>
 
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
@@ -10,16 +9,14 @@
 #include "qinterp/io/safetensors.hpp"
 #include "qinterp/model/model.hpp"
 #include "qinterp/quant/dequantize.hpp"
+#include "../io/paths.hpp"
 
-namespace fs = std::filesystem;
 
 namespace qinterp::model {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
+using io::paths::ends_with;
 
 // Copies `shape` fp32 values starting at p into a new tensor.
 at::Tensor copy_f32(const float* p, std::vector<int64_t> shape) {
@@ -78,10 +75,10 @@ at::ScalarType torch_dtype(io::DType t, const std::string& file, const std::stri
 }
 
 std::shared_ptr<Model> from_safetensors(const std::string& path) {
-  fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  const fs::path cfg_path = dir / "config.json";
-  if (!fs::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir.string(), ")");
-  ModelConfig cfg = config_from_hf_json(cfg_path.string());
+  const std::string dir = io::paths::is_dir(path) ? path : io::paths::parent(path);
+  const std::string cfg_path = io::paths::join(dir, "config.json");
+  if (!io::paths::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir, ")");
+  ModelConfig cfg = config_from_hf_json(cfg_path);
   cfg.source = path;
   io::SafetensorsCheckpoint ck(path);
   std::vector<NamedTensor> w;
@@ -171,9 +168,9 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     fail("load_model: unknown device '", opts.device, "' (use cpu, cuda or cuda:N)");
   }
   if (device.is_cuda() && !at::hasCUDA()) fail("load_model: device '", opts.device, "' requested but no CUDA device is available");
-  if (!fs::exists(path)) fail(path, ": no such file or directory");
+  if (!io::paths::exists(path)) fail(path, ": no such file or directory");
   std::shared_ptr<Model> m;
-  if (fs::is_directory(path) || ends_with(path, ".safetensors") || ends_with(path, ".index.json")) {
+  if (io::paths::is_dir(path) || ends_with(path, ".safetensors") || ends_with(path, ".index.json")) {
     m = from_safetensors(path);
   } else if (ends_with(path, ".gguf")) {
     m = from_gguf(path);

@@ -1,10 +1,10 @@
 #include "qinterp/text/tokenizer.hpp"
 
 #include <cstdio>
-#include <filesystem>
 
 #include "qinterp/error.hpp"
 #include "qinterp/io/mapped_file.hpp"
+#include "../io/paths.hpp"
 
 namespace qinterp::text {
 
@@ -109,10 +109,8 @@ std::string Llama2cTokenizer::decode(const std::vector<int64_t>& ids) const {
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
-  namespace fs = std::filesystem;
-  if (!fs::exists(path)) fail(path, ": no such file");
-  const std::string ext = fs::path(path).extension().string();
-  if (ext == ".bin") return std::make_unique<Llama2cTokenizer>(path);
+  if (!io::paths::exists(path)) fail(path, ": no such file");
+  if (io::paths::ends_with(path, ".bin")) return std::make_unique<Llama2cTokenizer>(path);
   fail(path, ": tokenizer format not supported yet (this release reads llama2.c tokenizer.bin files)");
 }
 

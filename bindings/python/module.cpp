@@ -1,0 +1,144 @@
+// qinterp._C — the pybind11 module. Thin: argument conversion and the GIL for Python hooks;
+// everything else is the C++ library.
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
+#include "qinterp/qinterp.hpp"
+
+namespace py = pybind11;
+using namespace qinterp;
+
+namespace {
+
+// A model as Python sees it: the C++ model plus the hooks attached to it.
+struct PyModel {
+  std::shared_ptr<model::Model> m;
+  std::shared_ptr<model::Hooks> hooks = std::make_shared<model::Hooks>();
+};
+
+py::dict config_dict(const model::ModelConfig& c) {
+  py::dict d;
+  d["arch"] = c.arch;
+  d["source"] = c.source;
+  d["format"] = c.format;
+  d["vocab_size"] = c.vocab_size;
+  d["hidden_size"] = c.hidden_size;
+  d["intermediate_size"] = c.intermediate_size;
+  d["num_layers"] = c.num_layers;
+  d["num_heads"] = c.num_heads;
+  d["num_kv_heads"] = c.num_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["max_seq_len"] = c.max_seq_len;
+  d["rms_norm_eps"] = c.rms_norm_eps;
+  d["rope_theta"] = c.rope_theta;
+  d["rope_layout"] = model::to_string(c.rope_layout);
+  d["activation"] = model::to_string(c.activation);
+  d["gated_mlp"] = c.gated_mlp;
+  d["tie_embeddings"] = c.tie_embeddings;
+  d["qkv_bias"] = c.qkv_bias;
+  d["bos_id"] = c.bos_id;
+  d["eos_id"] = c.eos_id;
+  d["pad_id"] = c.pad_id;
+  return d;
+}
+
+at::Tensor opt_tensor(const std::optional<at::Tensor>& t) { return t ? *t : at::Tensor(); }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "qinterp native module";
+  m.attr("__version__") = version();
+  py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+
+  py::class_<model::Hooks, std::shared_ptr<model::Hooks>>(m, "Hooks",
+      "Functions attached to a model's hook points. fn(activation, mask) -> None or a replacement tensor.")
+      .def("add", [](model::Hooks& h, const std::string& name, py::function fn) {
+             // The forward pass runs with the GIL held (it is called from Python), so calling
+             // back needs no re-acquisition.
+             return h.add(name, [fn](const at::Tensor& act, const model::HookContext& ctx) -> std::optional<at::Tensor> {
+               py::object r = fn(act, ctx.mask);
+               if (r.is_none()) return std::nullopt;
+               if (!THPVariable_Check(r.ptr()))
+                 fail("hook at '", ctx.name, "' returned a ", std::string(py::str(py::type::of(r).attr("__name__"))),
+                      "; a hook returns None (observe) or a tensor of the activation's shape (replace)");
+               return THPVariable_Unpack(r.ptr());
+             });
+           }, py::arg("name"), py::arg("fn"), "Attach fn at a hook point; returns a handle for remove().")
+      .def("remove", &model::Hooks::remove, py::arg("handle"))
+      .def("clear", &model::Hooks::clear)
+      .def("active", &model::Hooks::names, "Hook points that have functions attached.")
+      .def("__len__", [](const model::Hooks& h) { return h.names().size(); });
+
+  py::class_<PyModel>(m, "Model")
+      .def("forward", [](const PyModel& p, const at::Tensor& ids, const std::optional<at::Tensor>& mask) {
+             return p.m->forward(ids, opt_tensor(mask), p.hooks.get());
+           }, py::arg("ids"), py::arg("mask") = py::none(),
+           "ids [batch, seq] int64 (mask [batch, seq], 1 = token, 0 = left padding) -> logits [batch, seq, vocab] float32")
+      .def("generate", [](const PyModel& p, const at::Tensor& ids, int64_t max_new_tokens, double temperature,
+                          double top_p, uint64_t seed, const std::optional<at::Tensor>& mask,
+                          const std::optional<std::vector<int64_t>>& stop_tokens) {
+             model::GenerateOptions o;
+             o.max_new_tokens = max_new_tokens;
+             o.temperature = temperature;
+             o.top_p = top_p;
+             o.seed = seed;
+             if (stop_tokens) {
+               o.stop_tokens = *stop_tokens;
+               o.use_default_stop = false;
+             }
+             return p.m->generate(ids, o, opt_tensor(mask), p.hooks.get());
+           }, py::arg("ids"), py::arg("max_new_tokens") = 32, py::arg("temperature") = 0.0, py::arg("top_p") = 1.0,
+           py::arg("seed") = 42, py::arg("mask") = py::none(), py::arg("stop_tokens") = py::none(),
+           "Returns [batch, seq + n] ids. stop_tokens defaults to the model's eos.")
+      .def_property_readonly("hooks", [](const PyModel& p) { return p.hooks; })
+      .def_property_readonly("config", [](const PyModel& p) { return config_dict(p.m->config()); })
+      .def_property_readonly("hook_points", [](const PyModel& p) { return model::Hooks::all_names(p.m->config().num_layers); })
+      .def_property_readonly("device", [](const PyModel& p) { return p.m->device().str(); })
+      .def_property_readonly("dtype", [](const PyModel& p) { return std::string(c10::toString(p.m->dtype())); })
+      .def("to", [](PyModel& p, const std::string& device, const std::string& dtype) {
+             p.m->to(at::Device(device), dtype.empty() ? p.m->dtype() : model::parse_dtype(dtype));
+           }, py::arg("device"), py::arg("dtype") = "")
+      .def("named_parameters", [](const PyModel& p) {
+             py::dict d;
+             for (const auto& nt : p.m->named_parameters()) d[py::str(nt.name)] = nt.tensor;
+             return d;
+           })
+      .def("num_parameters", [](const PyModel& p) { return p.m->num_parameters(); })
+      .def("parameter_bytes", [](const PyModel& p) { return p.m->parameter_bytes(); });
+
+  m.def("load_model", [](const std::string& path, const std::string& quant, const std::string& device,
+                         const std::string& dtype) {
+          LoadOptions o;
+          o.quant = quant;
+          o.device = device;
+          o.dtype = dtype;
+          return PyModel{load_model(path, o)};
+        }, py::arg("path"), py::arg("quant") = "", py::arg("device") = "cpu", py::arg("dtype") = "");
+
+  py::class_<text::Tokenizer, std::shared_ptr<text::Tokenizer>>(m, "Tokenizer")
+      .def("encode", &text::Tokenizer::encode, py::arg("text"), py::arg("bos") = true, py::arg("eos") = false)
+      .def("decode", [](const text::Tokenizer& t, const std::vector<int64_t>& ids) {
+             const std::string s = t.decode(ids);
+             return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+           }, py::arg("ids"))
+      .def("decode_bytes", [](const text::Tokenizer& t, const std::vector<int64_t>& ids) { return py::bytes(t.decode(ids)); })
+      .def("decode_piece", [](const text::Tokenizer& t, int64_t prev, int64_t id) { return py::bytes(t.decode_piece(prev, id)); })
+      .def("piece", [](const text::Tokenizer& t, int64_t id) { return py::bytes(t.piece(id)); })
+      .def_property_readonly("vocab_size", &text::Tokenizer::vocab_size)
+      .def_property_readonly("bos_id", &text::Tokenizer::bos_id)
+      .def_property_readonly("eos_id", &text::Tokenizer::eos_id)
+      .def_property_readonly("pad_id", &text::Tokenizer::pad_id)
+      .def_property_readonly("unk_id", &text::Tokenizer::unk_id);
+  m.def("load_tokenizer", [](const std::string& path) { return std::shared_ptr<text::Tokenizer>(load_tokenizer(path)); },
+        py::arg("path"));
+
+  m.def("dequantize_gguf", [](const at::Tensor& raw, uint32_t type, int64_t numel) {
+          return quant::dequantize_gguf(raw, static_cast<io::GgmlType>(type), numel);
+        }, py::arg("raw"), py::arg("ggml_type"), py::arg("numel"),
+        "Decode whole ggml blocks (uint8 tensor, CPU or CUDA) into float32.");
+  m.def("cuda_built", &quant::cuda_built);
+}

@@ -1,0 +1,75 @@
+"""qinterp — what quantization does to the inside of large language models.
+
+    import qinterp
+    model = qinterp.load_model("stories260K.bin")
+    tok = qinterp.load_tokenizer("tok512.bin")
+    ids = torch.tensor([tok.encode("Once upon a time")])
+    logits = model.forward(ids)                      # [1, T, vocab] float32
+    model.hooks.add("blocks.2.mlp.hook_act", lambda act, mask: print(act.shape))
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple, Union
+
+import torch  # noqa: F401  (loads libtorch before the extension needs it)
+
+from . import _C
+from ._C import Error, Hooks, Model, Tokenizer, cuda_built
+
+__version__ = _C.__version__
+
+_DTYPES = {None: "", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# ggml type numbers (ggml.h) of the block formats qinterp decodes.
+GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+
+
+def load_model(path: Union[str, os.PathLike], quant: Optional[str] = None, device: str = "cpu",
+               dtype: Union[None, str, torch.dtype] = None) -> Model:
+    """Load a llama2.c .bin, a GGUF file, or a Hugging Face safetensors checkpoint.
+
+    dtype: None/"fp32", "fp16", "bf16" or the torch dtypes; device: "cpu", "cuda", "cuda:N".
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        dtype = _DTYPES[dtype]
+    return _C.load_model(os.fspath(path), quant or "", str(device), dtype or "")
+
+
+def load_tokenizer(path: Union[str, os.PathLike]) -> Tokenizer:
+    """Load a tokenizer (this release: llama2.c tokenizer.bin)."""
+    return _C.load_tokenizer(os.fspath(path))
+
+
+def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], bos: bool = True,
+                 pad_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Encode texts and pad them on the left (the papers' setting; pad defaults to eos).
+
+    Returns ids [batch, max_len] int64 and mask [batch, max_len] bool (True = real token).
+    """
+    rows = [tokenizer.encode(t, bos) for t in texts]
+    if pad_id is None:
+        pad_id = tokenizer.pad_id if tokenizer.pad_id >= 0 else tokenizer.eos_id
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = True
+    return ids, mask
+
+
+def dequantize_gguf(raw: torch.Tensor, ggml_type: Union[str, int], shape: Sequence[int]) -> torch.Tensor:
+    """Decode ggml blocks (a uint8 tensor on CPU or CUDA) into a float32 tensor of `shape`."""
+    t = GGML_TYPES[ggml_type] if isinstance(ggml_type, str) else int(ggml_type)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return _C.dequantize_gguf(raw, t, n).view(*shape)
+
+
+__all__ = ["Error", "Hooks", "Model", "Tokenizer", "load_model", "load_tokenizer", "encode_batch",
+           "dequantize_gguf", "cuda_built", "GGML_TYPES", "__version__"]

@@ -1,0 +1,36 @@
+// Private path helpers on POSIX calls. The library avoids std::filesystem because the PyPI
+// torch wheels export their own, older std::filesystem symbols from libtorch*.so; a binary that
+// binds to those instead of libstdc++'s crashes (seen with remove_all, torch 2.11).
+#pragma once
+#include <sys/stat.h>
+
+#include <string>
+
+namespace qinterp::io::paths {
+
+inline bool exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+inline bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+inline std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty()) return name;
+  return dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+inline std::string parent(const std::string& p) {
+  const size_t s = p.find_last_of('/');
+  if (s == std::string::npos) return ".";
+  return s == 0 ? "/" : p.substr(0, s);
+}
+inline std::string filename(const std::string& p) {
+  const size_t s = p.find_last_of('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+inline bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+}  // namespace qinterp::io::paths

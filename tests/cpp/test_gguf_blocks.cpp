@@ -1,0 +1,93 @@
+// ggml block decoding on the CPU against hand-checked values. (tests/python compares every type
+// with the gguf package's numpy decoders on random blocks.)
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "common.hpp"
+#include "qinterp/quant/dequantize.hpp"
+#include "qinterp/quant/gguf_blocks.hpp"
+
+using namespace qinterp;
+
+TEST(HalfFloat, ExactConversions) {
+  EXPECT_EQ(quant::half_to_float(0x3c00), 1.0f);
+  EXPECT_EQ(quant::half_to_float(0xc000), -2.0f);
+  EXPECT_EQ(quant::half_to_float(0x7bff), 65504.0f);
+  EXPECT_EQ(quant::half_to_float(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(quant::half_to_float(0x03ff), std::ldexp(1023.0f, -24));
+  EXPECT_EQ(quant::half_to_float(0x8000), -0.0f);
+  EXPECT_TRUE(std::isinf(quant::half_to_float(0x7c00)));
+  EXPECT_TRUE(std::isnan(quant::half_to_float(0x7e00)));
+  EXPECT_EQ(quant::bf16_to_float(0x3f80), 1.0f);
+  EXPECT_EQ(quant::bf16_to_float(0xc0a0), -5.0f);
+  // Every finite half agrees with torch's conversion.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00) continue;
+    const float ref = at::scalar_tensor(0, at::kHalf).fill_(c10::Half(static_cast<uint16_t>(h), c10::Half::from_bits()))
+                          .item<float>();
+    ASSERT_EQ(quant::half_to_float(static_cast<uint16_t>(h)), ref) << "half bits " << h;
+  }
+}
+
+TEST(GgufBlocks, Q8_0) {
+  std::vector<uint8_t> b(34);
+  const uint16_t d = 0x3800;  // 0.5
+  std::memcpy(b.data(), &d, 2);
+  for (int i = 0; i < 32; ++i) b[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(i * 8 - 128));
+  std::vector<float> y(32);
+  quant::dequantize_gguf_cpu(io::GgmlType::Q8_0, b.data(), y.data(), 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], (i * 8 - 128) * 0.5f);
+}
+
+TEST(GgufBlocks, Q4_0AndQ4_1NibbleOrder) {
+  // Byte j holds element j in its low nibble and element j+16 in its high nibble.
+  std::vector<uint8_t> b0(18), b1(20);
+  const uint16_t d = 0x4000, m = 0xbc00;  // 2.0, -1.0
+  std::memcpy(b0.data(), &d, 2);
+  std::memcpy(b1.data(), &d, 2);
+  std::memcpy(b1.data() + 2, &m, 2);
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t byte = static_cast<uint8_t>((15 - j) << 4 | j);
+    b0[2 + j] = byte;
+    b1[4 + j] = byte;
+  }
+  std::vector<float> y0(32), y1(32);
+  quant::dequantize_gguf_cpu(io::GgmlType::Q4_0, b0.data(), y0.data(), 32);
+  quant::dequantize_gguf_cpu(io::GgmlType::Q4_1, b1.data(), y1.data(), 32);
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_EQ(y0[j], (j - 8) * 2.0f);
+    EXPECT_EQ(y0[j + 16], ((15 - j) - 8) * 2.0f);
+    EXPECT_EQ(y1[j], j * 2.0f - 1.0f);
+    EXPECT_EQ(y1[j + 16], (15 - j) * 2.0f - 1.0f);
+  }
+}
+
+TEST(GgufBlocks, TensorEntryPointChecksSizes) {
+  at::Tensor raw = at::zeros({34}, at::kByte);
+  EXPECT_EQ(quant::dequantize_gguf(raw, io::GgmlType::Q8_0, 32).numel(), 32);
+  EXPECT_QERROR(quant::dequantize_gguf(raw, io::GgmlType::Q8_0, 64), "34 bytes do not hold 64");
+  EXPECT_QERROR(quant::dequantize_gguf(raw.to(at::kFloat), io::GgmlType::Q8_0, 32), "uint8");
+  EXPECT_QERROR(quant::dequantize_gguf(raw, io::GgmlType::Q5_0, 32), "no decoder", "Q5_0");
+}
+
+TEST(GgufBlocks, CudaTensorsMatchCpu) {
+  if (!quant::cuda_built() || !at::hasCUDA()) {
+    GTEST_SKIP() << "SKIPPED: no CUDA device here (cuda glue built: " << quant::cuda_built()
+                 << "); the CUDA comparison runs on a GPU machine";
+  }
+  at::manual_seed(7);
+  for (auto t : {io::GgmlType::Q8_0, io::GgmlType::Q4_0, io::GgmlType::Q4_1}) {
+    int64_t be, bb;
+    io::ggml_block_layout(t, &be, &bb);
+    const int64_t blocks = 4097;
+    at::Tensor raw = at::randint(0, 256, {blocks * bb}, at::kByte);
+    for (int64_t i = 0; i < blocks; ++i) {  // finite scales: fp16 0.01 and, for Q4_1, min -0.5
+      raw[i * bb] = 0x1f; raw[i * bb + 1] = 0x21;
+      if (t == io::GgmlType::Q4_1) { raw[i * bb + 2] = 0x00; raw[i * bb + 3] = 0xb8; }
+    }
+    at::Tensor cpu = quant::dequantize_gguf(raw, t, blocks * be);
+    at::Tensor gpu = quant::dequantize_gguf(raw.cuda(), t, blocks * be).cpu();
+    EXPECT_TRUE(at::equal(cpu, gpu)) << io::ggml_type_name(t);
+  }
+}

@@ -1,0 +1,257 @@
+// The decoder against llama2.c's reference outputs, Hugging Face layout conversion, hooks,
+// batching with left padding, and error handling.
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "common.hpp"
+#include "qinterp/io/safetensors.hpp"
+#include "qinterp/model/model.hpp"
+#include "qinterp/text/tokenizer.hpp"
+
+using namespace qinterp;
+
+namespace {
+
+std::shared_ptr<model::Model> stories() { return load_model(qt::stories("stories260K.bin")); }
+at::Tensor ids_of(std::vector<int64_t> v) { return at::tensor(v, at::kLong).unsqueeze(0); }
+
+// Reference logits [positions, 512] from logits_once_upon_a_time.txt.
+at::Tensor reference_logits() {
+  std::ifstream in(qt::stories("logits_once_upon_a_time.txt"));
+  std::string line;
+  std::vector<at::Tensor> rows;
+  while (std::getline(in, line)) {
+    if (line.rfind("logits ", 0) != 0) continue;
+    std::istringstream ss(line.substr(7));
+    std::vector<float> v;
+    float x;
+    while (ss >> x) v.push_back(x);
+    rows.push_back(at::tensor(v));
+  }
+  return at::stack(rows);
+}
+
+}  // namespace
+
+TEST(Stories260K, LogitsMatchLlama2c) {
+  auto m = stories();
+  const at::Tensor ref = reference_logits();
+  ASSERT_EQ(ref.sizes(), (at::IntArrayRef{5, 512}));
+  const at::Tensor got = m->forward(ids_of({1, 403, 407, 261, 378}))[0];
+  const double err = (got - ref).abs().max().item<double>();
+  EXPECT_LT(err, 1e-4) << "max |logit - llama2.c| = " << err;
+  EXPECT_TRUE(at::equal(got.argmax(-1), at::tensor(std::vector<int64_t>{403, 407, 261, 378, 432})));
+}
+
+TEST(Stories260K, Greedy200MatchesLlama2cByteForByte) {
+  auto m = stories();
+  text::Llama2cTokenizer tok(qt::stories("tok512.bin"));
+  model::GenerateOptions o;
+  o.max_new_tokens = 200;  // run.c -n 200: 200 forward steps from BOS, each printing the next token
+  o.stop_tokens = {1};     // run.c stops when the model emits BOS
+  o.use_default_stop = false;
+  const at::Tensor out = m->generate(ids_of({1}), o)[0];
+  std::string text;
+  for (int64_t i = 1; i < out.size(0); ++i) {
+    const int64_t id = out[i].item<int64_t>();
+    if (id == 1) break;
+    text += tok.decode_piece(out[i - 1].item<int64_t>(), id);
+  }
+  EXPECT_EQ(text + "\n", qt::read_file(qt::stories("greedy_200.txt")));
+}
+
+TEST(Stories260K, KvCacheEqualsFullForward) {
+  auto m = stories();
+  model::GenerateOptions o;
+  o.max_new_tokens = 12;
+  const at::Tensor gen = m->generate(ids_of({1, 403, 407}), o);
+  at::Tensor ids = ids_of({1, 403, 407});
+  for (int i = 0; i < 12; ++i) {  // no cache: re-run the whole prefix each step
+    const at::Tensor next = m->forward(ids)[0][-1].argmax().view({1, 1});
+    ids = at::cat({ids, next}, 1);
+  }
+  EXPECT_TRUE(at::equal(gen, ids));
+}
+
+TEST(Stories260K, LeftPaddedBatchEqualsSeparateRuns) {
+  auto m = stories();
+  const std::vector<int64_t> a = {1, 403, 407, 261, 378}, b = {1, 403};
+  at::Tensor ids = at::full({2, 5}, 0, at::kLong), mask = at::zeros({2, 5}, at::kBool);
+  ids[0] = at::tensor(a);
+  mask[0].fill_(true);
+  ids[1].narrow(0, 3, 2).copy_(at::tensor(b));
+  mask[1].narrow(0, 3, 2).fill_(true);
+  const at::Tensor batch = m->forward(ids, mask);
+  EXPECT_LT((batch[0] - m->forward(ids_of(a))[0]).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((batch[1].narrow(0, 3, 2) - m->forward(ids_of(b))[0]).abs().max().item<double>(), 1e-5);
+  EXPECT_FALSE(batch.isnan().any().item<bool>());  // padding queries stay finite
+  model::GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.use_default_stop = false;
+  const at::Tensor g = m->generate(ids, o, mask);
+  EXPECT_TRUE(at::equal(g[0].narrow(0, 5, 6), m->generate(ids_of(a), o)[0].narrow(0, 5, 6)));
+  EXPECT_TRUE(at::equal(g[1].narrow(0, 5, 6), m->generate(ids_of(b), o)[0].narrow(0, 2, 6)));
+}
+
+TEST(Stories260K, SamplingIsSeeded) {
+  auto m = stories();
+  model::GenerateOptions o;
+  o.max_new_tokens = 30;
+  o.temperature = 1.0;
+  o.top_p = 0.9;
+  o.seed = 123;
+  const at::Tensor x = m->generate(ids_of({1}), o), y = m->generate(ids_of({1}), o);
+  EXPECT_TRUE(at::equal(x, y));
+  o.seed = 124;
+  EXPECT_FALSE(at::equal(x, m->generate(ids_of({1}), o)));
+}
+
+TEST(Stories260K, HalfPrecisionStaysClose) {
+  for (const char* dt : {"fp16", "bf16"}) {
+    LoadOptions lo;
+    lo.dtype = dt;
+    auto m = load_model(qt::stories("stories260K.bin"), lo);
+    EXPECT_EQ(m->dtype(), std::string(dt) == "fp16" ? at::kHalf : at::kBFloat16);
+    const at::Tensor got = m->forward(ids_of({1, 403, 407, 261, 378}))[0];
+    EXPECT_EQ(got.scalar_type(), at::kFloat);
+    const double err = (got - reference_logits()).abs().max().item<double>();
+    EXPECT_LT(err, std::string(dt) == "fp16" ? 0.05 : 0.3) << dt;
+  }
+}
+
+// stories260K written as a Hugging Face checkpoint: q/k rows permuted from adjacent-pair RoPE
+// to half-split RoPE, config.json beside model.safetensors. Must give the same logits.
+TEST(Stories260K, HuggingFaceLayoutGivesSameLogits) {
+  qt::TempDir d;
+  auto m = stories();
+  const auto& c = m->config();
+  std::vector<at::Tensor> keep;
+  std::vector<io::TensorView> views;
+  for (const auto& p : m->named_parameters()) {
+    at::Tensor t = p.tensor.contiguous();
+    const bool q = p.name.find("q_proj.weight") != std::string::npos;
+    const bool k = p.name.find("k_proj.weight") != std::string::npos;
+    if (q || k) {  // HF's convert_llama_weights permute: [heads, hd/2, 2, in] -> [heads, 2, hd/2, in]
+      const int64_t heads = q ? c.num_heads : c.num_kv_heads;
+      t = t.view({heads, c.head_dim / 2, 2, c.hidden_size}).transpose(1, 2).reshape({heads * c.head_dim, c.hidden_size}).contiguous();
+    }
+    keep.push_back(t);
+    views.push_back({p.name, io::DType::F32, t.sizes().vec(), t.data_ptr(), static_cast<size_t>(t.nbytes())});
+  }
+  io::write_safetensors(d.file("model.safetensors"), views);
+  std::ofstream(d.file("config.json")) << R"({"model_type":"llama","vocab_size":512,"hidden_size":64,
+    "intermediate_size":172,"num_hidden_layers":5,"num_attention_heads":8,"num_key_value_heads":4,
+    "max_position_embeddings":512,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":true,
+    "hidden_act":"silu","bos_token_id":1,"eos_token_id":2})";
+  auto hf = load_model(d.path().string());
+  EXPECT_EQ(hf->config().rope_layout, model::RopeLayout::HalfSplit);
+  const at::Tensor ids = ids_of({1, 403, 407, 261, 378, 432, 290});
+  const double err = (hf->forward(ids) - m->forward(ids)).abs().max().item<double>();
+  EXPECT_LT(err, 1e-5);
+  // A wrong shape is named.
+  std::ofstream(d.file("config.json")) << R"({"model_type":"llama","vocab_size":512,"hidden_size":64,
+    "intermediate_size":170,"num_hidden_layers":5,"num_attention_heads":8,"num_key_value_heads":4})";
+  EXPECT_QERROR(load_model(d.path().string()), "gate_proj.weight", "[172, 64]", "[170, 64]");
+}
+
+TEST(Hooks, ObserveAndReplaceMlpActivation) {
+  auto m = stories();
+  const at::Tensor ids = ids_of({1, 403, 407, 261, 378});
+  std::map<std::string, at::Tensor> seen;
+  model::Hooks observe;
+  for (const char* n : {"blocks.2.mlp.hook_pre", "blocks.2.mlp.hook_act", "blocks.2.mlp.hook_post",
+                        "blocks.2.hook_resid_mid", "blocks.2.hook_resid_post"})
+    observe.add(n, [&seen](const at::Tensor& a, const model::HookContext& ctx) -> std::optional<at::Tensor> {
+      EXPECT_EQ(ctx.layer, 2);
+      EXPECT_EQ(ctx.mask.sizes(), (at::IntArrayRef{1, 5}));
+      seen[ctx.name] = a.clone();
+      return std::nullopt;
+    });
+  const at::Tensor base = m->forward(ids, {}, &observe);
+  const at::Tensor act = seen["blocks.2.mlp.hook_act"];
+  ASSERT_EQ(act.sizes(), (at::IntArrayRef{1, 5, 172}));
+  EXPECT_TRUE(at::equal(act, at::silu(seen["blocks.2.mlp.hook_pre"])));  // act(gate), before * up
+  // Hand computation of the MLP from the weights: resid_post - resid_mid = down(act * up(norm(x))).
+  std::map<std::string, at::Tensor> w;
+  for (const auto& p : m->named_parameters()) w[p.name] = p.tensor;
+  const at::Tensor x = seen["blocks.2.hook_resid_mid"];
+  const at::Tensor h = x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w["model.layers.2.post_attention_layernorm.weight"];
+  const at::Tensor post = act * at::matmul(h, w["model.layers.2.mlp.up_proj.weight"].t());
+  EXPECT_LT((post - seen["blocks.2.mlp.hook_post"]).abs().max().item<double>(), 1e-5);
+  const at::Tensor mlp_out = at::matmul(post, w["model.layers.2.mlp.down_proj.weight"].t());
+  EXPECT_LT((seen["blocks.2.hook_resid_post"] - x - mlp_out).abs().max().item<double>(), 1e-5);
+
+  // Zeroing the neurons removes the MLP's contribution: exactly the run whose block output is
+  // replaced by its attention-residual state.
+  model::Hooks zero, bypass;
+  zero.add("blocks.2.mlp.hook_act", [](const at::Tensor& a, const model::HookContext&) -> std::optional<at::Tensor> {
+    return at::zeros_like(a);
+  });
+  bypass.add("blocks.2.hook_resid_post", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    return x;
+  });
+  const at::Tensor zeroed = m->forward(ids, {}, &zero);
+  EXPECT_TRUE(at::equal(zeroed, m->forward(ids, {}, &bypass)));
+  EXPECT_GT((zeroed - base).abs().max().item<double>(), 1e-2);
+}
+
+TEST(Hooks, ErrorsNameTheHook) {
+  model::Hooks h;
+  EXPECT_QERROR(h.add("blocks.2.mlp.act", [](const at::Tensor&, const model::HookContext&) { return std::nullopt; }),
+                "unknown hook point 'blocks.2.mlp.act'", "blocks.{L}.mlp.hook_act");
+  EXPECT_QERROR(h.add("blocks.1.hook_resid_pre", model::HookFn{}), "empty function");
+  EXPECT_TRUE(h.empty());
+}
+
+TEST(Hooks, LayerOutOfRangeAndBadReplacement) {
+  auto m = stories();
+  model::Hooks h;
+  h.add("blocks.9.mlp.hook_act", [](const at::Tensor&, const model::HookContext&) { return std::nullopt; });
+  EXPECT_QERROR(m->forward(ids_of({1}), {}, &h), "blocks.9.mlp.hook_act", "5 layers");
+  model::Hooks r;
+  r.add("blocks.0.mlp.hook_act", [](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    return at::zeros({3});
+  });
+  EXPECT_QERROR(m->forward(ids_of({1}), {}, &r), "blocks.0.mlp.hook_act", "returned shape");
+}
+
+TEST(Model, BadInputsGiveErrors) {
+  auto m = stories();
+  EXPECT_QERROR(m->forward(ids_of({1, 600})), "token id 600", "[0, 512)");
+  EXPECT_QERROR(m->forward(at::zeros({3}, at::kLong)), "[batch, seq]");
+  EXPECT_QERROR(m->forward(ids_of({1, 2}), at::ones({1, 3})), "mask shape");
+  EXPECT_QERROR(m->forward(at::ones({1, 513}, at::kLong)), "position 512", "context of 512");
+  EXPECT_QERROR(load_model("/nonexistent/model.bin"), "no such file");
+  LoadOptions lo;
+  lo.dtype = "int3";
+  EXPECT_QERROR(load_model(qt::stories("stories260K.bin"), lo), "unknown dtype 'int3'");
+  lo = {};
+  lo.quant = "nf4";
+  EXPECT_QERROR(load_model(qt::stories("stories260K.bin"), lo), "'nf4'", "not available");
+}
+
+TEST(SmolLM2, LoadsFromGguf) {
+  auto m = load_model(qt::smollm2_gguf());
+  const auto& c = m->config();
+  EXPECT_EQ(c.num_layers, 30);
+  EXPECT_EQ(c.intermediate_size, 1536);
+  EXPECT_EQ(c.vocab_size, 49152);
+  EXPECT_EQ(c.num_kv_heads, 3);
+  EXPECT_EQ(c.rope_layout, model::RopeLayout::Interleaved);
+  EXPECT_TRUE(c.tie_embeddings);
+  // Logits against transformers are compared in tests/python/test_smollm2.py.
+  const at::Tensor l = m->forward(ids_of({1, 504, 3458, 282}));
+  EXPECT_FALSE(l.isnan().any().item<bool>());
+}
+
+TEST(Model, RunsOnCuda) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "SKIPPED: no CUDA device here; runs on a GPU machine";
+  LoadOptions lo;
+  lo.device = "cuda";
+  auto m = load_model(qt::stories("stories260K.bin"), lo);
+  const at::Tensor got = m->forward(ids_of({1, 403, 407, 261, 378}))[0].cpu();
+  EXPECT_LT((got - reference_logits()).abs().max().item<double>(), 1e-4);
+}
