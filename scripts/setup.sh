@@ -15,7 +15,7 @@ QINTERP_MODELS="${QINTERP_MODELS:-$QINTERP_HOME/models}"
 say() { echo "[setup] $*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(build-essential cmake libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev ccache
+apt_pkgs=(build-essential cmake ninja-build libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev ccache
           unzip python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -1,0 +1,142 @@
+"""stories260K through the Python API: llama2.c's reference outputs, transformers as an oracle
+for the Hugging Face layout, Python hooks."""
+import json
+
+import pytest
+import torch
+
+import qinterp
+from conftest import STORIES, reference_logits
+
+PROMPT_IDS = [1, 403, 407, 261, 378]
+
+
+def test_tokenizer_ids(stories_tok):
+    assert stories_tok.encode("Once upon a time") == PROMPT_IDS
+    assert stories_tok.vocab_size == 512
+    assert stories_tok.decode(PROMPT_IDS) == "Once upon a time"
+
+
+def test_logits_match_llama2c(stories_model):
+    got = stories_model.forward(torch.tensor([PROMPT_IDS]))[0]
+    assert got.dtype == torch.float32 and got.shape == (5, 512)
+    err = (got - reference_logits()).abs().max().item()
+    assert err < 1e-4, err
+
+
+def test_greedy_200_matches_llama2c(stories_model, stories_tok):
+    out = stories_model.generate(torch.tensor([[1]]), max_new_tokens=200, temperature=0.0, stop_tokens=[1])[0].tolist()
+    text = b"".join(stories_tok.decode_piece(p, i) for p, i in zip(out, out[1:]) if i != 1)
+    assert text + b"\n" == (STORIES / "greedy_200.txt").read_bytes()
+
+
+def _write_hf_checkpoint(model, path):
+    """stories260K in Hugging Face layout: q/k rows permuted for half-split RoPE."""
+    from safetensors.torch import save_file
+    c = model.config
+    tensors = {}
+    for name, t in model.named_parameters().items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = c["num_heads"] if "q_proj" in name else c["num_kv_heads"]
+            t = t.view(heads, c["head_dim"] // 2, 2, c["hidden_size"]).transpose(1, 2).reshape(-1, c["hidden_size"])
+        tensors[name] = t.contiguous()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 64,
+        "intermediate_size": 172, "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": True, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+        "torch_dtype": "float32"}))
+
+
+def test_hf_layout_against_transformers(stories_model, tmp_path):
+    from transformers import LlamaForCausalLM
+    _write_hf_checkpoint(stories_model, tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.float32).eval()
+    ours = qinterp.load_model(tmp_path)
+    ids = torch.tensor([PROMPT_IDS + [432, 290, 317]])
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert (ours.forward(ids) - ref).abs().max().item() < 1e-5
+    # The llama2.c layout rotates adjacent pairs: the same maths in another float order (1.5e-5 seen).
+    assert (stories_model.forward(ids) - ref).abs().max().item() < 5e-5
+    # Left padding with an attention mask, as the paper batches prompts.
+    ids2 = torch.tensor([[0, 0, 0, 1, 403, 407, 261, 378], [1, 403, 407, 261, 378, 432, 290, 317]])
+    mask = (torch.arange(8) >= torch.tensor([[3], [0]])).long()
+    with torch.no_grad():
+        ref2 = hf(ids2, attention_mask=mask).logits
+    got2 = ours.forward(ids2, mask)
+    assert (got2[mask.bool()] - ref2[mask.bool()]).abs().max().item() < 1e-5
+
+
+def test_python_hooks_observe_and_replace(stories_model):
+    ids = torch.tensor([PROMPT_IDS])
+    seen = {}
+
+    def grab(name):
+        def fn(act, mask):
+            seen[name] = act.clone()
+            assert mask.shape == (1, 5) and mask.dtype == torch.bool
+        return fn
+
+    handles = [stories_model.hooks.add(n, grab(n)) for n in
+               ("blocks.2.mlp.hook_pre", "blocks.2.mlp.hook_act", "blocks.2.hook_resid_mid")]
+    base = stories_model.forward(ids)
+    for h in handles:
+        stories_model.hooks.remove(h)
+    assert seen["blocks.2.mlp.hook_act"].shape == (1, 5, 172)
+    assert torch.equal(seen["blocks.2.mlp.hook_act"], torch.nn.functional.silu(seen["blocks.2.mlp.hook_pre"]))
+
+    h = stories_model.hooks.add("blocks.2.mlp.hook_act", lambda act, mask: torch.zeros_like(act))
+    zeroed = stories_model.forward(ids)
+    stories_model.hooks.remove(h)
+    h = stories_model.hooks.add("blocks.2.hook_resid_post", lambda act, mask: seen["blocks.2.hook_resid_mid"])
+    bypassed = stories_model.forward(ids)
+    stories_model.hooks.remove(h)
+    assert torch.equal(zeroed, bypassed)  # zero neurons == no MLP contribution, exactly
+    assert (zeroed - base).abs().max().item() > 1e-2
+    assert len(stories_model.hooks) == 0
+    assert torch.equal(stories_model.forward(ids), base)
+
+
+def test_gradients_flow_to_hooked_activation(stories_model):
+    ids = torch.tensor([PROMPT_IDS])
+    box = {}
+
+    def leaf(act, mask):
+        a = act.detach().requires_grad_(True)
+        box["a"] = a
+        return a
+
+    h = stories_model.hooks.add("blocks.1.mlp.hook_act", leaf)
+    try:
+        logits = stories_model.forward(ids)
+        logits[0, -1].log_softmax(-1)[432].backward()
+    finally:
+        stories_model.hooks.remove(h)
+    g = box["a"].grad
+    assert g is not None and g.shape == (1, 5, 172) and g.abs().sum() > 0
+
+
+def test_errors_are_qinterp_errors(stories_model):
+    with pytest.raises(qinterp.Error, match="unknown hook point"):
+        stories_model.hooks.add("blocks.0.mlp.nope", lambda a, m: None)
+    with pytest.raises(qinterp.Error, match="token id 9999"):
+        stories_model.forward(torch.tensor([[1, 9999]]))
+    with pytest.raises(qinterp.Error, match="no such file"):
+        qinterp.load_model("/nonexistent.bin")
+    h = stories_model.hooks.add("blocks.0.mlp.hook_act", lambda a, m: "oops")
+    try:
+        with pytest.raises(qinterp.Error, match="returned a str"):
+            stories_model.forward(torch.tensor([[1]]))
+    finally:
+        stories_model.hooks.remove(h)
+
+
+def test_encode_batch_left_pads(stories_tok, stories_model):
+    ids, mask = qinterp.encode_batch(stories_tok, ["Once upon a time", "Lily"])
+    assert ids.shape == mask.shape and mask[1].tolist()[:2] == [False, False] and mask[1, -1]
+    out = stories_model.forward(ids, mask)
+    single = stories_model.forward(torch.tensor([stories_tok.encode("Lily")]))
+    n = mask[1].sum().item()
+    assert (out[1, -n:] - single[0]).abs().max().item() < 1e-5
