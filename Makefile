@@ -10,6 +10,9 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_ARGS ?=
 export QINTERP_HOME QINTERP_VENV
+# ccache: paths relative to the clone, so fresh clones elsewhere (CI) hit the same cache.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
 
 .PHONY: all setup configure build test test-cpp test-python demo install-python clean
 
