@@ -43,7 +43,7 @@ def main():
     ours = qinterp.load_model(path)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     t_hf = time.perf_counter() - t0
 
     ids = torch.randint(0, ours.config["vocab_size"], (a.batch, a.seq), generator=torch.Generator().manual_seed(0))

@@ -17,7 +17,7 @@ TOL = 5e-4
 def pair():
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name,
-                                              torch_dtype=torch.float32).eval()
+                                              dtype=torch.float32).eval()
     return qinterp.load_model(SMOLLM2), hf
 
 

@@ -52,7 +52,7 @@ def _write_hf_checkpoint(model, path):
 def test_hf_layout_against_transformers(stories_model, tmp_path):
     from transformers import LlamaForCausalLM
     _write_hf_checkpoint(stories_model, tmp_path)
-    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.float32).eval()
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     ours = qinterp.load_model(tmp_path)
     ids = torch.tensor([PROMPT_IDS + [432, 290, 317]])
     with torch.no_grad():
