@@ -34,7 +34,7 @@ class HFTokenizer:
     def __init__(self, gguf):
         from transformers import AutoTokenizer
         self.t = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.bos_id, self.eos_id = self.t.bos_token_id, self.t.eos_token_id
+        self.bos_id, self.eos_id, self.pad_id = self.t.bos_token_id, self.t.eos_token_id, -1
 
     def encode(self, text, bos=False):
         return ([self.bos_id] if bos else []) + self.t.encode(text, add_special_tokens=False)
@@ -46,7 +46,7 @@ class HFTokenizer:
 class QTokenizer:
     def __init__(self, path):
         self.t = qinterp.load_tokenizer(path)
-        self.bos_id, self.eos_id = self.t.bos_id, self.t.eos_id
+        self.bos_id, self.eos_id, self.pad_id = self.t.bos_id, self.t.eos_id, -1  # pad = eos, as the paper
 
     def encode(self, text, bos=True):
         return self.t.encode(text, bos)
@@ -57,14 +57,7 @@ class QTokenizer:
 
 def batches(rows, tok, size, bos):
     for i in range(0, len(rows), size):
-        enc = [tok.encode(r, bos) for r in rows[i:i + size]]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), tok.eos_id, dtype=torch.long)  # pad = eos, on the left
-        mask = torch.zeros((len(enc), width), dtype=torch.bool)
-        for j, e in enumerate(enc):
-            ids[j, width - len(e):] = torch.tensor(e)
-            mask[j, width - len(e):] = True
-        yield i, ids, mask
+        yield (i, *qinterp.encode_batch(tok, rows[i:i + size], bos))  # left-padded with eos
 
 
 def main():

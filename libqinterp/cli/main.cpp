@@ -12,7 +12,6 @@
 #include "../src/io/paths.hpp"
 #include "qinterp/qinterp.hpp"
 
-
 namespace {
 
 const char* kUsage =

@@ -44,7 +44,7 @@ def test_plain_types(name, dtype):
 
 def test_bf16():
     x = torch.randn(64).to(torch.bfloat16)
-    raw = x.view(torch.uint8).clone() if hasattr(x, "view") else None
+    raw = x.view(torch.uint8).clone()
     assert torch.equal(qinterp.dequantize_gguf(raw, "BF16", (64,)), x.float())
 
 

@@ -25,10 +25,6 @@ inline std::string parent(const std::string& p) {
   if (s == std::string::npos) return ".";
   return s == 0 ? "/" : p.substr(0, s);
 }
-inline std::string filename(const std::string& p) {
-  const size_t s = p.find_last_of('/');
-  return s == std::string::npos ? p : p.substr(s + 1);
-}
 inline bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }

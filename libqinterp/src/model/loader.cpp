@@ -2,7 +2,6 @@
 // Every format is mapped onto the Hugging Face tensor names the Model constructor expects.
 #include <ATen/ATen.h>
 
-
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
 #include "qinterp/io/llama2c.hpp"
@@ -10,7 +9,6 @@
 #include "qinterp/model/model.hpp"
 #include "qinterp/quant/dequantize.hpp"
 #include "../io/paths.hpp"
-
 
 namespace qinterp::model {
 

@@ -101,11 +101,9 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights) : cfg_(std::move
     layers_.push_back(std::move(L));
   }
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    std::array<std::string, 7> n;
     const std::string p = "blocks." + std::to_string(l) + ".";
-    n = {p + "hook_resid_pre", p + "attn.hook_out", p + "hook_resid_mid", p + "mlp.hook_pre",
-         p + "mlp.hook_act",   p + "mlp.hook_post", p + "hook_resid_post"};
-    hook_names_.push_back(n);
+    hook_names_.push_back({p + "hook_resid_pre", p + "attn.hook_out", p + "hook_resid_mid", p + "mlp.hook_pre",
+                           p + "mlp.hook_act", p + "mlp.hook_post", p + "hook_resid_post"});
   }
   // One dtype and device for all weights: the embedding's.
   to(embed_.device(), embed_.scalar_type() == at::kFloat || embed_.scalar_type() == at::kHalf ||
