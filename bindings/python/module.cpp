@@ -108,16 +108,83 @@ PYBIND11_MODULE(_C, m) {
              return d;
            })
       .def("num_parameters", [](const PyModel& p) { return p.m->num_parameters(); })
-      .def("parameter_bytes", [](const PyModel& p) { return p.m->parameter_bytes(); });
+      .def("parameter_bytes", [](const PyModel& p) { return p.m->parameter_bytes(); })
+      .def_property_readonly("quant", [](const PyModel& p) { return p.m->quant_spec().str(); })
+      .def("quantize", [](PyModel& p, const std::string& spec, const std::optional<at::Tensor>& calib, bool progress) {
+             py::gil_scoped_release nogil;
+             std::function<void(int64_t, int64_t)> cb;
+             if (progress) cb = [](int64_t d, int64_t t) { std::fprintf(stderr, "[quantize] layer %lld/%lld\n", (long long)d, (long long)t); };
+             model::quantize_model(*p.m, quant::parse_quant_spec(spec), opt_tensor(calib), cb);
+           }, py::arg("spec"), py::arg("calibration") = py::none(), py::arg("progress") = false,
+           "Quantize the block linear layers in place (GPTQ needs calibration ids [N, T]).")
+      .def("save", [](const PyModel& p, const std::string& dir) { model::save_model(*p.m, dir); }, py::arg("dir"))
+      .def("linear_weight", [](const PyModel& p, int64_t layer, const std::string& name) {
+             for (int k = 0; k < model::kNumLinear; ++k)
+               if (name == model::linear_name(k)) return p.m->linear_weight(layer, k);
+             throw Error("linear_weight: no linear '" + name + "' (self_attn.q_proj ... mlp.down_proj)");
+           }, py::arg("layer"), py::arg("name"), "Dense (dequantized) weight of a block's linear layer.");
 
   m.def("load_model", [](const std::string& path, const std::string& quant, const std::string& device,
-                         const std::string& dtype) {
+                         const std::string& dtype, const std::optional<at::Tensor>& calib) {
           LoadOptions o;
           o.quant = quant;
           o.device = device;
           o.dtype = dtype;
+          o.calibration = opt_tensor(calib);
+          py::gil_scoped_release nogil;
           return PyModel{load_model(path, o)};
-        }, py::arg("path"), py::arg("quant") = "", py::arg("device") = "cpu", py::arg("dtype") = "");
+        }, py::arg("path"), py::arg("quant") = "", py::arg("device") = "cpu", py::arg("dtype") = "",
+        py::arg("calibration") = py::none());
+
+  // ---- quantization (qinterp.quant wraps these)
+  py::class_<quant::QuantizedTensor>(m, "QuantizedTensor")
+      .def_property_readonly("spec", [](const quant::QuantizedTensor& q) { return q.spec.str(); })
+      .def_property_readonly("shape", [](const quant::QuantizedTensor& q) { return q.shape; })
+      .def_property_readonly("dtype", [](const quant::QuantizedTensor& q) { return q.dtype; })
+      .def_property_readonly("nbytes", &quant::QuantizedTensor::nbytes)
+      .def("parts", [](const quant::QuantizedTensor& q) {
+             py::dict d;
+             for (const auto& p : q.parts()) d[py::str(p.first)] = p.second;
+             return d;
+           }, "Storage tensors by name: qdata, absmax, absmax2, offset, code2, scale, zero, g_idx.")
+      .def("to", [](const quant::QuantizedTensor& q, const std::string& dev) { return q.to(at::Device(dev)); })
+      .def("__repr__", [](const quant::QuantizedTensor& q) {
+             std::string s = "QuantizedTensor(" + q.spec.str() + ", shape=[";
+             for (size_t i = 0; i < q.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(q.shape[i]);
+             return s + "], " + std::to_string(q.nbytes()) + " bytes)";
+           });
+  m.def("quantize", [](const at::Tensor& x, const std::string& spec) { return quant::quantize(x, quant::parse_quant_spec(spec)); },
+        py::arg("tensor"), py::arg("spec"));
+  m.def("dequantize", [](const quant::QuantizedTensor& q) { return quant::dequantize(q); }, py::arg("qt"));
+  m.def("parse_spec", [](const std::string& s) { return quant::parse_quant_spec(s).str(); }, py::arg("spec"));
+  m.def("quantize_4bit", [](const at::Tensor& x, const std::string& type, int64_t block) {
+          return quant::quantize_4bit(x, type == "nf4" ? quant::Method::NF4 : type == "fp4" ? quant::Method::FP4
+                                          : throw Error("quant_type must be nf4 or fp4"), block);
+        }, py::arg("x"), py::arg("quant_type"), py::arg("block"));
+  m.def("dequantize_4bit", [](const at::Tensor& packed, const at::Tensor& absmax, const std::string& type, int64_t block,
+                              std::vector<int64_t> shape, at::ScalarType st) {
+          return quant::dequantize_4bit(packed, absmax, type == "nf4" ? quant::Method::NF4 : quant::Method::FP4, block,
+                                        shape, st);
+        }, py::arg("packed"), py::arg("absmax"), py::arg("quant_type"), py::arg("block"), py::arg("shape"), py::arg("dtype"));
+  m.def("dynamic_map", &quant::dynamic_map);
+  m.def("int8_vectorwise_quant", [](const at::Tensor& x, double threshold) {
+          auto r = quant::int8_vectorwise_quant(x, threshold);
+          return py::make_tuple(r.q, r.absmax, r.outlier_cols);
+        }, py::arg("x"), py::arg("threshold") = 0.0);
+  m.def("linear", [](const at::Tensor& x, const quant::QuantizedTensor& w, const std::optional<at::Tensor>& bias) {
+          return quant::QLinear(w, opt_tensor(bias)).forward(x);
+        }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
+  m.def("gemv_4bit", &quant::gemv_4bit, py::arg("x"), py::arg("weight"));
+  m.def("gptq_quantize", [](const at::Tensor& w, const at::Tensor& h, const std::string& spec) {
+          double loss = 0;
+          auto q = quant::gptq_quantize(w, h, quant::parse_quant_spec(spec), &loss);
+          return py::make_tuple(q, loss);
+        }, py::arg("weight"), py::arg("hessian"), py::arg("spec"));
+  py::class_<quant::GptqHessian>(m, "GptqHessian")
+      .def(py::init<int64_t>(), py::arg("in_features"))
+      .def("add", &quant::GptqHessian::add, py::arg("x"))
+      .def_property_readonly("matrix", &quant::GptqHessian::matrix)
+      .def_property_readonly("samples", &quant::GptqHessian::samples);
 
   py::class_<text::Tokenizer, std::shared_ptr<text::Tokenizer>>(m, "Tokenizer")
       .def("encode", &text::Tokenizer::encode, py::arg("text"), py::arg("bos") = true, py::arg("eos") = false)

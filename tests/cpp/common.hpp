@@ -13,7 +13,11 @@
 
 namespace qt {
 
-inline std::string shared(const std::string& rel) { return std::string(QINTERP_SHARED_DIR) + "/" + rel; }
+// QINTERP_SHARED overrides the configured path (the GPU machine gets a copy elsewhere).
+inline std::string shared(const std::string& rel) {
+  if (const char* e = std::getenv("QINTERP_SHARED")) return std::string(e) + "/" + rel;
+  return std::string(QINTERP_SHARED_DIR) + "/" + rel;
+}
 inline std::string stories(const std::string& f) { return shared("fixtures/stories260K/" + f); }
 inline std::string smollm2_gguf() {
   if (const char* e = std::getenv("QINTERP_MODELS")) return std::string(e) + "/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch  # noqa: F401  (loads libtorch before the extension needs it)
 
 from . import _C
+from . import quant  # noqa: F401  (qinterp.quant)
 from ._C import Error, Hooks, Model, Tokenizer, cuda_built
 
 __version__ = _C.__version__
@@ -26,16 +27,19 @@ GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "
 
 
 def load_model(path: Union[str, os.PathLike], quant: Optional[str] = None, device: str = "cpu",
-               dtype: Union[None, str, torch.dtype] = None) -> Model:
-    """Load a llama2.c .bin, a GGUF file, or a Hugging Face safetensors checkpoint.
+               dtype: Union[None, str, torch.dtype] = None, calibration: Optional[torch.Tensor] = None) -> Model:
+    """Load a llama2.c .bin, a GGUF file, a Hugging Face safetensors checkpoint, or a model saved
+    by Model.save / `qinterp quantize`.
 
-    dtype: None/"fp32", "fp16", "bf16" or the torch dtypes; device: "cpu", "cuda", "cuda:N".
+    quant: a spec string ("nf4", "int8", "rtn4:group=128", "gptq4", ...) to quantize on load;
+    GPTQ also needs calibration token ids [N, T]. dtype: None/"fp32", "fp16", "bf16" or the torch
+    dtypes (the non-quantized parts); device: "cpu", "cuda", "cuda:N".
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES:
             raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
         dtype = _DTYPES[dtype]
-    return _C.load_model(os.fspath(path), quant or "", str(device), dtype or "")
+    return _C.load_model(os.fspath(path), quant or "", str(device), dtype or "", calibration)
 
 
 def load_tokenizer(path: Union[str, os.PathLike]) -> Tokenizer:
@@ -72,4 +76,4 @@ def dequantize_gguf(raw: torch.Tensor, ggml_type: Union[str, int], shape: Sequen
 
 
 __all__ = ["Error", "Hooks", "Model", "Tokenizer", "load_model", "load_tokenizer", "encode_batch",
-           "dequantize_gguf", "cuda_built", "GGML_TYPES", "__version__"]
+           "dequantize_gguf", "cuda_built", "GGML_TYPES", "quant", "__version__"]

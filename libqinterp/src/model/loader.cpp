@@ -7,10 +7,13 @@
 #include "qinterp/io/llama2c.hpp"
 #include "qinterp/io/safetensors.hpp"
 #include "qinterp/model/model.hpp"
+#include "qinterp/model/quantize.hpp"
 #include "qinterp/quant/dequantize.hpp"
 #include "../io/paths.hpp"
 
 namespace qinterp::model {
+
+std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io::SafetensorsCheckpoint& ck);
 
 namespace {
 
@@ -74,6 +77,13 @@ at::ScalarType torch_dtype(io::DType t, const std::string& file, const std::stri
 
 std::shared_ptr<Model> from_safetensors(const std::string& path) {
   const std::string dir = io::paths::is_dir(path) ? path : io::paths::parent(path);
+  {
+    const std::string own = io::paths::is_dir(path) ? io::paths::join(path, "model.safetensors") : path;
+    if (io::paths::exists(own) && ends_with(own, ".safetensors")) {
+      io::SafetensorsCheckpoint ck(own);
+      if (ck.metadata().count("qinterp.quant")) return from_qinterp_checkpoint(own, ck);
+    }
+  }
   const std::string cfg_path = io::paths::join(dir, "config.json");
   if (!io::paths::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir, ")");
   ModelConfig cfg = config_from_hf_json(cfg_path);
@@ -154,11 +164,13 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
 }  // namespace
 
 std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
-  if (!opts.quant.empty() && opts.quant != "fp32" && opts.quant != "none")
-    fail("load_model: quantization spec '", opts.quant,
-         "' is not available in this build yet (weight quantization is tracked separately); "
-         "load without a spec, or with dtype fp16/bf16");
-  const at::ScalarType dtype = parse_dtype(opts.dtype);
+  quant::QuantSpec spec;
+  if (!opts.quant.empty() && opts.quant != "none") spec = quant::parse_quant_spec(opts.quant);
+  // A dtype spec ("fp16") is the dtype; a quantized spec keeps the rest of the model in opts.dtype.
+  const at::ScalarType dtype = parse_dtype(!spec.quantized() && !opts.quant.empty() && opts.quant != "none" &&
+                                                   opts.dtype.empty()
+                                               ? spec.dtype
+                                               : opts.dtype);
   at::Device device(at::kCPU);
   try {
     device = at::Device(opts.device);
@@ -180,6 +192,14 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     else m = from_llama2c(path);
   }
   if (m->device() != device || m->dtype() != dtype) m->to(device, dtype);
+  if (spec.quantized()) {
+    if (m->quant_spec().quantized()) {
+      if (!(m->quant_spec() == spec))
+        fail("load_model: ", path, " is already quantized as ", m->quant_spec().str(), "; asked for ", spec.str());
+    } else {
+      quantize_model(*m, spec, opts.calibration);
+    }
+  }
   return m;
 }
 

@@ -56,6 +56,25 @@ std::string shape_str(at::IntArrayRef s) {
 
 }  // namespace
 
+const char* linear_name(int which) {
+  static const char* names[kNumLinear] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                          "mlp.down_proj"};
+  if (which < 0 || which >= kNumLinear) fail("linear_name: no linear layer ", which);
+  return names[which];
+}
+
+at::Tensor* Model::Layer::weight(int which) {
+  at::Tensor* w[kNumLinear] = {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+  return w[which];
+}
+const at::Tensor* Model::Layer::bias(int which) const {
+  if (which == kQ) return &bq;
+  if (which == kK) return &bk;
+  if (which == kV) return &bv;
+  return nullptr;
+}
+
 at::ScalarType parse_dtype(const std::string& s) {
   if (s.empty() || s == "fp32" || s == "float32" || s == "float") return at::kFloat;
   if (s == "fp16" || s == "float16" || s == "half") return at::kHalf;
@@ -63,7 +82,8 @@ at::ScalarType parse_dtype(const std::string& s) {
   fail("unknown dtype '", s, "' (use fp32, fp16 or bf16)");
 }
 
-Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights) : cfg_(std::move(cfg)) {
+Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::string, quant::QuantizedTensor> quantized)
+    : cfg_(std::move(cfg)) {
   cfg_.validate();
   std::map<std::string, at::Tensor> w;
   for (auto& nt : weights) w[nt.name] = std::move(nt.tensor);
@@ -71,6 +91,13 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights) : cfg_(std::move
   const int64_t qd = cfg_.num_heads * cfg_.head_dim, kvd = cfg_.num_kv_heads * cfg_.head_dim;
   auto take = [&](const std::string& name, std::vector<int64_t> shape, bool required = true) -> at::Tensor {
     auto it = w.find(name);
+    if (it == w.end() && quantized.count(name)) {
+      const auto& q = quantized.at(name);
+      if (q.shape != shape)
+        fail(cfg_.source, ": quantized tensor '", name, "' has shape ", shape_str(q.shape),
+             " but the configuration needs ", shape_str(shape));
+      return {};  // installed as a QLinear below
+    }
     if (it == w.end()) {
       if (required) fail(cfg_.source, ": missing tensor '", name, "'");
       return {};
@@ -98,6 +125,13 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights) : cfg_(std::move
     L.w_gate = take(p + "mlp.gate_proj.weight", {I, D});
     L.w_up = take(p + "mlp.up_proj.weight", {I, D}, cfg_.gated_mlp);
     L.w_down = take(p + "mlp.down_proj.weight", {D, I});
+    for (int k = 0; k < kNumLinear; ++k) {
+      auto it = quantized.find(p + linear_name(k) + ".weight");
+      if (it == quantized.end()) continue;
+      if (!quant_.quantized()) quant_ = it->second.spec;
+      const at::Tensor* b = L.bias(k);
+      L.q[k] = std::make_shared<const quant::QLinear>(it->second, b && b->defined() ? *b : at::Tensor());
+    }
     layers_.push_back(std::move(L));
   }
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
@@ -132,10 +166,17 @@ void Model::to(at::Device device, at::ScalarType dtype) {
   cv(embed_);
   cv(final_norm_);
   if (tied) lm_head_ = embed_; else cv(lm_head_);
-  for (auto& L : layers_)
+  for (auto& L : layers_) {
     for (at::Tensor* t : {&L.attn_norm, &L.wq, &L.bq, &L.wk, &L.bk, &L.wv, &L.bv, &L.wo, &L.ffn_norm, &L.w_gate,
                           &L.w_up, &L.w_down})
       cv(*t);
+    for (auto& q : L.q)
+      if (q && q->weight().device() != device) {
+        auto moved = std::make_shared<quant::QLinear>(*q);
+        moved->to(device);
+        q = moved;
+      }
+  }
   build_rope();
 }
 
@@ -156,6 +197,10 @@ std::vector<NamedTensor> Model::named_parameters() const {
         {"mlp.up_proj.weight", &L.w_up},          {"mlp.down_proj.weight", &L.w_down}};
     for (const auto& it : items)
       if (it.second->defined()) out.push_back({p + it.first, *it.second});
+    for (int k = 0; k < kNumLinear; ++k)
+      if (L.q[k])
+        for (const auto& part : L.q[k]->weight().parts())
+          out.push_back({p + linear_name(k) + ".weight." + part.first, part.second});
   }
   out.push_back({"model.norm.weight", final_norm_});
   if (!lm_head_.is_same(embed_)) out.push_back({"lm_head.weight", lm_head_});
@@ -164,7 +209,11 @@ std::vector<NamedTensor> Model::named_parameters() const {
 
 int64_t Model::num_parameters() const {
   int64_t n = 0;
-  for (const auto& p : named_parameters()) n += p.tensor.numel();
+  for (const auto& p : named_parameters())
+    if (p.name.find(".weight.") == std::string::npos) n += p.tensor.numel();
+  for (const auto& L : layers_)
+    for (const auto& q : L.q)
+      if (q) n += q->weight().numel();
   return n;
 }
 
@@ -186,36 +235,35 @@ KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
   return c;
 }
 
-at::Tensor Model::forward(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hooks* hooks,
-                          KVCache* cache) const {
+Pass Model::begin(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hooks* hooks, KVCache* cache) const {
   if (!ids_in.defined() || ids_in.dim() != 2)
     fail("Model::forward: ids must be a [batch, seq] integer tensor");
   if (ids_in.is_floating_point() || ids_in.is_complex()) fail("Model::forward: ids must be integers");
   const int64_t B = ids_in.size(0), T = ids_in.size(1);
   if (B == 0 || T == 0) fail("Model::forward: empty batch or sequence");
   const at::Device dev = device();
-  const at::Tensor ids = ids_in.to(dev, at::kLong);
-  at::Tensor mask;
+  Pass p;
+  p.B = B;
+  p.T = T;
+  p.hooks = hooks && !hooks->empty() ? hooks : nullptr;
+  p.cache = cache;
+  p.ids = ids_in.to(dev, at::kLong);
   if (mask_in.defined()) {
     if (mask_in.sizes() != ids_in.sizes())
       fail("Model::forward: mask shape ", shape_str(mask_in.sizes()), " differs from ids shape ",
            shape_str(ids_in.sizes()));
-    mask = mask_in.to(dev).ne(0);
+    p.mask = mask_in.to(dev).ne(0);
   } else {
-    mask = at::ones({B, T}, ids.options().dtype(at::kBool));
+    p.mask = at::ones({B, T}, p.ids.options().dtype(at::kBool));
   }
   {
-    const auto lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    const auto lo = p.ids.min().item<int64_t>(), hi = p.ids.max().item<int64_t>();
     if (lo < 0 || hi >= cfg_.vocab_size)
       fail("Model::forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   }
-  if (hooks && !hooks->empty()) hooks->check_layers(cfg_.num_layers);
-  const bool hooked = hooks && !hooks->empty();
-  auto hook = [&](const std::string& name, int64_t layer, at::Tensor x) {
-    return hooked ? hooks->run(name, layer, std::move(x), mask) : x;
-  };
-
+  if (p.hooks) p.hooks->check_layers(cfg_.num_layers);
   const int64_t past = cache ? cache->length : 0, S = past + T;
+  p.past = past;
   if (cache) {
     if (cache->k.size() != static_cast<size_t>(cfg_.num_layers) || cache->key_valid.size(0) != B)
       fail("Model::forward: the KV cache was made for another model or batch size");
@@ -223,7 +271,7 @@ at::Tensor Model::forward(const at::Tensor& ids_in, const at::Tensor& mask_in, c
       fail("Model::forward: KV cache holds ", cache->capacity(), " positions; ", S, " needed");
   }
   // RoPE position of each token: the number of real tokens before it in its row.
-  at::Tensor pos = (at::cumsum(mask.to(at::kLong), 1) - 1).clamp_min(0);
+  at::Tensor pos = (at::cumsum(p.mask.to(at::kLong), 1) - 1).clamp_min(0);
   if (cache) pos = pos + cache->next_pos.unsqueeze(1);
   if (pos.max().item<int64_t>() >= cfg_.max_seq_len)
     fail("Model::forward: position ", pos.max().item<int64_t>(), " is beyond the model's context of ",
@@ -231,57 +279,141 @@ at::Tensor Model::forward(const at::Tensor& ids_in, const at::Tensor& mask_in, c
   const int64_t half = cfg_.head_dim / 2;
   const at::ScalarType dt = dtype();
   const at::Tensor flat = pos.reshape({-1});
-  const at::Tensor cos = rope_cos_.index_select(0, flat).view({B, T, 1, half}).to(dt);
-  const at::Tensor sin = rope_sin_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+  p.cos = rope_cos_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+  p.sin = rope_sin_.index_select(0, flat).view({B, T, 1, half}).to(dt);
 
   // Attention mask [B, 1, T, S], true = may attend: causal and not padding. A padding query
   // would have no key left and give NaN, so every query may always see itself.
-  const at::Tensor key_valid = cache ? at::cat({cache->key_valid.narrow(1, 0, past), mask}, 1) : mask;
-  const auto bopt = mask.options();
+  const at::Tensor key_valid = cache ? at::cat({cache->key_valid.narrow(1, 0, past), p.mask}, 1) : p.mask;
+  const auto bopt = p.mask.options();
   const at::Tensor qpos = at::arange(past, S, bopt.dtype(at::kLong)).unsqueeze(1);
   const at::Tensor kpos = at::arange(S, bopt.dtype(at::kLong)).unsqueeze(0);
   const at::Tensor allowed =
       (kpos.le(qpos).unsqueeze(0).logical_and(key_valid.unsqueeze(1))).logical_or(kpos.eq(qpos).unsqueeze(0));
-  const at::Tensor attn_mask = allowed.unsqueeze(1);
+  p.attn_mask = allowed.unsqueeze(1);
+  return p;
+}
 
+at::Tensor Model::embed(const Pass& p) const { return at::embedding(embed_, p.ids); }
+
+at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const {
+  if (obs) obs(l, which, x);
+  if (L.q[which]) return L.q[which]->forward(x);
+  const at::Tensor* b = L.bias(which);
+  return dense(x, *L.weight(which), b ? *b : at::Tensor());
+}
+
+at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs) const {
+  if (l < 0 || l >= cfg_.num_layers) fail("Model::run_layer: no layer ", l);
+  const int64_t B = p.B, T = p.T, past = p.past, S = past + T;
   const int64_t H = cfg_.num_heads, KV = cfg_.num_kv_heads, hd = cfg_.head_dim;
-  at::Tensor x = at::embedding(embed_, ids);
-  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const Layer& L = layers_[l];
-    const auto& hn = hook_names_[l];
-    x = hook(hn[0], l, x);
-    at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
-    at::Tensor q = apply_rope(dense(h, L.wq, L.bq).view({B, T, H, hd}), cos, sin, cfg_.rope_layout).transpose(1, 2);
-    at::Tensor k = apply_rope(dense(h, L.wk, L.bk).view({B, T, KV, hd}), cos, sin, cfg_.rope_layout).transpose(1, 2);
-    at::Tensor v = dense(h, L.wv, L.bv).view({B, T, KV, hd}).transpose(1, 2);
-    if (cache) {
-      cache->k[l].narrow(2, past, T).copy_(k);
-      cache->v[l].narrow(2, past, T).copy_(v);
-      k = cache->k[l].narrow(2, 0, S);
-      v = cache->v[l].narrow(2, 0, S);
-    }
-    if (KV != H) {  // grouped-query attention: kv head j serves query heads j*g .. j*g+g-1
-      k = k.repeat_interleave(H / KV, 1);
-      v = v.repeat_interleave(H / KV, 1);
-    }
-    at::Tensor a = at::scaled_dot_product_attention(q, k, v, attn_mask);
-    a = a.transpose(1, 2).reshape({B, T, H * hd});
-    at::Tensor o = hook(hn[1], l, dense(a, L.wo));
-    x = hook(hn[2], l, x + o);
-    h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
-    at::Tensor pre = hook(hn[3], l, dense(h, L.w_gate));
-    at::Tensor act = hook(hn[4], l, activate(pre, cfg_.activation));
-    at::Tensor post = hook(hn[5], l, cfg_.gated_mlp ? act * dense(h, L.w_up) : act);
-    x = hook(hn[6], l, x + dense(post, L.w_down));
-  }
-  x = rms_norm(x, final_norm_, cfg_.rms_norm_eps);
-  at::Tensor logits = hook(kLogitsHook, -1, dense(x, lm_head_).to(at::kFloat));
+  auto hook = [&](const std::string& name, int64_t layer, at::Tensor x) {
+    return p.hooks ? p.hooks->run(name, layer, std::move(x), p.mask) : x;
+  };
+  KVCache* cache = p.cache;
+  const Layer& L = layers_[l];
+  const auto& hn = hook_names_[l];
+  at::Tensor x = hook(hn[0], l, x_in);
+  at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
+  at::Tensor q = apply_rope(linear(L, kQ, h, l, obs).view({B, T, H, hd}), p.cos, p.sin, cfg_.rope_layout).transpose(1, 2);
+  at::Tensor k = apply_rope(linear(L, kK, h, l, obs).view({B, T, KV, hd}), p.cos, p.sin, cfg_.rope_layout).transpose(1, 2);
+  at::Tensor v = linear(L, kV, h, l, obs).view({B, T, KV, hd}).transpose(1, 2);
   if (cache) {
-    cache->key_valid.narrow(1, past, T).copy_(mask);
-    cache->next_pos.add_(mask.to(at::kLong).sum(1));
-    cache->length = S;
+    cache->k[l].narrow(2, past, T).copy_(k);
+    cache->v[l].narrow(2, past, T).copy_(v);
+    k = cache->k[l].narrow(2, 0, S);
+    v = cache->v[l].narrow(2, 0, S);
+  }
+  if (KV != H) {  // grouped-query attention: kv head j serves query heads j*g .. j*g+g-1
+    k = k.repeat_interleave(H / KV, 1);
+    v = v.repeat_interleave(H / KV, 1);
+  }
+  at::Tensor a = at::scaled_dot_product_attention(q, k, v, p.attn_mask);
+  a = a.transpose(1, 2).reshape({B, T, H * hd});
+  at::Tensor o = hook(hn[1], l, linear(L, kO, a, l, obs));
+  x = hook(hn[2], l, x + o);
+  h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
+  at::Tensor pre = hook(hn[3], l, linear(L, kGate, h, l, obs));
+  at::Tensor act = hook(hn[4], l, activate(pre, cfg_.activation));
+  at::Tensor post = hook(hn[5], l, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+  return hook(hn[6], l, x + linear(L, kDown, post, l, obs));
+}
+
+at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
+  const at::Tensor x = rms_norm(x_in, final_norm_, cfg_.rms_norm_eps);
+  at::Tensor logits = dense(x, lm_head_).to(at::kFloat);
+  if (p.hooks) logits = p.hooks->run(kLogitsHook, -1, std::move(logits), p.mask);
+  if (p.cache) {
+    p.cache->key_valid.narrow(1, p.past, p.T).copy_(p.mask);
+    p.cache->next_pos.add_(p.mask.to(at::kLong).sum(1));
+    p.cache->length = p.past + p.T;
   }
   return logits;
+}
+
+at::Tensor Model::forward(const at::Tensor& ids, const at::Tensor& mask, const Hooks* hooks, KVCache* cache) const {
+  const Pass p = begin(ids, mask, hooks, cache);
+  at::Tensor x = embed(p);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) x = run_layer(l, x, p);
+  return finish(x, p);
+}
+
+// ---------------------------------------------------------------- quantization
+
+void Model::set_linear(int64_t layer, int which, std::shared_ptr<const quant::QLinear> q) {
+  if (layer < 0 || layer >= cfg_.num_layers) fail("Model::set_linear: no layer ", layer);
+  if (which < 0 || which >= kNumLinear) fail("Model::set_linear: no linear ", which);
+  if (!q) fail("Model::set_linear: null layer");
+  Layer& L = layers_[layer];
+  const at::Tensor* w = L.weight(which);
+  if (!w->defined() && !L.q[which]) fail("Model::set_linear: layer ", layer, " has no ", linear_name(which));
+  const int64_t out = w->defined() ? w->size(0) : L.q[which]->out_features();
+  const int64_t in = w->defined() ? w->size(1) : L.q[which]->in_features();
+  if (q && (q->out_features() != out || q->in_features() != in))
+    fail("Model::set_linear: layer ", layer, " ", linear_name(which), " is [", out, ", ", in, "], the replacement [",
+         q->out_features(), ", ", q->in_features(), "]");
+  if (!quant_.quantized()) quant_ = q->weight().spec;
+  L.q[which] = std::move(q);
+  *L.weight(which) = at::Tensor();  // the dense copy is no longer needed
+}
+
+std::shared_ptr<const quant::QLinear> Model::qlinear(int64_t layer, int which) const {
+  if (layer < 0 || layer >= cfg_.num_layers || which < 0 || which >= kNumLinear) fail("Model::qlinear: out of range");
+  return layers_[layer].q[which];
+}
+
+at::Tensor Model::linear_weight(int64_t layer, int which) const {
+  if (layer < 0 || layer >= cfg_.num_layers || which < 0 || which >= kNumLinear)
+    fail("Model::linear_weight: out of range");
+  const Layer& L = layers_[layer];
+  if (L.q[which]) return quant::dequantize(L.q[which]->weight(), at::kFloat);
+  return *L.weight(which);
+}
+
+at::Tensor Model::linear_bias(int64_t layer, int which) const {
+  if (layer < 0 || layer >= cfg_.num_layers || which < 0 || which >= kNumLinear)
+    fail("Model::linear_bias: out of range");
+  const at::Tensor* b = layers_[layer].bias(which);
+  return b ? *b : at::Tensor();
+}
+
+void Model::quantize(const quant::QuantSpec& spec, const std::function<void(int64_t, int64_t)>& progress) {
+  if (!spec.quantized()) fail("Model::quantize: '", spec.str(), "' is not a quantized format; use to() for dtypes");
+  if (spec.method == quant::Method::GPTQ)
+    fail("Model::quantize: GPTQ needs calibration data; use model::quantize_gptq (model/quantize.hpp)");
+  if (quant_.quantized()) fail("Model::quantize: the model is already quantized (", quant_.str(), ")");
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    for (int k = 0; k < kNumLinear; ++k) {
+      const at::Tensor* w = L.weight(k);
+      if (!w->defined()) continue;  // non-gated MLP has no up_proj
+      const at::Tensor* b = L.bias(k);
+      set_linear(l, k, std::make_shared<const quant::QLinear>(quant::quantize(*w, spec),
+                                                              b && b->defined() ? *b : at::Tensor()));
+    }
+    if (progress) progress(l + 1, cfg_.num_layers);
+  }
+  quant_ = spec;
 }
 
 namespace {

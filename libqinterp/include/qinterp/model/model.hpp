@@ -14,12 +14,16 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "qinterp/model/config.hpp"
 #include "qinterp/model/hooks.hpp"
+#include "qinterp/quant/qlinear.hpp"
+#include "qinterp/quant/spec.hpp"
 
 namespace qinterp::model {
 
@@ -46,9 +50,27 @@ struct NamedTensor {
   at::Tensor tensor;
 };
 
+// The linear layers of a block, in this order (linear_name() gives the HF module name).
+enum LinearId { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinear };
+const char* linear_name(int which);  // "self_attn.q_proj", ..., "mlp.down_proj"
+
+// Called with the input of a block's linear layer (GPTQ calibration).
+using LinearObserver = std::function<void(int64_t layer, int which, const at::Tensor& input)>;
+
+// The state of one forward pass, for running it layer by layer (see Model::begin).
+struct Pass {
+  int64_t B = 0, T = 0, past = 0;
+  at::Tensor ids, mask, cos, sin, attn_mask;
+  const Hooks* hooks = nullptr;
+  KVCache* cache = nullptr;
+};
+
 class Model {
  public:
-  Model(ModelConfig cfg, std::vector<NamedTensor> weights);  // HF names; validates shapes
+  // HF names; validates shapes. A block linear may instead come quantized, keyed by its weight
+  // name ("model.layers.0.self_attn.q_proj.weight").
+  Model(ModelConfig cfg, std::vector<NamedTensor> weights,
+        std::map<std::string, quant::QuantizedTensor> quantized = {});
 
   const ModelConfig& config() const { return cfg_; }
 
@@ -69,15 +91,41 @@ class Model {
   at::Device device() const;
   at::ScalarType dtype() const;
 
-  std::vector<NamedTensor> named_parameters() const;  // HF names, current storage
-  int64_t num_parameters() const;
-  int64_t parameter_bytes() const;
+  // HF names, current storage. A quantized weight appears as its parts, "<weight>.qdata",
+  // "<weight>.absmax", ... (QuantizedTensor::parts()).
+  std::vector<NamedTensor> named_parameters() const;
+  int64_t num_parameters() const;   // counts weights, not storage elements
+  int64_t parameter_bytes() const;  // bytes of storage
+
+  // --- quantization ---
+  // Replaces every block's linear layers with quantized ones (nf4, fp4, int8, rtn; GPTQ goes
+  // through quantize_gptq in model/quantize.hpp). Embeddings, norms and lm_head stay dense, as
+  // bitsandbytes leaves them. progress(done, total) is called per layer.
+  void quantize(const quant::QuantSpec& spec, const std::function<void(int64_t, int64_t)>& progress = {});
+  void set_linear(int64_t layer, int which, std::shared_ptr<const quant::QLinear> q);
+  std::shared_ptr<const quant::QLinear> qlinear(int64_t layer, int which) const;
+  at::Tensor linear_weight(int64_t layer, int which) const;  // dense [out, in] (dequantized if needed)
+  at::Tensor linear_bias(int64_t layer, int which) const;    // undefined if none
+  const quant::QuantSpec& quant_spec() const { return quant_; }  // method None when dense
+
+  // --- layer by layer: forward() == finish(run_layer(L-1, ... run_layer(0, embed(p), p) ...), p)
+  Pass begin(const at::Tensor& ids, const at::Tensor& mask = {}, const Hooks* hooks = nullptr,
+             KVCache* cache = nullptr) const;
+  at::Tensor embed(const Pass& p) const;
+  at::Tensor run_layer(int64_t l, const at::Tensor& x, const Pass& p, const LinearObserver& observe = {}) const;
+  at::Tensor finish(const at::Tensor& x, const Pass& p) const;
 
  private:
   struct Layer {
     at::Tensor attn_norm, wq, bq, wk, bk, wv, bv, wo, ffn_norm, w_gate, w_up, w_down;
+    std::array<std::shared_ptr<const quant::QLinear>, kNumLinear> q;  // set when quantized
+    at::Tensor* weight(int which);
+    const at::Tensor* weight(int which) const { return const_cast<Layer*>(this)->weight(which); }
+    const at::Tensor* bias(int which) const;
   };
+  at::Tensor linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const;
   ModelConfig cfg_;
+  quant::QuantSpec quant_;
   at::Tensor embed_, final_norm_, lm_head_;
   std::vector<Layer> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2] float32
@@ -88,7 +136,9 @@ class Model {
 struct LoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   std::string dtype;           // "" (float32), "fp32", "fp16", "bf16"
-  std::string quant;           // quantization spec; "" = none
+  std::string quant;           // quantization spec (quant/spec.hpp); "" = none. A saved quantized
+                               // model loads as saved; asking for another spec is an error.
+  at::Tensor calibration;      // GPTQ: [N, T] token ids (model/quantize.hpp calibration_windows)
 };
 
 // Loads a model from a llama2.c .bin, a GGUF file, a safetensors file (config.json beside it),

@@ -1,0 +1,65 @@
+"""qinterp.quant — quantize tensors in the formats of the papers (bitsandbytes NF4/FP4, LLM.int8(),
+round-to-nearest, GPTQ) and get them back.
+
+    qt = qinterp.quant.quantize(w, "nf4")          # QuantizedTensor: packed data, absmax, spec
+    w2 = qinterp.quant.dequantize(qt)              # torch tensor of w's dtype and shape
+    y = qinterp.quant.linear(x, qt, bias)          # the quantized layer's forward (QLinear)
+
+Spec strings: "nf4", "fp4", "int8", "rtn8", "rtn4", "gptq4", ... with parameters such as
+"nf4:block=64,double_quant=1,compute=fp16" (see docs/quantization.md).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from . import _C
+from ._C import GptqHessian, QuantizedTensor
+
+parse_spec = _C.parse_spec
+dynamic_map = _C.dynamic_map
+
+
+def quantize(tensor: torch.Tensor, spec: str) -> QuantizedTensor:
+    """Quantize a float32/float16/bfloat16 tensor (on CPU or CUDA). GPTQ: use gptq_quantize."""
+    return _C.quantize(tensor, spec)
+
+
+def dequantize(qt: QuantizedTensor) -> torch.Tensor:
+    """Back to a dense tensor of the original dtype and shape, on qt's device."""
+    return _C.dequantize(qt)
+
+
+def linear(x: torch.Tensor, weight: QuantizedTensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x Wᵀ + b through the quantized layer (compute dtype from the spec; x's dtype out)."""
+    return _C.linear(x, weight, bias)
+
+
+def quantize_4bit(x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes.functional.quantize_4bit without the state object: (packed uint8 [n/2, 1], absmax fp32)."""
+    return _C.quantize_4bit(x, quant_type, blocksize)
+
+
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, shape: Sequence[int], dtype: torch.dtype,
+                    quant_type: str = "nf4", blocksize: int = 64) -> torch.Tensor:
+    return _C.dequantize_4bit(packed, absmax, quant_type, blocksize, list(shape), dtype)
+
+
+def int8_vectorwise_quant(x: torch.Tensor, threshold: float = 0.0):
+    """LLM.int8() row-wise quantization: (int8 rows, row absmax fp32, outlier column indices)."""
+    return _C.int8_vectorwise_quant(x, threshold)
+
+
+def gemv_4bit(x: torch.Tensor, weight: QuantizedTensor) -> torch.Tensor:
+    """x Wᵀ for a 4-bit weight: the fused CUDA kernel on a GPU, dequantize + matmul elsewhere."""
+    return _C.gemv_4bit(x, weight)
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: str = "gptq4") -> Tuple[QuantizedTensor, float]:
+    """GPTQ on one layer: weight [out, in], hessian [in, in] (GptqHessian.matrix). Returns (qt, loss)."""
+    return _C.gptq_quantize(weight, hessian, spec)
+
+
+__all__ = ["QuantizedTensor", "GptqHessian", "quantize", "dequantize", "linear", "quantize_4bit", "dequantize_4bit",
+           "int8_vectorwise_quant", "gemv_4bit", "gptq_quantize", "parse_spec", "dynamic_map"]

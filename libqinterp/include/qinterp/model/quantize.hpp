@@ -1,0 +1,33 @@
+// Quantizing a whole model, and saving / loading a quantized one.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+
+#include "qinterp/model/model.hpp"
+#include "qinterp/quant/spec.hpp"
+
+namespace qinterp::model {
+
+// GPTQ layer by layer (the reference's sequential procedure): the calibration sequences run
+// through the blocks already quantized; block l's seven linear layers are quantized from their
+// inputs under the full-precision block l; then block l is rerun quantized to feed block l + 1.
+// calib: [N, T] int64 token ids (no padding). progress(layer_done, layers) per block.
+void quantize_gptq(Model& model, const quant::QuantSpec& spec, const at::Tensor& calib,
+                   const std::function<void(int64_t, int64_t)>& progress = {});
+
+// Quantizes in place with any spec: nf4/fp4/int8/rtn directly, GPTQ with `calib` (required).
+void quantize_model(Model& model, const quant::QuantSpec& spec, const at::Tensor& calib = {},
+                    const std::function<void(int64_t, int64_t)>& progress = {});
+
+// Writes dir/model.safetensors: the dense tensors, each quantized weight as its parts
+// ("<weight>.qdata", ...), and metadata (qinterp.quant = the spec, qinterp.config = the model's
+// configuration, qinterp.shape.<weight> / qinterp.dtype.<weight>). load_model(dir) reads it back.
+void save_model(const Model& model, const std::string& dir);
+
+// Random-free default calibration for GPTQ when the caller has none: `n` windows of `seqlen`
+// tokens cut from the concatenation of `ids` rows (real tokens only, mask applied).
+at::Tensor calibration_windows(const at::Tensor& ids, const at::Tensor& mask, int64_t n, int64_t seqlen);
+
+}  // namespace qinterp::model

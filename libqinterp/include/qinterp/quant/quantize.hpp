@@ -1,0 +1,79 @@
+// Quantized tensors: quantize / dequantize in every format of spec.hpp, on CPU (vectorized,
+// at::parallel_for) or CUDA (libqinterp/cuda/), chosen by the input's device. The bit-level
+// definitions are the reference functions in reference.hpp.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "qinterp/quant/spec.hpp"
+
+namespace qinterp::quant {
+
+// A weight in quantized storage. Which members are set depends on spec.method:
+//   NF4 / FP4  data    uint8 [(numel + 1) / 2]   two codes per byte, even element in the high nibble
+//              absmax  float32 [nblocks]         (double_quant = 0)
+//                   or uint8 [nblocks]           (double_quant = 1) with
+//              absmax2 float32 [ceil(nblocks / 256)], offset float32 [] (scalar), code2 float32 [256]
+//   Int8       data    int8 [rows, cols]         round(W * 127 / rowmax), half to even
+//              scale   float32 [rows]            rowmax (bitsandbytes' SCB)
+//   RTN / GPTQ data    uint8 [rows, (cols + 1) / 2] for bits <= 4 (two codes per byte, even column
+//                      high), uint8 [rows, cols] for 8 bits; codes 0 .. 2^bits - 1
+//              scale, zero float32 [rows, groups]; g_idx int32 [cols] (group of each column)
+//              W[r, c] = scale[r, g] * (code[r, c] - zero[r, g]) with g = g_idx[c]
+// 2-D weights are [out, in] as in torch.nn.Linear; NF4/FP4 accept any shape.
+struct QuantizedTensor {
+  QuantSpec spec;
+  std::vector<int64_t> shape;
+  at::ScalarType dtype = at::kFloat;  // of the original tensor: what dequantize() returns
+  at::Tensor data, absmax, absmax2, offset, code2, scale, zero, g_idx;
+
+  int64_t numel() const;
+  int64_t nbytes() const;  // bytes of all storage tensors
+  at::Device device() const { return data.device(); }
+  QuantizedTensor to(at::Device device) const;
+  // Storage tensors by suffix ("qdata", "absmax", ...) for saving; from_parts() inverts it.
+  std::vector<std::pair<std::string, at::Tensor>> parts() const;
+  static QuantizedTensor from_parts(const QuantSpec& spec, std::vector<int64_t> shape, at::ScalarType dtype,
+                                    const std::vector<std::pair<std::string, at::Tensor>>& parts,
+                                    const std::string& where);
+};
+
+// NF4, FP4, Int8 and RTN (GPTQ needs calibration: gptq.hpp). x: float32/float16/bfloat16.
+QuantizedTensor quantize(const at::Tensor& x, const QuantSpec& spec);
+// Back to a dense tensor of q.dtype (or `dtype` when given), on q's device.
+at::Tensor dequantize(const QuantizedTensor& q, at::ScalarType dtype = at::ScalarType::Undefined);
+
+// ---- the pieces, for tests and for users who want bitsandbytes' functional API ----
+
+// bitsandbytes' signed 8-bit dynamic map (create_dynamic_map()), float32 [256], ascending.
+at::Tensor dynamic_map();
+// x any float dtype, any shape, contiguous. Returns (packed uint8, absmax float32).
+std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, Method type, int64_t block);
+// absmax float32 [nblocks]. Returns `dtype` with `shape`.
+at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, Method type, int64_t block,
+                           at::IntArrayRef shape, at::ScalarType dtype);
+// 8-bit blockwise with the dynamic map; x float32. Returns (codes uint8, absmax float32).
+std::pair<at::Tensor, at::Tensor> quantize_blockwise8(const at::Tensor& x, int64_t block);
+at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, int64_t block);
+// float32 absmax of a 4-bit tensor, undoing double quantization when present.
+at::Tensor absmax_f32(const QuantizedTensor& q);
+
+// LLM.int8() pieces (bitsandbytes int8_vectorwise_quant): row-wise int8 of x [rows, cols] with
+// absmax over the values below `threshold` (all values when threshold = 0). outlier_cols: int64
+// indices of columns holding any |x| >= threshold (empty when none or threshold = 0).
+struct Int8Rows {
+  at::Tensor q, absmax, outlier_cols;
+};
+Int8Rows int8_vectorwise_quant(const at::Tensor& x, double threshold);
+// y = x Wᵀ (+ bias) with W = data * scale / 127: int8 x int8 -> int32 on the non-outlier
+// columns, outlier columns in x's dtype against the dequantized weight columns.
+at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias = {});
+
+// y = x Wᵀ for one token per row of x ([n, in], n small) and a 4-bit weight [out, in]: the fused
+// CUDA kernel when x is on a GPU and in % block == 0, else dequantize + matmul. Returns x's dtype.
+at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w);
+
+}  // namespace qinterp::quant

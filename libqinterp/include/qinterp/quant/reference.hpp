@@ -1,0 +1,47 @@
+// Reference implementations of the quantization formats on raw host pointers: plain scalar
+// loops, no torch, no threads. They define the bits (matched against bitsandbytes and GPTQ in the
+// tests); the vectorized CPU kernels (quantize.hpp) and the CUDA kernels (libqinterp/cuda/) are
+// tested against them.
+//
+// 4-bit layout (bitsandbytes): the tensor is flattened row-major and cut into blocks of `block`
+// values; absmax[b] = max |x| over block b (float32); x / absmax goes to the nearest of the 16
+// codes (ties to the lower code); two codes per byte, the even element in the high nibble.
+#pragma once
+#include <cstdint>
+
+namespace qinterp::quant::ref {
+
+enum class FourBit { NF4 = 0, FP4 = 1 };
+
+// The 16 code values indexed by 4-bit code (FP4: e2m1 with sign in bit 3, divided by 12).
+const float* fourbit_code(FourBit t);
+// Midpoints between neighbouring codes in ascending value order (15), and the code of each of
+// the 16 value-ordered slots, as bitsandbytes' CPU path builds them.
+const float* fourbit_bounds(FourBit t);
+const uint8_t* fourbit_order(FourBit t);
+
+// Maps one normalised value s in [-1, 1] to its code (count of bounds below s).
+uint8_t fourbit_encode(float s, FourBit t);
+
+// x: n floats; packed: (n + 1) / 2 bytes; absmax: ceil(n / block) floats.
+void quantize_4bit(const float* x, int64_t n, int64_t block, FourBit t, uint8_t* packed, float* absmax);
+// out[i] = code[q_i] * absmax[i / block], float32.
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t block, FourBit t, float* out);
+
+// bitsandbytes' 8-bit blockwise quantization with a 256-entry sorted code (the dynamic map):
+// absmax per block, then the code nearest to x / absmax as resolved on a 65536-point grid of
+// [-1, 1] (bitsandbytes 0.50's CPU lookup table), an all-zero block gives code 0.
+void quantize_blockwise8(const float* x, int64_t n, int64_t block, const float* code, uint8_t* q, float* absmax);
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, int64_t n, int64_t block, const float* code,
+                           float* out);
+
+// Double-quantized absmax back to float32: code[q[b]] * absmax2[b / 256] + offset (two roundings).
+void dequantize_absmax(const uint8_t* q, const float* absmax2, float offset, const float* code, int64_t nblocks,
+                       float* out);
+
+// y[r] = sum_k W[r, k] x[k] for a 4-bit weight [rows, cols] (row-major, flattened blocks), with
+// float32 absmax; accumulates in double.
+void gemv_4bit(const uint8_t* packed, const float* absmax, int64_t rows, int64_t cols, int64_t block, FourBit t,
+               const float* x, float* y);
+
+}  // namespace qinterp::quant::ref

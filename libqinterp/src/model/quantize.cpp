@@ -1,0 +1,223 @@
+#include "qinterp/model/quantize.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "../io/paths.hpp"
+#include "qinterp/error.hpp"
+#include "qinterp/io/safetensors.hpp"
+#include "qinterp/quant/gptq.hpp"
+
+namespace qinterp::model {
+
+void quantize_gptq(Model& model, const quant::QuantSpec& spec, const at::Tensor& calib,
+                   const std::function<void(int64_t, int64_t)>& progress) {
+  c10::NoGradGuard ng;
+  if (spec.method != quant::Method::GPTQ) fail("quantize_gptq: spec '", spec.str(), "' is not GPTQ");
+  if (model.quant_spec().quantized()) fail("quantize_gptq: the model is already quantized (", model.quant_spec().str(), ")");
+  if (!calib.defined() || calib.dim() != 2 || calib.size(0) == 0 || calib.size(1) == 0)
+    fail("quantize_gptq: calibration must be a non-empty [sequences, tokens] id tensor");
+  const int64_t layers = model.config().num_layers, batch = 8;
+  // Hidden states entering the current block, per calibration batch.
+  std::vector<Pass> passes;
+  std::vector<at::Tensor> xs;
+  for (int64_t s = 0; s < calib.size(0); s += batch) {
+    passes.push_back(model.begin(calib.narrow(0, s, std::min(batch, calib.size(0) - s))));
+    xs.push_back(model.embed(passes.back()));
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    std::map<int, quant::GptqHessian> hs;
+    const LinearObserver obs = [&](int64_t, int which, const at::Tensor& in) {
+      auto it = hs.find(which);
+      if (it == hs.end()) it = hs.emplace(which, quant::GptqHessian(in.size(-1), in.device())).first;
+      it->second.add(in);
+    };
+    for (size_t b = 0; b < xs.size(); ++b) model.run_layer(l, xs[b], passes[b], obs);
+    for (auto& [which, h] : hs) {
+      const at::Tensor w = model.linear_weight(l, which);
+      const at::Tensor bias = model.linear_bias(l, which);
+      auto q = quant::gptq_quantize(w, h.matrix(), spec).to(w.device());
+      model.set_linear(l, which, std::make_shared<const quant::QLinear>(q, bias.defined() ? bias : at::Tensor()));
+    }
+    for (size_t b = 0; b < xs.size(); ++b) xs[b] = model.run_layer(l, xs[b], passes[b]);
+    if (progress) progress(l + 1, layers);
+  }
+}
+
+void quantize_model(Model& model, const quant::QuantSpec& spec, const at::Tensor& calib,
+                    const std::function<void(int64_t, int64_t)>& progress) {
+  if (!spec.quantized()) fail("quantize_model: '", spec.str(), "' is not a quantized format");
+  if (spec.method == quant::Method::GPTQ) {
+    if (!calib.defined())
+      fail("quantize_model: ", spec.str(), " needs calibration token ids (", spec.calib, " sequences of ",
+           spec.seqlen, " tokens); pass them, e.g. calibration_windows(ids, mask, ", spec.calib, ", ", spec.seqlen, ")");
+    quantize_gptq(model, spec, calib, progress);
+  } else {
+    model.quantize(spec, progress);
+  }
+}
+
+at::Tensor calibration_windows(const at::Tensor& ids, const at::Tensor& mask, int64_t n, int64_t seqlen) {
+  at::Tensor flat = mask.defined() ? ids.masked_select(mask.ne(0)) : ids.reshape({-1});
+  flat = flat.to(at::kCPU, at::kLong);
+  const int64_t have = flat.numel() / seqlen;
+  if (have < 1) fail("calibration_windows: ", flat.numel(), " tokens do not fill one window of ", seqlen);
+  const int64_t m = std::min(n, have);
+  return flat.narrow(0, 0, m * seqlen).view({m, seqlen}).clone();
+}
+
+namespace {
+
+nlohmann::json config_json(const ModelConfig& c) {
+  return {{"arch", c.arch},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"intermediate_size", c.intermediate_size},
+          {"num_layers", c.num_layers},
+          {"num_heads", c.num_heads},
+          {"num_kv_heads", c.num_kv_heads},
+          {"head_dim", c.head_dim},
+          {"max_seq_len", c.max_seq_len},
+          {"rms_norm_eps", c.rms_norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"rope_layout", to_string(c.rope_layout)},
+          {"activation", to_string(c.activation)},
+          {"gated_mlp", c.gated_mlp},
+          {"tie_embeddings", c.tie_embeddings},
+          {"qkv_bias", c.qkv_bias},
+          {"bos_id", c.bos_id},
+          {"eos_id", c.eos_id},
+          {"pad_id", c.pad_id}};
+}
+
+io::DType io_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return io::DType::F32;
+    case at::kHalf: return io::DType::F16;
+    case at::kBFloat16: return io::DType::BF16;
+    case at::kByte: return io::DType::U8;
+    case at::kChar: return io::DType::I8;
+    case at::kInt: return io::DType::I32;
+    case at::kLong: return io::DType::I64;
+    default: fail("save_model: cannot store dtype ", c10::toString(t));
+  }
+}
+
+}  // namespace
+
+void save_model(const Model& model, const std::string& dir) {
+  if (!io::paths::exists(dir)) io::paths::make_dirs(dir);
+  if (!io::paths::is_dir(dir)) fail("save_model: ", dir, " exists and is not a directory");
+  std::map<std::string, std::string> meta;
+  meta["format"] = "pt";
+  meta["qinterp.quant"] = model.quant_spec().str();
+  meta["qinterp.config"] = config_json(model.config()).dump();
+  std::vector<at::Tensor> keep;  // host copies stay alive until written
+  std::vector<io::TensorView> views;
+  for (const auto& p : model.named_parameters()) {
+    at::Tensor t = p.tensor.to(at::kCPU).contiguous();
+    keep.push_back(t);
+    io::TensorView v;
+    v.name = p.name;
+    v.dtype = io_dtype(t.scalar_type());
+    v.shape = std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+    v.data = t.data_ptr();
+    v.nbytes = static_cast<size_t>(t.numel()) * t.element_size();
+    views.push_back(v);
+  }
+  for (int64_t l = 0; l < model.config().num_layers; ++l)
+    for (int k = 0; k < kNumLinear; ++k)
+      if (auto q = model.qlinear(l, k)) {
+        const std::string name = "model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight";
+        std::string shape;
+        for (int64_t d : q->weight().shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
+        meta["qinterp.shape." + name] = shape;
+        meta["qinterp.dtype." + name] = c10::toString(q->weight().dtype);
+      }
+  io::write_safetensors(io::paths::join(dir, "model.safetensors"), views, meta);
+}
+
+// Used by the loader: a safetensors checkpoint written by save_model.
+std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io::SafetensorsCheckpoint& ck) {
+  const auto meta = ck.metadata();
+  const quant::QuantSpec spec = quant::parse_quant_spec(meta.at("qinterp.quant"));
+  ModelConfig cfg;
+  try {
+    const auto j = nlohmann::json::parse(meta.at("qinterp.config"));
+    cfg.arch = j.at("arch").get<std::string>();
+    cfg.vocab_size = j.at("vocab_size");
+    cfg.hidden_size = j.at("hidden_size");
+    cfg.intermediate_size = j.at("intermediate_size");
+    cfg.num_layers = j.at("num_layers");
+    cfg.num_heads = j.at("num_heads");
+    cfg.num_kv_heads = j.at("num_kv_heads");
+    cfg.head_dim = j.at("head_dim");
+    cfg.max_seq_len = j.at("max_seq_len");
+    cfg.rms_norm_eps = j.at("rms_norm_eps");
+    cfg.rope_theta = j.at("rope_theta");
+    cfg.rope_layout = j.at("rope_layout").get<std::string>() == to_string(RopeLayout::Interleaved)
+                          ? RopeLayout::Interleaved
+                          : RopeLayout::HalfSplit;
+    const std::string act = j.at("activation").get<std::string>();
+    for (Activation a : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu, Activation::Relu})
+      if (act == to_string(a)) cfg.activation = a;
+    cfg.gated_mlp = j.at("gated_mlp");
+    cfg.tie_embeddings = j.at("tie_embeddings");
+    cfg.qkv_bias = j.at("qkv_bias");
+    cfg.bos_id = j.at("bos_id");
+    cfg.eos_id = j.at("eos_id");
+    cfg.pad_id = j.at("pad_id");
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": metadata 'qinterp.config' is not a valid configuration: ", e.what());
+  }
+  cfg.source = path;
+  cfg.format = "qinterp";
+  std::vector<NamedTensor> dense;
+  std::map<std::string, std::vector<std::pair<std::string, at::Tensor>>> parts;
+  for (const auto& name : ck.names()) {
+    const io::TensorView& v = ck.get(name);
+    at::ScalarType st;
+    switch (v.dtype) {
+      case io::DType::F32: st = at::kFloat; break;
+      case io::DType::F16: st = at::kHalf; break;
+      case io::DType::BF16: st = at::kBFloat16; break;
+      case io::DType::U8: st = at::kByte; break;
+      case io::DType::I8: st = at::kChar; break;
+      case io::DType::I32: st = at::kInt; break;
+      case io::DType::I64: st = at::kLong; break;
+      default: fail(path, ": tensor '", name, "' has unsupported dtype ", io::dtype_name(v.dtype));
+    }
+    at::Tensor t = at::from_blob(const_cast<void*>(v.data), v.shape, st).clone();
+    const size_t w = name.find(".weight.");
+    if (w != std::string::npos) parts[name.substr(0, w + 7)].emplace_back(name.substr(w + 8), t);
+    else dense.push_back({name, t});
+  }
+  std::map<std::string, quant::QuantizedTensor> qmap;
+  for (auto& [name, pv] : parts) {
+    auto sh = meta.find("qinterp.shape." + name);
+    auto dt = meta.find("qinterp.dtype." + name);
+    if (sh == meta.end() || dt == meta.end()) fail(path, ": quantized weight '", name, "' lacks its shape/dtype metadata");
+    std::vector<int64_t> shape;
+    size_t pos = 0;
+    const std::string& s = sh->second;
+    while (pos <= s.size()) {
+      const size_t c = s.find(',', pos);
+      const std::string tok = s.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+      char* end = nullptr;
+      const long long d = std::strtoll(tok.c_str(), &end, 10);
+      if (tok.empty() || *end || d < 0) fail(path, ": bad shape metadata '", s, "' for ", name);
+      shape.push_back(d);
+      if (c == std::string::npos) break;
+      pos = c + 1;
+    }
+    const at::ScalarType odt = dt->second == "Half" ? at::kHalf : dt->second == "BFloat16" ? at::kBFloat16 : at::kFloat;
+    qmap.emplace(name, quant::QuantizedTensor::from_parts(spec, shape, odt, pv, path + ": " + name));
+  }
+  return std::make_shared<Model>(cfg, std::move(dense), std::move(qmap));
+}
+
+}  // namespace qinterp::model
