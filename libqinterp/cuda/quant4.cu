@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "quant4.cuh"
 
 namespace qinterp::cuda {
@@ -82,34 +84,117 @@ __global__ void quantize_4bit_kernel(const T* __restrict__ x, int64_t n, int blo
   }
 }
 
-// Each thread decodes 8 bytes (16 values, all in one block since block >= 32).
+// Each thread decodes 4 bytes into 8 values (one 16-byte store for 16-bit outputs), so a warp
+// reads 128 contiguous bytes and writes 512 (or 1024) contiguous bytes. 8 values never straddle a
+// block (block >= 32). The 16-entry table sits in one bank each: lookups never conflict.
 template <class T>
 __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
                                        int64_t n, int block, int type, T* __restrict__ out) {
+  const int lb = __ffs(block) - 1;  // block is a power of two: shift, not a 64-bit division
   __shared__ float code[16];
   if (threadIdx.x < 16) code[threadIdx.x] = kCode[type][threadIdx.x];
   __syncthreads();
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t i0 = t * 16;
+  const int64_t i0 = t * 8;
   if (i0 >= n) return;
-  const float a = absmax[i0 / block];
-  if (i0 + 16 <= n) {
-    const uint2 w = *reinterpret_cast<const uint2*>(packed + t * 8);
-    alignas(16) T v[16];
+  const float a = __ldg(absmax + (i0 >> lb));
+  if (i0 + 8 <= n) {
+    const unsigned w = __ldcs(reinterpret_cast<const unsigned*>(packed) + t);
+    alignas(16) T v[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const unsigned byte = ((j < 4 ? w.x : w.y) >> (8 * (j & 3))) & 0xff;
+    for (int j = 0; j < 4; ++j) {
+      const unsigned byte = (w >> (8 * j)) & 0xff;
       v[2 * j] = store_cast<T>(code[byte >> 4] * a);
       v[2 * j + 1] = store_cast<T>(code[byte & 15] * a);
     }
-    constexpr int kVec = 16 / sizeof(T);  // 16-byte stores
 #pragma unroll
-    for (int j = 0; j < 16; j += kVec) *reinterpret_cast<uint4*>(out + i0 + j) = *reinterpret_cast<uint4*>(v + j);
+    for (int j = 0; j < 8; j += 16 / sizeof(T)) __stcs(reinterpret_cast<uint4*>(out + i0 + j), *reinterpret_cast<uint4*>(v + j));
   } else {
     for (int64_t i = i0; i < n; ++i) {
       const unsigned byte = packed[i / 2];
       out[i] = store_cast<T>(code[(i & 1) ? (byte & 15) : (byte >> 4)] * a);
     }
+  }
+}
+
+// fp16 GEMV: one warp per row. A lane reads 16-byte chunks of the row (32 weights, lanes
+// consecutive: 512 coalesced bytes per warp load) and keeps the next batch in flight while it
+// decodes the current one. x is staged once per block in shared memory as fp16, each 32-value
+// chunk padded to 80 bytes so that the 8 lanes of a quarter-warp hit disjoint banks. A byte
+// decodes to a half2 (its two codes) through a 256-entry table replicated per lane (no bank
+// conflicts). Products are summed per byte pair in half2, per chunk (one absmax) in float32.
+constexpr int kWarps2 = 16, kMaxCols2 = 16384, kPad = 40;  // halves per staged 32-value chunk
+__global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_kernel(
+    const uint8_t* __restrict__ packed, const float* __restrict__ absmax, const uint8_t* __restrict__ qabs,
+    const float* __restrict__ absmax2, float offset, const float* __restrict__ code2, int64_t rows, int64_t cols,
+    int block, int type, const __half* __restrict__ x, __half* __restrict__ y) {
+  extern __shared__ __align__(16) unsigned char smem2[];
+  __half2* lut = reinterpret_cast<__half2*>(smem2);              // [256][32]
+  __half* xs = reinterpret_cast<__half*>(smem2 + 256 * 32 * 4);  // [cols / 32][kPad]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t bidx = blockIdx.y;
+  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+    const int byte = i >> 5;
+    lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
+  }
+  const __half* xb = x + bidx * cols;
+  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
+    *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
+  __syncthreads();
+  const int64_t chunks = cols / 32, bpr = cols / block;
+  const int lb = __ffs(block) - 1;
+  const __half2* lut_l = lut + lane;
+  constexpr int kU = 2;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps2;
+  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps2 + warp;
+  if (row >= rows) return;
+  uint4 cur[kU], nxt[kU];
+  auto load_batch = [&](uint4* dst, int64_t r, int64_t c0) {
+    const uint4* wr = reinterpret_cast<const uint4*>(packed + r * (cols / 2));
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t c = c0 + 32 * u;
+      dst[u] = (r < rows && c < chunks) ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_batch(cur, row, lane);
+  for (; row < rows; row += stride) {
+    const int64_t b0 = row * bpr;
+    float acc = 0.0f;
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
+      // keep the next batch in flight while this one is decoded, across the end of the row too
+      if (c0 + 32 * kU < chunks) load_batch(nxt, row, c0 + 32 * kU);
+      else load_batch(nxt, row + stride, lane);
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = c0 + 32 * u;
+        if (c < chunks) {
+          const int64_t b = b0 + ((c * 32) >> lb);
+          const float a =
+              absmax ? __ldg(absmax + b) : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
+          const __half* xc = xs + c * kPad;
+          const unsigned wq[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
+          float part = 0.0f;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const uint4 xv = *reinterpret_cast<const uint4*>(xc + 8 * q);
+            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+            __half2 sum = __hmul2(lut_l[(wq[q] & 0xff) << 5], xh[0]);
+            sum = __hfma2(lut_l[((wq[q] >> 8) & 0xff) << 5], xh[1], sum);
+            sum = __hfma2(lut_l[((wq[q] >> 16) & 0xff) << 5], xh[2], sum);
+            sum = __hfma2(lut_l[(wq[q] >> 24) << 5], xh[3], sum);
+            const float2 f = __half22float2(sum);
+            part += f.x + f.y;
+          }
+          acc = fmaf(part, a, acc);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) cur[u] = nxt[u];
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) y[bidx * rows + row] = __float2half_rn(acc);
   }
 }
 
@@ -150,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_4bit_kernel(
 #pragma unroll
       for (int j = 0; j < 32; ++j) xv[j] = load_f(xb, c * 32 + j);
     }
-    const int64_t kb = (c * 32) / block;
+    const int64_t kb = (c * 32) >> (__ffs(block) - 1);
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int64_t row = r0 + r;
@@ -216,7 +301,7 @@ cudaError_t dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t 
                             InDType out_dtype, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int threads = 256;
-  const unsigned grid = static_cast<unsigned>(((n + 15) / 16 + threads - 1) / threads);
+  const unsigned grid = static_cast<unsigned>(((n + 7) / 8 + threads - 1) / threads);
   switch (out_dtype) {
     case kF32: dequantize_4bit_kernel<<<grid, threads, 0, stream>>>(packed, absmax, n, block, type, static_cast<float*>(out)); break;
     case kF16: dequantize_4bit_kernel<<<grid, threads, 0, stream>>>(packed, absmax, n, block, type, static_cast<__half*>(out)); break;
@@ -230,6 +315,30 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
                       const void* x, void* y, InDType io, int64_t batch, cudaStream_t stream) {
   if (cols % 32 || cols % block) return cudaErrorInvalidValue;
   if (rows == 0 || batch == 0) return cudaSuccess;
+  if (io == kF16 && cols <= kMaxCols2 && cols % 32 == 0) {
+    const size_t smem2 = 256 * 32 * 4 + (cols / 32) * kPad * sizeof(__half);
+    static bool raised = false;  // opt in to more than 48 KiB of shared memory, once
+    if (!raised) {
+      cudaError_t e = cudaFuncSetAttribute(gemv_4bit_f16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2);
+      if (e != cudaSuccess) return e;
+      raised = true;
+    }
+    static int sms = 0;
+    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+    const int64_t groups = (rows + kWarps2 - 1) / kWarps2;
+    int per_sm = 1;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_4bit_f16_kernel, kWarps2 * 32, smem2) != cudaSuccess ||
+        per_sm < 1)
+      per_sm = 1;
+    const int64_t resident = static_cast<int64_t>(sms) * per_sm;
+    const dim3 grid2(static_cast<unsigned>(std::min(groups, std::max<int64_t>(resident / batch, 1))),
+                     static_cast<unsigned>(batch));
+    gemv_4bit_f16_kernel<<<grid2, kWarps2 * 32, smem2, stream>>>(packed, absmax, qabs, absmax2, offset, code2, rows,
+                                                                 cols, block, type, static_cast<const __half*>(x),
+                                                                 static_cast<__half*>(y));
+    return cudaGetLastError();
+  }
   const size_t smem = (16 * 32 + (cols <= kMaxSmemCols ? cols : 0)) * sizeof(float);
   const dim3 grid(static_cast<unsigned>((rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp)),
                   static_cast<unsigned>(batch));
