@@ -1,12 +1,14 @@
 // The `qinterp` command-line tool.
 //   qinterp generate --model PATH [--tokenizer PATH] --prompt TEXT [--max-new-tokens N]
 //                    [--temperature T] [--top-p P] [--seed S] [--device D] [--dtype DT]
-//   qinterp inspect --model PATH
+//   qinterp inspect --model PATH [--quant SPEC]
+//   qinterp quantize --model PATH --quant SPEC --out DIR [--calib CSV --tokenizer PATH]
 #include <ATen/ATen.h>
 
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <vector>
 #include <string>
 
 #include "../src/io/paths.hpp"
@@ -19,10 +21,14 @@ const char* kUsage =
     "commands:\n"
     "  generate --model PATH [--tokenizer PATH] --prompt TEXT [--max-new-tokens N (32)]\n"
     "           [--temperature T (0 = greedy)] [--top-p P (1)] [--seed S (42)]\n"
-    "           [--device cpu|cuda] [--dtype fp32|fp16|bf16]\n"
+    "           [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--quant SPEC]\n"
     "      prints the prompt's continuation as it is generated\n"
-    "  inspect --model PATH\n"
-    "      prints the architecture, tensor dtypes and memory\n"
+    "  inspect --model PATH [--quant SPEC]\n"
+    "      prints the architecture, tensor dtypes, memory and bytes per weight\n"
+    "  quantize --model PATH --quant SPEC --out DIR [--device cpu|cuda]\n"
+    "           [--calib CSV (GPTQ: prompts in the first column)] [--tokenizer PATH]\n"
+    "      quantizes the block linear layers and saves DIR/model.safetensors (load it with\n"
+    "      load_model(DIR)); SPEC: nf4 fp4 int8 rtn8 rtn4 gptq4 gptq3 gptq2 [:key=value,...]\n"
     "  version\n";
 
 struct Args {
@@ -70,6 +76,7 @@ int cmd_generate(const Args& a) {
   qinterp::LoadOptions lo;
   lo.device = a.get("device", "cpu");
   lo.dtype = a.get("dtype", "");
+  lo.quant = a.get("quant", "");
   auto model = qinterp::load_model(a.get("model"), lo);
   auto tok = qinterp::load_tokenizer(find_tokenizer(a, a.get("model")));
   const std::string prompt = a.get("prompt");
@@ -109,7 +116,9 @@ std::string human(double bytes) {
 int cmd_inspect(const Args& a) {
   if (!a.has("model")) qinterp::fail("inspect needs --model\n", kUsage);
   const std::string path = a.get("model");
-  auto model = qinterp::load_model(path);
+  qinterp::LoadOptions lo;
+  lo.quant = a.get("quant", "");
+  auto model = qinterp::load_model(path, lo);
   const auto& c = model->config();
   std::cout << "model:        " << path << "\n"
             << "format:       " << c.format << "\n"
@@ -139,8 +148,103 @@ int cmd_inspect(const Args& a) {
   std::cout << "\nparameters:   " << model->num_parameters() << "\n"
             << "memory:       " << human(static_cast<double>(model->parameter_bytes())) << " as loaded; "
             << human(model->num_parameters() * 2.0) << " in fp16\n"
-            << "hook points:  " << qinterp::model::Hooks::all_names(c.num_layers).size()
+            << "quantization: " << (model->quant_spec().quantized() ? model->quant_spec().str() : "none") << "\n";
+  {  // bytes per weight of the block linear layers (what quantization changes)
+    int64_t n = 0, bytes = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (int k = 0; k < qinterp::model::kNumLinear; ++k) {
+        if (auto q = model->qlinear(l, k)) {
+          n += q->weight().numel();
+          bytes += q->weight().nbytes();
+        } else {
+          const at::Tensor w = model->linear_weight(l, k);
+          if (!w.defined()) continue;
+          n += w.numel();
+          bytes += w.numel() * static_cast<int64_t>(w.element_size());
+        }
+      }
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%.4f bytes/weight over %lld weights (%.2f bits; fp16: 2 bytes)", n ? double(bytes) / n : 0.0,
+                  static_cast<long long>(n), n ? 8.0 * bytes / n : 0.0);
+    std::cout << "block linears: " << buf << "\n"
+              << "total:        " << human(static_cast<double>(model->parameter_bytes())) << " vs "
+              << human(model->num_parameters() * 2.0) << " in fp16 ("
+              << static_cast<int>(100.0 * model->parameter_bytes() / (model->num_parameters() * 2.0) + 0.5) << "%)\n";
+  }
+  std::cout << "hook points:  " << qinterp::model::Hooks::all_names(c.num_layers).size()
             << " (blocks.{0.." << c.num_layers - 1 << "}.*, hook_logits)\n";
+  return 0;
+}
+
+// Minimal RFC 4180 reader: the first field of every record after the header.
+std::vector<std::string> csv_first_column(const std::string& path) {
+  const std::string text = [&] {
+    qinterp::io::MappedFile f(path);
+    return std::string(reinterpret_cast<const char*>(f.data()), f.size());
+  }();
+  std::vector<std::string> out;
+  std::string field;
+  bool quoted = false, first = true, header = true;
+  size_t i = 0;
+  auto end_record = [&] {
+    if (!header && !(first && field.empty())) out.push_back(field);
+    header = false;
+    field.clear();
+    first = true;
+  };
+  for (; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (quoted) {
+      if (ch == '"') {
+        if (i + 1 < text.size() && text[i + 1] == '"') field += '"', ++i;
+        else quoted = false;
+      } else if (first) {
+        field += ch;
+      }
+    } else if (ch == '"') {
+      quoted = true;
+    } else if (ch == ',') {
+      first = false;
+    } else if (ch == '\n') {
+      end_record();
+    } else if (ch != '\r' && first) {
+      field += ch;
+    }
+  }
+  if (quoted) qinterp::fail(path, ": unterminated quoted field at the end of the file");
+  end_record();
+  if (out.empty()) qinterp::fail(path, ": no records after the header");
+  return out;
+}
+
+int cmd_quantize(const Args& a) {
+  if (!a.has("model") || !a.has("quant") || !a.has("out"))
+    qinterp::fail("quantize needs --model, --quant and --out\n", kUsage);
+  const auto spec = qinterp::quant::parse_quant_spec(a.get("quant"));
+  if (!spec.quantized()) qinterp::fail("quantize: '", spec.str(), "' is not a quantized format");
+  qinterp::LoadOptions lo;
+  lo.device = a.get("device", "cpu");
+  auto model = qinterp::load_model(a.get("model"), lo);
+  at::Tensor calib;
+  if (spec.method == qinterp::quant::Method::GPTQ) {
+    if (!a.has("calib")) qinterp::fail("quantize ", spec.str(), ": GPTQ needs --calib CSV (prompts in the first column)");
+    auto tok = qinterp::load_tokenizer(find_tokenizer(a, a.get("model")));
+    std::vector<int64_t> ids;
+    for (const auto& prompt : csv_first_column(a.get("calib"))) {
+      auto t = tok->encode(prompt, true);
+      ids.insert(ids.end(), t.begin(), t.end());
+    }
+    const int64_t seqlen = std::min<int64_t>(spec.seqlen, model->config().max_seq_len);
+    calib = qinterp::model::calibration_windows(at::tensor(ids, at::kLong), {}, spec.calib, seqlen);
+    std::cerr << "[quantize] calibration: " << calib.size(0) << " windows of " << calib.size(1) << " tokens from "
+              << a.get("calib") << "\n";
+  }
+  qinterp::model::quantize_model(*model, spec, calib, [](int64_t d, int64_t t) {
+    std::cerr << "[quantize] layer " << d << "/" << t << "\n";
+  });
+  qinterp::model::save_model(*model, a.get("out"));
+  std::cout << "saved " << spec.str() << " to " << a.get("out") << "/model.safetensors ("
+            << human(static_cast<double>(model->parameter_bytes())) << ")\n";
   return 0;
 }
 
@@ -155,6 +259,7 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "generate") return cmd_generate(parse(argc, argv, 2));
     if (cmd == "inspect") return cmd_inspect(parse(argc, argv, 2));
+    if (cmd == "quantize") return cmd_quantize(parse(argc, argv, 2));
     if (cmd == "version") {
       std::cout << "qinterp " << qinterp::version() << "\n";
       return 0;

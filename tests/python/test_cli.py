@@ -41,3 +41,35 @@ def test_errors():
     assert r.returncode == 2 and b"unknown command" in r.stderr
     r = run("generate", "--model", str(STORIES / "stories260K.bin"), "--prompt", "x", "--temperature", "hot")
     assert r.returncode == 1 and b"--temperature expects a number" in r.stderr
+
+
+def test_quantize_save_inspect_generate(tmp_path):
+    import qinterp
+    import torch
+    out = tmp_path / "nf4"
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert b"layer 5/5" in r.stderr
+    r = run("inspect", "--model", str(out))
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    assert "quantization: nf4:block=64,double_quant=1,compute=fp16" in text
+    assert "bytes/weight" in text and "in fp16" in text
+    r = run("generate", "--model", str(out), "--tokenizer", str(STORIES / "tok512.bin"), "--prompt", "Once upon a time",
+            "--max-new-tokens", "12")
+    assert r.returncode == 0 and r.stdout.startswith(b"Once upon a time,"), r.stderr
+    # what the CLI saved is what the library quantizes on load
+    ids = torch.tensor([[1, 403, 407, 261, 378]])
+    a = qinterp.load_model(out).forward(ids)
+    b = qinterp.load_model(STORIES / "stories260K.bin", quant="nf4").forward(ids)
+    assert torch.equal(a, b)
+
+
+def test_quantize_gptq_needs_calibration(tmp_path):
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "gptq4", "--out", str(tmp_path / "g"))
+    assert r.returncode == 1 and b"needs --calib" in r.stderr
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "gptq4:calib=8,seqlen=32",
+            "--calib", str(STORIES.parent.parent / "datasets/paper1/piqa.csv"), "--out", str(tmp_path / "g"))
+    assert r.returncode == 0, r.stderr
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf7", "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and b"valid specs" in r.stderr

@@ -1,0 +1,116 @@
+"""qinterp's 4-bit and 8-bit formats against bitsandbytes (PyPI) on the CPU: identical bytes.
+
+bitsandbytes 0.50's CPU path is the oracle: quantize_4bit / dequantize_4bit (NF4, FP4, with and
+without double quantization of the absmax), create_dynamic_map, and the LLM.int8() pieces
+(int8_vectorwise_quant, int8_mixed_scaled_mm).
+"""
+import pytest
+import torch
+
+import qinterp
+import qinterp.quant as Q
+
+bnb = pytest.importorskip("bitsandbytes")
+F = pytest.importorskip("bitsandbytes.functional")
+
+SHAPES = [(64, 128), (33, 65), (7,), (1, 4097), (300, 256)]
+
+
+def _input(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 2
+    flat = x.view(-1)
+    if flat.numel() >= 256:
+        flat[:128] = 0  # all-zero blocks (one or two, whatever the block size)
+    return x.to(dtype)
+
+
+def test_dynamic_map_is_bitsandbytes():
+    assert torch.equal(Q.dynamic_map(), F.create_dynamic_map())
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("block", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_4bit_identical_to_bitsandbytes(quant_type, block, dtype, double_quant):
+    for i, shape in enumerate(SHAPES):
+        x = _input(shape, dtype, 100 + i)
+        packed, state = F.quantize_4bit(x, blocksize=block, quant_type=quant_type,
+                                        compress_statistics=double_quant)
+        qt = Q.quantize(x, f"{quant_type}:block={block},double_quant={int(double_quant)}")
+        parts = qt.parts()
+        assert torch.equal(parts["qdata"], packed.view(-1)), (shape, "packed codes")
+        if double_quant:
+            assert torch.equal(parts["absmax"], state.absmax), (shape, "8-bit absmax codes")
+            assert torch.equal(parts["absmax2"], state.state2.absmax), (shape, "absmax of the absmax")
+            assert torch.equal(parts["offset"], state.offset), (shape, "offset")
+            assert torch.equal(parts["code2"], state.state2.code), (shape, "dynamic map")
+        else:
+            assert torch.equal(parts["absmax"], state.absmax), (shape, "absmax")
+        ours = Q.dequantize(qt)
+        theirs = F.dequantize_4bit(packed, state)
+        assert ours.dtype == dtype and ours.shape == x.shape
+        assert torch.equal(ours, theirs), (shape, "dequantized values")
+
+
+def test_low_level_4bit_functions_match():
+    x = _input((96, 64), torch.float16, 7)
+    packed, absmax = Q.quantize_4bit(x, "nf4", 64)
+    bp, st = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    assert torch.equal(packed, bp) and torch.equal(absmax, st.absmax)
+    out = Q.dequantize_4bit(packed, absmax, x.shape, torch.float16, "nf4", 64)
+    assert torch.equal(out, F.dequantize_4bit(bp, st))
+
+
+def test_int8_weights_identical_to_bitsandbytes():
+    w = _input((48, 200), torch.float16, 3)
+    cb, scb, _ = F.int8_vectorwise_quant(w.clone())
+    qt = Q.quantize(w, "int8")
+    assert torch.equal(qt.parts()["qdata"], cb)
+    assert torch.equal(qt.parts()["scale"], scb)
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_int8_activations_and_layer_output(outliers):
+    g = torch.Generator().manual_seed(11)
+    w = (torch.randn(96, 256, generator=g) * 0.05).half()
+    bias = (torch.randn(96, generator=g) * 0.1).half()
+    x = torch.randn(24, 256, generator=g).half()
+    if outliers:
+        x[:, 17] *= 20  # a whole feature above the threshold, as in LLM.int8()'s analysis
+        x[3, 200] = -9.0
+    ca, sca, cols = torch.ops.bitsandbytes.int8_vectorwise_quant(x.clone(), 6.0)
+    ours_q, ours_s, ours_cols = Q.int8_vectorwise_quant(x, 6.0)
+    assert torch.equal(ours_q, ca) and torch.equal(ours_s, sca)
+    if outliers:
+        assert torch.equal(ours_cols, cols) and ours_cols.tolist() == [17, 200]
+    else:
+        assert ours_cols.numel() == 0
+    cb, scb, _ = F.int8_vectorwise_quant(w.clone())
+    theirs, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm(x, ca, cb, sca, scb, cols if outliers else None, bias)
+    qt = Q.quantize(w, "int8:threshold=6.0")
+    ours = Q.linear(x, qt, bias)
+    assert ours.dtype == torch.float16
+    # Same operations in the same order; the int32 product is exact on both sides. Tolerance:
+    # one fp16 rounding of the output (relative 2^-11) on values up to a few units.
+    err = (ours.float() - theirs.float()).abs().max().item()
+    assert err <= 2e-3 * theirs.float().abs().max().item(), err
+    # and LLM.int8() stays close to the fp16 product (the decomposition is what keeps it close)
+    exact = x.float() @ w.float().t() + bias.float()
+    assert (ours.float() - exact).norm() / exact.norm() < 0.02
+
+
+def test_threshold_zero_disables_decomposition():
+    x = torch.randn(8, 64).half()
+    x[:, 5] = 50.0
+    q, s, cols = Q.int8_vectorwise_quant(x, 0.0)
+    assert cols.numel() == 0
+    assert torch.equal(s, x.float().abs().amax(1))
+
+
+def test_bad_spec_lists_valid_specs():
+    with pytest.raises(qinterp.Error, match="valid specs"):
+        Q.quantize(torch.randn(4, 4), "nf3")
+    with pytest.raises(qinterp.Error, match="block"):
+        Q.quantize(torch.randn(4, 4), "nf4:block=100")
