@@ -72,26 +72,27 @@ at::Tensor calibration_windows(const at::Tensor& ids, const at::Tensor& mask, in
 
 namespace {
 
+// The integer fields of ModelConfig as saved in a checkpoint's metadata (one table for both ways).
+const std::pair<const char*, int64_t ModelConfig::*> kIntFields[] = {
+    {"vocab_size", &ModelConfig::vocab_size},   {"hidden_size", &ModelConfig::hidden_size},
+    {"intermediate_size", &ModelConfig::intermediate_size}, {"num_layers", &ModelConfig::num_layers},
+    {"num_heads", &ModelConfig::num_heads},     {"num_kv_heads", &ModelConfig::num_kv_heads},
+    {"head_dim", &ModelConfig::head_dim},       {"max_seq_len", &ModelConfig::max_seq_len},
+    {"bos_id", &ModelConfig::bos_id},           {"eos_id", &ModelConfig::eos_id},
+    {"pad_id", &ModelConfig::pad_id}};
+const std::pair<const char*, bool ModelConfig::*> kBoolFields[] = {
+    {"gated_mlp", &ModelConfig::gated_mlp}, {"tie_embeddings", &ModelConfig::tie_embeddings},
+    {"qkv_bias", &ModelConfig::qkv_bias}};
+
 nlohmann::json config_json(const ModelConfig& c) {
-  return {{"arch", c.arch},
-          {"vocab_size", c.vocab_size},
-          {"hidden_size", c.hidden_size},
-          {"intermediate_size", c.intermediate_size},
-          {"num_layers", c.num_layers},
-          {"num_heads", c.num_heads},
-          {"num_kv_heads", c.num_kv_heads},
-          {"head_dim", c.head_dim},
-          {"max_seq_len", c.max_seq_len},
-          {"rms_norm_eps", c.rms_norm_eps},
-          {"rope_theta", c.rope_theta},
-          {"rope_layout", to_string(c.rope_layout)},
-          {"activation", to_string(c.activation)},
-          {"gated_mlp", c.gated_mlp},
-          {"tie_embeddings", c.tie_embeddings},
-          {"qkv_bias", c.qkv_bias},
-          {"bos_id", c.bos_id},
-          {"eos_id", c.eos_id},
-          {"pad_id", c.pad_id}};
+  nlohmann::json j = {{"arch", c.arch},
+                      {"rms_norm_eps", c.rms_norm_eps},
+                      {"rope_theta", c.rope_theta},
+                      {"rope_layout", to_string(c.rope_layout)},
+                      {"activation", to_string(c.activation)}};
+  for (const auto& f : kIntFields) j[f.first] = c.*(f.second);
+  for (const auto& f : kBoolFields) j[f.first] = c.*(f.second);
+  return j;
 }
 
 io::DType io_dtype(at::ScalarType t) {
@@ -149,14 +150,8 @@ std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io
   try {
     const auto j = nlohmann::json::parse(meta.at("qinterp.config"));
     cfg.arch = j.at("arch").get<std::string>();
-    cfg.vocab_size = j.at("vocab_size");
-    cfg.hidden_size = j.at("hidden_size");
-    cfg.intermediate_size = j.at("intermediate_size");
-    cfg.num_layers = j.at("num_layers");
-    cfg.num_heads = j.at("num_heads");
-    cfg.num_kv_heads = j.at("num_kv_heads");
-    cfg.head_dim = j.at("head_dim");
-    cfg.max_seq_len = j.at("max_seq_len");
+    for (const auto& f : kIntFields) cfg.*(f.second) = j.at(f.first).get<int64_t>();
+    for (const auto& f : kBoolFields) cfg.*(f.second) = j.at(f.first).get<bool>();
     cfg.rms_norm_eps = j.at("rms_norm_eps");
     cfg.rope_theta = j.at("rope_theta");
     cfg.rope_layout = j.at("rope_layout").get<std::string>() == to_string(RopeLayout::Interleaved)
@@ -165,12 +160,6 @@ std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io
     const std::string act = j.at("activation").get<std::string>();
     for (Activation a : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu, Activation::Relu})
       if (act == to_string(a)) cfg.activation = a;
-    cfg.gated_mlp = j.at("gated_mlp");
-    cfg.tie_embeddings = j.at("tie_embeddings");
-    cfg.qkv_bias = j.at("qkv_bias");
-    cfg.bos_id = j.at("bos_id");
-    cfg.eos_id = j.at("eos_id");
-    cfg.pad_id = j.at("pad_id");
   } catch (const nlohmann::json::exception& e) {
     fail(path, ": metadata 'qinterp.config' is not a valid configuration: ", e.what());
   }

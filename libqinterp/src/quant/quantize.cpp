@@ -426,9 +426,20 @@ namespace {
 
 // int8 [n, k] x int8 [m, k]ᵀ -> int32 [n, m], exactly.
 at::Tensor int_mm(const at::Tensor& a, const at::Tensor& b) {
-  const bool cuda_ok = a.is_cuda() && a.size(0) > 16 && a.size(1) % 8 == 0 && b.size(0) % 8 == 0;
-  if (!a.is_cuda() || cuda_ok) return at::_int_mm(a.contiguous(), b.t());
-  return at::matmul(a.to(at::kDouble), b.to(at::kDouble).t()).to(at::kInt);  // exact below 2^53
+  if (a.is_cuda()) {
+    if (a.size(0) > 16 && a.size(1) % 8 == 0 && b.size(0) % 8 == 0) return at::_int_mm(a.contiguous(), b.t());
+    return at::matmul(a.to(at::kDouble), b.to(at::kDouble).t()).to(at::kInt);  // exact below 2^53
+  }
+  // CPU: torch's int8 GEMM is a scalar loop without AVX512-VNNI. A float32 GEMM is exact while
+  // |partial sum| < 2^24, i.e. over up to 1024 columns of int8 products (1024 * 127^2 < 2^24).
+  at::Tensor acc;
+  const at::Tensor af = a.to(at::kFloat), bf = b.to(at::kFloat);
+  for (int64_t k0 = 0; k0 < a.size(1); k0 += 1024) {
+    const int64_t len = std::min<int64_t>(1024, a.size(1) - k0);
+    const at::Tensor part = at::matmul(af.narrow(1, k0, len), bf.narrow(1, k0, len).t()).to(at::kInt);
+    acc = acc.defined() ? acc.add_(part) : part;
+  }
+  return acc;
 }
 
 }  // namespace
