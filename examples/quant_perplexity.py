@@ -5,8 +5,10 @@
 
 For every spec the model is loaded (and quantized) by qinterp, every prompt is scored token by
 token (next-token negative log-likelihood of tokens 2..T of the prompt, padding excluded), and
-the pooled perplexity exp(mean NLL) is reported. GPTQ calibrates on BoolQ rows that are not
-among the evaluated ones. Writes results/quant_perplexity_<model>.csv.
+the pooled perplexity exp(mean NLL) is reported. GPTQ calibrates on windows of BoolQ rows that
+are not among the evaluated ones (128 windows of 256 tokens by default, the spec's defaults;
+far fewer tokens than in_features x 20 overfits: GPTQ then loses to round-to-nearest on held-out
+text). Writes results/quant_perplexity_<model>.csv.
 """
 import argparse
 import csv
@@ -74,14 +76,16 @@ def main():
     ap.add_argument("--rows", type=int, default=250, help="prompts per CSV")
     ap.add_argument("--specs", default=",".join(SPECS))
     ap.add_argument("--compute", default=None, help="override the specs' compute dtype (e.g. fp32 on a CPU)")
-    ap.add_argument("--calib", type=int, default=64, help="GPTQ calibration windows")
+    ap.add_argument("--calib", type=int, default=128, help="GPTQ calibration windows")
+    ap.add_argument("--seqlen", type=int, default=256, help="tokens per GPTQ calibration window")
+    ap.add_argument("--out", default=None, help="CSV to write (default results/quant_perplexity_<model>.csv)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     enc = Encoder(a.model)
     # sorted by length so that a batch pads little (the pooled NLL does not depend on the order)
     texts = sorted((t for task in TASKS for t in prompts(task, 0, a.rows)), key=len)
-    seqlen = min(128, enc.max_len)
+    seqlen = min(a.seqlen, enc.max_len)
     cids, cmask = enc.encode(prompts("boolq", a.rows, 4 * a.calib * seqlen // 20))
     print(f"[ppl] {a.model}: {len(texts)} prompts from {', '.join(TASKS)}", file=sys.stderr)
     out_rows = []
@@ -109,7 +113,7 @@ def main():
               f"load {row['load_s']}s eval {row['eval_s']}s", file=sys.stderr)
     res = ROOT / "results"
     res.mkdir(exist_ok=True)
-    path = res / f"quant_perplexity_{a.model}.csv"
+    path = pathlib.Path(a.out) if a.out else res / f"quant_perplexity_{a.model}.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
         w.writeheader()

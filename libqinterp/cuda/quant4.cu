@@ -124,7 +124,7 @@ __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const
 // decodes to a half2 (its two codes) through a 256-entry table replicated per lane (no bank
 // conflicts). Products are summed per byte pair in half2, per chunk (one absmax) in float32.
 constexpr int kWarps2 = 16, kMaxCols2 = 16384, kPad = 40;  // halves per staged 32-value chunk
-__global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_kernel(
+__global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
     const uint8_t* __restrict__ packed, const float* __restrict__ absmax, const uint8_t* __restrict__ qabs,
     const float* __restrict__ absmax2, float offset, const float* __restrict__ code2, int64_t rows, int64_t cols,
     int block, int type, const __half* __restrict__ x, __half* __restrict__ y) {
@@ -133,6 +133,21 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_kernel(
   __half* xs = reinterpret_cast<__half*>(smem2 + 256 * 32 * 4);  // [cols / 32][kPad]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t bidx = blockIdx.y;
+  const int64_t chunks = cols / 32, bpr = cols / block;
+  // Two rows per warp: a lane decodes the same chunk of both rows, so each x load serves twice.
+  const int64_t pairs = (rows + 1) / 2;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps2;
+  int64_t pair = static_cast<int64_t>(blockIdx.x) * kWarps2 + warp;
+  uint4 cur[2], nxt[2];
+  auto load_pair = [&](uint4* dst, int64_t p, int64_t c) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = 2 * p + r;
+      dst[r] = (row < rows && c < chunks) ? __ldcs(reinterpret_cast<const uint4*>(packed + row * (cols / 2)) + c)
+                                          : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_pair(cur, pair, lane);  // first weights in flight while the table and x are staged
   for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
     const int byte = i >> 5;
     lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
@@ -141,13 +156,66 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_kernel(
   for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
     *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
   __syncthreads();
-  const int64_t chunks = cols / 32, bpr = cols / block;
   const int lb = __ffs(block) - 1;
   const __half2* lut_l = lut + lane;
+  for (; pair < pairs; pair += stride) {
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t c = lane; c < chunks; c += 32) {
+      // keep the next chunk in flight while this one is decoded, across the end of the rows too
+      if (c + 32 < chunks) load_pair(nxt, pair, c + 32);
+      else load_pair(nxt, pair + stride, lane);
+      const __half* xc = xs + c * kPad;
+      uint4 xv[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) xv[q] = *reinterpret_cast<const uint4*>(xc + 8 * q);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t b = (2 * pair + r) * bpr + ((c * 32) >> lb);
+        const float a = (2 * pair + r >= rows) ? 0.0f
+                        : absmax ? __ldg(absmax + b)
+                                 : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
+        const unsigned wq[4] = {cur[r].x, cur[r].y, cur[r].z, cur[r].w};
+        float part = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const __half2* xh = reinterpret_cast<const __half2*>(&xv[q]);
+          __half2 sum = __hmul2(lut_l[(wq[q] & 0xff) << 5], xh[0]);
+          sum = __hfma2(lut_l[((wq[q] >> 8) & 0xff) << 5], xh[1], sum);
+          sum = __hfma2(lut_l[((wq[q] >> 16) & 0xff) << 5], xh[2], sum);
+          sum = __hfma2(lut_l[(wq[q] >> 24) << 5], xh[3], sum);
+          const float2 f = __half22float2(sum);
+          part += f.x + f.y;
+        }
+        acc[r] = fmaf(part, a, acc[r]);
+      }
+      cur[0] = nxt[0];
+      cur[1] = nxt[1];
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float v = acc[r];
+#pragma unroll
+      for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0 && 2 * pair + r < rows) y[bidx * rows + 2 * pair + r] = __float2half_rn(v);
+    }
+  }
+}
+
+// The same with one row per warp: better when there are too few rows to give every resident
+// warp a pair (e.g. 4096 rows: 2.58x vs 2.28x cuBLAS on an H100; 11008 rows: 2.43x vs 2.49x).
+__global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
+    const uint8_t* __restrict__ packed, const float* __restrict__ absmax, const uint8_t* __restrict__ qabs,
+    const float* __restrict__ absmax2, float offset, const float* __restrict__ code2, int64_t rows, int64_t cols,
+    int block, int type, const __half* __restrict__ x, __half* __restrict__ y) {
+  extern __shared__ __align__(16) unsigned char smem2[];
+  __half2* lut = reinterpret_cast<__half2*>(smem2);              // [256][32]
+  __half* xs = reinterpret_cast<__half*>(smem2 + 256 * 32 * 4);  // [cols / 32][kPad]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t bidx = blockIdx.y;
+  const int64_t chunks = cols / 32, bpr = cols / block;
   constexpr int kU = 2;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps2;
   int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps2 + warp;
-  if (row >= rows) return;
   uint4 cur[kU], nxt[kU];
   auto load_batch = [&](uint4* dst, int64_t r, int64_t c0) {
     const uint4* wr = reinterpret_cast<const uint4*>(packed + r * (cols / 2));
@@ -157,7 +225,18 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_kernel(
       dst[u] = (r < rows && c < chunks) ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
     }
   };
-  load_batch(cur, row, lane);
+  load_batch(cur, row, lane);  // first weights in flight while the table and x are staged
+  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+    const int byte = i >> 5;
+    lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
+  }
+  const __half* xb = x + bidx * cols;
+  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
+    *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
+  __syncthreads();
+  const int lb = __ffs(block) - 1;
+  const __half2* lut_l = lut + lane;
+  if (row >= rows) return;
   for (; row < rows; row += stride) {
     const int64_t b0 = row * bpr;
     float acc = 0.0f;
@@ -317,26 +396,34 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
   if (rows == 0 || batch == 0) return cudaSuccess;
   if (io == kF16 && cols <= kMaxCols2 && cols % 32 == 0) {
     const size_t smem2 = 256 * 32 * 4 + (cols / 32) * kPad * sizeof(__half);
-    static bool raised = false;  // opt in to more than 48 KiB of shared memory, once
-    if (!raised) {
-      cudaError_t e = cudaFuncSetAttribute(gemv_4bit_f16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2);
-      if (e != cudaSuccess) return e;
-      raised = true;
-    }
+    static int per_sm[2] = {0, 0};  // resident blocks per SM of the row and pair kernels, once
     static int sms = 0;
-    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
-    const int64_t groups = (rows + kWarps2 - 1) / kWarps2;
-    int per_sm = 1;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_4bit_f16_kernel, kWarps2 * 32, smem2) != cudaSuccess ||
-        per_sm < 1)
-      per_sm = 1;
-    const int64_t resident = static_cast<int64_t>(sms) * per_sm;
+    if (!sms) {
+      const size_t most = 256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2;  // opt in beyond 48 KiB
+      for (auto k : {gemv_4bit_f16_row_kernel, gemv_4bit_f16_pair_kernel}) {
+        cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
+        if (e != cudaSuccess) return e;
+      }
+      if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+    }
+    static size_t cached_smem = 0;  // the occupancy answer depends on the staged x: ask once per width
+    int& r0 = per_sm[0];
+    int& r1 = per_sm[1];
+    if (cached_smem != smem2) {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r0, gemv_4bit_f16_row_kernel, kWarps2 * 32, smem2) != cudaSuccess || r0 < 1) r0 = 1;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r1, gemv_4bit_f16_pair_kernel, kWarps2 * 32, smem2) != cudaSuccess || r1 < 1) r1 = 1;
+      cached_smem = smem2;
+    }
+    // Pairs when every resident warp gets at least one pair, single rows otherwise.
+    const bool pairs = rows >= 2 * static_cast<int64_t>(sms) * r1 * kWarps2;
+    const int64_t units = pairs ? (rows + 1) / 2 : rows;
+    const int64_t groups = (units + kWarps2 - 1) / kWarps2;
+    const int64_t resident = static_cast<int64_t>(sms) * (pairs ? r1 : r0);
     const dim3 grid2(static_cast<unsigned>(std::min(groups, std::max<int64_t>(resident / batch, 1))),
                      static_cast<unsigned>(batch));
-    gemv_4bit_f16_kernel<<<grid2, kWarps2 * 32, smem2, stream>>>(packed, absmax, qabs, absmax2, offset, code2, rows,
-                                                                 cols, block, type, static_cast<const __half*>(x),
-                                                                 static_cast<__half*>(y));
+    auto kernel = pairs ? gemv_4bit_f16_pair_kernel : gemv_4bit_f16_row_kernel;
+    kernel<<<grid2, kWarps2 * 32, smem2, stream>>>(packed, absmax, qabs, absmax2, offset, code2, rows, cols, block,
+                                                  type, static_cast<const __half*>(x), static_cast<__half*>(y));
     return cudaGetLastError();
   }
   const size_t smem = (16 * 32 + (cols <= kMaxSmemCols ? cols : 0)) * sizeof(float);

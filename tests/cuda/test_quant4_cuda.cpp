@@ -131,7 +131,9 @@ TEST(CudaQuant4, GemvMatchesCpuReference) {
   if (!have_gpu()) GTEST_SKIP() << "SKIPPED: no CUDA device here; this test runs on a GPU machine";
   struct Case { int64_t rows, cols; int block; bool dq; };
   for (const Case c : {Case{37, 64, 64, false}, Case{300, 4096, 64, true}, Case{129, 11264, 128, false},
-                       Case{64, 14336, 64, true}}) {
+                       Case{64, 14336, 64, true},
+                       // enough rows (on an H100) for the kernel that gives each warp two rows
+                       Case{9001, 256, 64, true}}) {
     const int64_t n = c.rows * c.cols, nb = n / c.block;
     const std::vector<float> w = randn(n, 5), x = randn(c.cols, 6, 1.0f);
     std::vector<uint8_t> p(n / 2);
