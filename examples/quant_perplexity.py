@@ -5,8 +5,8 @@
 
 For every spec the model is loaded (and quantized) by qinterp, every prompt is scored token by
 token (next-token negative log-likelihood of tokens 2..T of the prompt, padding excluded), and
-the pooled perplexity exp(mean NLL) is reported. GPTQ calibrates on windows of BoolQ rows that
-are not among the evaluated ones (128 windows of 256 tokens by default, the spec's defaults;
+the pooled perplexity exp(mean NLL) is reported. GPTQ calibrates on windows of rows of the same
+four CSVs that are not among the evaluated ones (128 windows of 256 tokens by default, the spec's defaults;
 far fewer tokens than in_features x 20 overfits: GPTQ then loses to round-to-nearest on held-out
 text). Writes results/quant_perplexity_<model>.csv.
 """
@@ -86,7 +86,10 @@ def main():
     # sorted by length so that a batch pads little (the pooled NLL does not depend on the order)
     texts = sorted((t for task in TASKS for t in prompts(task, 0, a.rows)), key=len)
     seqlen = min(a.seqlen, enc.max_len)
-    cids, cmask = enc.encode(prompts("boolq", a.rows, 4 * a.calib * seqlen // 20))
+    # calibration text: the rows after the evaluated ones, from all four tasks, interleaved
+    pools = [prompts(task, a.rows, a.calib * seqlen // 40 + 1) for task in TASKS]
+    calib_texts = [t for group in zip(*pools) for t in group]
+    cids, cmask = enc.encode(calib_texts)
     print(f"[ppl] {a.model}: {len(texts)} prompts from {', '.join(TASKS)}", file=sys.stderr)
     out_rows = []
     for spec in a.specs.split(","):
