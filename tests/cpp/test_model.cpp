@@ -229,8 +229,8 @@ TEST(Model, BadInputsGiveErrors) {
   lo.dtype = "int3";
   EXPECT_QERROR(load_model(qt::stories("stories260K.bin"), lo), "unknown dtype 'int3'");
   lo = {};
-  lo.quant = "nf4";
-  EXPECT_QERROR(load_model(qt::stories("stories260K.bin"), lo), "'nf4'", "not available");
+  lo.quant = "nf5";
+  EXPECT_QERROR(load_model(qt::stories("stories260K.bin"), lo), "unknown quantization spec 'nf5'", "valid specs");
 }
 
 TEST(SmolLM2, LoadsFromGguf) {
