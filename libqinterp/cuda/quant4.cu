@@ -124,6 +124,38 @@ __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const
 // decodes to a half2 (its two codes) through a 256-entry table replicated per lane (no bank
 // conflicts). Products are summed per byte pair in half2, per chunk (one absmax) in float32.
 constexpr int kWarps2 = 16, kMaxCols2 = 16384, kPad = 40;  // halves per staged 32-value chunk
+// Shared prologue of the fp16 GEMV kernels: the byte -> half2 code table replicated per lane,
+// and x as fp16 in 32-value chunks padded to kPad halves. Ends with a barrier.
+__device__ __forceinline__ void stage_table_and_x(__half2* lut, __half* xs, const __half* xb, int64_t cols,
+                                                  int type) {
+  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+    const int byte = i >> 5;
+    lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
+  }
+  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
+    *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
+  __syncthreads();
+}
+
+// Σ code(w_k) x_k over one 16-byte chunk (32 weights): each byte's two codes come from the
+// lane's copy of the table as a half2, products are summed per 4-byte word in half2 and then in
+// float32 (the caller scales by the chunk's absmax).
+__device__ __forceinline__ float chunk_dot(const __half2* lut_l, const uint4& w, const uint4 (&xv)[4]) {
+  const unsigned wq[4] = {w.x, w.y, w.z, w.w};
+  float part = 0.0f;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const __half2* xh = reinterpret_cast<const __half2*>(&xv[q]);
+    __half2 sum = __hmul2(lut_l[(wq[q] & 0xff) << 5], xh[0]);
+    sum = __hfma2(lut_l[((wq[q] >> 8) & 0xff) << 5], xh[1], sum);
+    sum = __hfma2(lut_l[((wq[q] >> 16) & 0xff) << 5], xh[2], sum);
+    sum = __hfma2(lut_l[(wq[q] >> 24) << 5], xh[3], sum);
+    const float2 f = __half22float2(sum);
+    part += f.x + f.y;
+  }
+  return part;
+}
+
 __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
     const uint8_t* __restrict__ packed, const float* __restrict__ absmax, const uint8_t* __restrict__ qabs,
     const float* __restrict__ absmax2, float offset, const float* __restrict__ code2, int64_t rows, int64_t cols,
@@ -148,14 +180,7 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
     }
   };
   load_pair(cur, pair, lane);  // first weights in flight while the table and x are staged
-  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
-    const int byte = i >> 5;
-    lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
-  }
-  const __half* xb = x + bidx * cols;
-  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
-    *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
-  __syncthreads();
+  stage_table_and_x(lut, xs, x + bidx * cols, cols, type);
   const int lb = __ffs(block) - 1;
   const __half2* lut_l = lut + lane;
   for (; pair < pairs; pair += stride) {
@@ -174,19 +199,7 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
         const float a = (2 * pair + r >= rows) ? 0.0f
                         : absmax ? __ldg(absmax + b)
                                  : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
-        const unsigned wq[4] = {cur[r].x, cur[r].y, cur[r].z, cur[r].w};
-        float part = 0.0f;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const __half2* xh = reinterpret_cast<const __half2*>(&xv[q]);
-          __half2 sum = __hmul2(lut_l[(wq[q] & 0xff) << 5], xh[0]);
-          sum = __hfma2(lut_l[((wq[q] >> 8) & 0xff) << 5], xh[1], sum);
-          sum = __hfma2(lut_l[((wq[q] >> 16) & 0xff) << 5], xh[2], sum);
-          sum = __hfma2(lut_l[(wq[q] >> 24) << 5], xh[3], sum);
-          const float2 f = __half22float2(sum);
-          part += f.x + f.y;
-        }
-        acc[r] = fmaf(part, a, acc[r]);
+        acc[r] = fmaf(chunk_dot(lut_l, cur[r], xv), a, acc[r]);
       }
       cur[0] = nxt[0];
       cur[1] = nxt[1];
@@ -226,14 +239,7 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
     }
   };
   load_batch(cur, row, lane);  // first weights in flight while the table and x are staged
-  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
-    const int byte = i >> 5;
-    lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
-  }
-  const __half* xb = x + bidx * cols;
-  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
-    *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
-  __syncthreads();
+  stage_table_and_x(lut, xs, x + bidx * cols, cols, type);
   const int lb = __ffs(block) - 1;
   const __half2* lut_l = lut + lane;
   if (row >= rows) return;
@@ -252,20 +258,10 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
           const float a =
               absmax ? __ldg(absmax + b) : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
           const __half* xc = xs + c * kPad;
-          const unsigned wq[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
-          float part = 0.0f;
+          uint4 xv[4];
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const uint4 xv = *reinterpret_cast<const uint4*>(xc + 8 * q);
-            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-            __half2 sum = __hmul2(lut_l[(wq[q] & 0xff) << 5], xh[0]);
-            sum = __hfma2(lut_l[((wq[q] >> 8) & 0xff) << 5], xh[1], sum);
-            sum = __hfma2(lut_l[((wq[q] >> 16) & 0xff) << 5], xh[2], sum);
-            sum = __hfma2(lut_l[(wq[q] >> 24) << 5], xh[3], sum);
-            const float2 f = __half22float2(sum);
-            part += f.x + f.y;
-          }
-          acc = fmaf(part, a, acc);
+          for (int q = 0; q < 4; ++q) xv[q] = *reinterpret_cast<const uint4*>(xc + 8 * q);
+          acc = fmaf(chunk_dot(lut_l, cur[u], xv), a, acc);
         }
       }
 #pragma unroll
