@@ -207,7 +207,8 @@ int64_t QuantizedTensor::nbytes() const {
 
 QuantizedTensor QuantizedTensor::to(at::Device device) const {
   QuantizedTensor q = *this;
-  for (at::Tensor* t : {&q.data, &q.absmax, &q.absmax2, &q.offset, &q.code2, &q.scale, &q.zero, &q.g_idx})
+  // offset stays a CPU scalar: kernels take it by value, and reading it must not sync a GPU
+  for (at::Tensor* t : {&q.data, &q.absmax, &q.absmax2, &q.code2, &q.scale, &q.zero, &q.g_idx})
     if (t->defined()) *t = t->to(device);
   return q;
 }
@@ -559,8 +560,9 @@ QuantizedTensor quantize(const at::Tensor& x, const QuantSpec& spec) {
         q.absmax = pa.second;
       } else {
         const at::Tensor a = pa.second;
-        q.offset = a.mean();
-        auto qa = quantize_blockwise8(a - q.offset, 256);
+        const at::Tensor mean = a.mean();
+        q.offset = mean.cpu();  // a CPU scalar (see QuantizedTensor::to)
+        auto qa = quantize_blockwise8(a - mean, 256);
         q.absmax = qa.first;
         q.absmax2 = qa.second;
         q.code2 = dynamic_map().to(a.device());

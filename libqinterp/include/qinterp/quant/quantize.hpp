@@ -16,7 +16,8 @@ namespace qinterp::quant {
 //   NF4 / FP4  data    uint8 [(numel + 1) / 2]   two codes per byte, even element in the high nibble
 //              absmax  float32 [nblocks]         (double_quant = 0)
 //                   or uint8 [nblocks]           (double_quant = 1) with
-//              absmax2 float32 [ceil(nblocks / 256)], offset float32 [] (scalar), code2 float32 [256]
+//              absmax2 float32 [ceil(nblocks / 256)], offset float32 [] (a scalar, kept on the
+//              CPU whatever the device), code2 float32 [256]
 //   Int8       data    int8 [rows, cols]         round(W * 127 / rowmax), half to even
 //              scale   float32 [rows]            rowmax (bitsandbytes' SCB)
 //   RTN / GPTQ data    uint8 [rows, (cols + 1) / 2] for bits <= 4 (two codes per byte, even column
