@@ -31,3 +31,19 @@ def reference_logits():
         if line.startswith("logits "):
             rows.append([float(x) for x in line.split()[1:]])
     return torch.tensor(rows)
+
+
+def hooked_gradient(model, hook, ids, target):
+    """Gradient of target(logits) with respect to the activation at `hook`, made a leaf there."""
+    box = {}
+
+    def leaf(act, mask):
+        box["a"] = act.detach().requires_grad_(True)
+        return box["a"]
+
+    h = model.hooks.add(hook, leaf)
+    try:
+        target(model.forward(ids)).backward()
+    finally:
+        model.hooks.remove(h)
+    return box["a"].grad

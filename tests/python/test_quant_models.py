@@ -8,7 +8,7 @@ import torch
 
 import qinterp
 
-from conftest import SHARED, SMOLLM2, STORIES
+from conftest import SHARED, SMOLLM2, STORIES, hooked_gradient
 
 
 def _prompts(task, n):
@@ -36,17 +36,7 @@ def test_gradients_reach_hooked_activations_through_quantized_layers(stories_tok
     ids = torch.tensor([stories_tok.encode("Once upon a time")])
     for spec in ("nf4:compute=fp32", "int8:compute=fp32"):
         m = qinterp.load_model(STORIES / "stories260K.bin", quant=spec)
-        kept = {}
-
-        def keep(act, mask):
-            act = act.detach().requires_grad_(True)
-            kept["act"] = act
-            return act
-        h = m.hooks.add("blocks.1.mlp.hook_act", keep)
-        logits = m.forward(ids)
-        torch.log_softmax(logits[0, -1], -1).max().backward()
-        m.hooks.remove(h)
-        g = kept["act"].grad
+        g = hooked_gradient(m, "blocks.1.mlp.hook_act", ids, lambda lg: torch.log_softmax(lg[0, -1], -1).max())
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, spec
 
 

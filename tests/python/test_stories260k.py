@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qinterp
-from conftest import STORIES, reference_logits
+from conftest import STORIES, hooked_gradient, reference_logits
 
 PROMPT_IDS = [1, 403, 407, 261, 378]
 
@@ -101,20 +101,7 @@ def test_python_hooks_observe_and_replace(stories_model):
 
 def test_gradients_flow_to_hooked_activation(stories_model):
     ids = torch.tensor([PROMPT_IDS])
-    box = {}
-
-    def leaf(act, mask):
-        a = act.detach().requires_grad_(True)
-        box["a"] = a
-        return a
-
-    h = stories_model.hooks.add("blocks.1.mlp.hook_act", leaf)
-    try:
-        logits = stories_model.forward(ids)
-        logits[0, -1].log_softmax(-1)[432].backward()
-    finally:
-        stories_model.hooks.remove(h)
-    g = box["a"].grad
+    g = hooked_gradient(stories_model, "blocks.1.mlp.hook_act", ids, lambda lg: lg[0, -1].log_softmax(-1)[432])
     assert g is not None and g.shape == (1, 5, 172) and g.abs().sum() > 0
 
 

@@ -10,6 +10,7 @@
 #include "qinterp/model/quantize.hpp"
 #include "qinterp/quant/dequantize.hpp"
 #include "../io/paths.hpp"
+#include "../io/torch_dtype.hpp"
 
 namespace qinterp::model {
 
@@ -65,30 +66,21 @@ std::shared_ptr<Model> from_llama2c(const std::string& path) {
   return std::make_shared<Model>(cfg, std::move(w));
 }
 
+// Weights must be floating point: F32, F16, BF16 (F64 is read and cast).
 at::ScalarType torch_dtype(io::DType t, const std::string& file, const std::string& name) {
-  switch (t) {
-    case io::DType::F32: return at::kFloat;
-    case io::DType::F16: return at::kHalf;
-    case io::DType::BF16: return at::kBFloat16;
-    case io::DType::F64: return at::kDouble;
-    default: fail(file, ": tensor '", name, "' has dtype ", io::dtype_name(t), "; weights must be F32, F16 or BF16");
-  }
+  const at::ScalarType st = io::to_scalar_type(t);
+  if (st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble) return st;
+  fail(file, ": tensor '", name, "' has dtype ", io::dtype_name(t), "; weights must be F32, F16 or BF16");
 }
 
 std::shared_ptr<Model> from_safetensors(const std::string& path) {
   const std::string dir = io::paths::is_dir(path) ? path : io::paths::parent(path);
-  {
-    const std::string own = io::paths::is_dir(path) ? io::paths::join(path, "model.safetensors") : path;
-    if (io::paths::exists(own) && ends_with(own, ".safetensors")) {
-      io::SafetensorsCheckpoint ck(own);
-      if (ck.metadata().count("qinterp.quant")) return from_qinterp_checkpoint(own, ck);
-    }
-  }
+  io::SafetensorsCheckpoint ck(path);
+  if (ck.metadata().count("qinterp.quant")) return from_qinterp_checkpoint(path, ck);  // written by save_model
   const std::string cfg_path = io::paths::join(dir, "config.json");
   if (!io::paths::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir, ")");
   ModelConfig cfg = config_from_hf_json(cfg_path);
   cfg.source = path;
-  io::SafetensorsCheckpoint ck(path);
   std::vector<NamedTensor> w;
   for (const auto& name : ck.names()) {
     const io::TensorView& v = ck.get(name);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../io/paths.hpp"
+#include "../io/torch_dtype.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/safetensors.hpp"
 #include "qinterp/quant/gptq.hpp"
@@ -95,18 +96,6 @@ nlohmann::json config_json(const ModelConfig& c) {
   return j;
 }
 
-io::DType io_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return io::DType::F32;
-    case at::kHalf: return io::DType::F16;
-    case at::kBFloat16: return io::DType::BF16;
-    case at::kByte: return io::DType::U8;
-    case at::kChar: return io::DType::I8;
-    case at::kInt: return io::DType::I32;
-    case at::kLong: return io::DType::I64;
-    default: fail("save_model: cannot store dtype ", c10::toString(t));
-  }
-}
 
 }  // namespace
 
@@ -124,7 +113,8 @@ void save_model(const Model& model, const std::string& dir) {
     keep.push_back(t);
     io::TensorView v;
     v.name = p.name;
-    v.dtype = io_dtype(t.scalar_type());
+    if (!io::to_io_dtype(t.scalar_type(), &v.dtype))
+      fail("save_model: cannot store '", p.name, "' of dtype ", c10::toString(t.scalar_type()));
     v.shape = std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
     v.data = t.data_ptr();
     v.nbytes = static_cast<size_t>(t.numel()) * t.element_size();
@@ -169,17 +159,9 @@ std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io
   std::map<std::string, std::vector<std::pair<std::string, at::Tensor>>> parts;
   for (const auto& name : ck.names()) {
     const io::TensorView& v = ck.get(name);
-    at::ScalarType st;
-    switch (v.dtype) {
-      case io::DType::F32: st = at::kFloat; break;
-      case io::DType::F16: st = at::kHalf; break;
-      case io::DType::BF16: st = at::kBFloat16; break;
-      case io::DType::U8: st = at::kByte; break;
-      case io::DType::I8: st = at::kChar; break;
-      case io::DType::I32: st = at::kInt; break;
-      case io::DType::I64: st = at::kLong; break;
-      default: fail(path, ": tensor '", name, "' has unsupported dtype ", io::dtype_name(v.dtype));
-    }
+    const at::ScalarType st = io::to_scalar_type(v.dtype);
+    if (st == at::ScalarType::Undefined)
+      fail(path, ": tensor '", name, "' has unsupported dtype ", io::dtype_name(v.dtype));
     at::Tensor t = at::from_blob(const_cast<void*>(v.data), v.shape, st).clone();
     const size_t w = name.find(".weight.");
     if (w != std::string::npos) parts[name.substr(0, w + 7)].emplace_back(name.substr(w + 8), t);

@@ -385,19 +385,17 @@ std::pair<at::Tensor, at::Tensor> quantize_blockwise8(const at::Tensor& x_in, in
   return {q.to(x_in.device()), absmax.to(x_in.device())};
 }
 
-at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, int64_t block) {
-  const at::Tensor code = dynamic_map().to(q.device());
-  const int64_t n = q.numel();
-  at::Tensor a = absmax.repeat_interleave(block).narrow(0, 0, n);
+at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, int64_t block,
+                                 const at::Tensor& code_in) {
+  const at::Tensor code = code_in.defined() ? code_in : dynamic_map().to(q.device());
+  const at::Tensor a = absmax.repeat_interleave(block).narrow(0, 0, q.numel());
   return code.index_select(0, q.reshape({-1}).to(at::kLong)) * a;
 }
 
 at::Tensor absmax_f32(const QuantizedTensor& q) {
   if (!q.spec.double_quant) return q.absmax;
-  const int64_t nb = q.absmax.numel();
-  const at::Tensor a2 = q.absmax2.repeat_interleave(256).narrow(0, 0, nb);
   // two roundings (product, then + offset) as bitsandbytes computes it
-  return q.code2.index_select(0, q.absmax.to(at::kLong)) * a2 + q.offset;
+  return dequantize_blockwise8(q.absmax, q.absmax2, 256, q.code2) + q.offset;
 }
 
 // ---------------------------------------------------------------- int8 (LLM.int8())

@@ -58,7 +58,9 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, M
                            at::IntArrayRef shape, at::ScalarType dtype);
 // 8-bit blockwise with the dynamic map; x float32. Returns (codes uint8, absmax float32).
 std::pair<at::Tensor, at::Tensor> quantize_blockwise8(const at::Tensor& x, int64_t block);
-at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, int64_t block);
+// code: the 256 values (default: dynamic_map()).
+at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, int64_t block,
+                                 const at::Tensor& code = {});
 // float32 absmax of a 4-bit tensor, undoing double quantization when present.
 at::Tensor absmax_f32(const QuantizedTensor& q);
 
