@@ -11,6 +11,9 @@
 namespace py = pybind11;
 using namespace qinterp;
 
+void bind_analysis(py::module_& m);  // analysis.cpp
+py::dict perplexity_result(model::Model& model, const at::Tensor& ids, int64_t context, int64_t stride, bool progress);
+
 namespace {
 
 // A model as Python sees it: the C++ model plus the hooks attached to it.
@@ -53,6 +56,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "qinterp native module";
   m.attr("__version__") = version();
   py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+  bind_analysis(m);
 
   py::class_<model::Hooks, std::shared_ptr<model::Hooks>>(m, "Hooks",
       "Functions attached to a model's hook points. fn(activation, mask) -> None or a replacement tensor.")
@@ -124,6 +128,10 @@ PYBIND11_MODULE(_C, m) {
              throw Error("linear_weight: no linear '" + name + "' (self_attn.q_proj ... mlp.down_proj)");
            }, py::arg("layer"), py::arg("name"), "Dense (dequantized) weight of a block's linear layer.");
 
+  m.def("perplexity", [](const PyModel& p, const at::Tensor& ids, int64_t context, int64_t stride, bool progress) {
+          return perplexity_result(*p.m, ids, context, stride, progress);
+        }, py::arg("model"), py::arg("ids"), py::arg("context"), py::arg("stride"), py::arg("progress") = false,
+        "Sliding-window perplexity of a 1-D token stream (see qinterp.analysis.perplexity).");
   m.def("load_model", [](const std::string& path, const std::string& quant, const std::string& device,
                          const std::string& dtype, const std::optional<at::Tensor>& calib) {
           LoadOptions o;

@@ -15,8 +15,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch  # noqa: F401  (loads libtorch before the extension needs it)
 
 from . import _C
+from . import analysis  # noqa: F401  (qinterp.analysis)
 from . import quant  # noqa: F401  (qinterp.quant)
-from ._C import Error, Hooks, Model, Tokenizer, cuda_built
+from ._C import Error, Hooks, Model, ResultStore, Tokenizer, cuda_built
 
 __version__ = _C.__version__
 

@@ -1,6 +1,11 @@
 // Umbrella header: the whole public C++ API of qinterp.
 #pragma once
+#include "qinterp/analysis/accumulator.hpp"
+#include "qinterp/analysis/calibration.hpp"
+#include "qinterp/analysis/correlation.hpp"
+#include "qinterp/analysis/neurons.hpp"
 #include "qinterp/error.hpp"
+#include "qinterp/io/result_store.hpp"
 #include "qinterp/io/gguf.hpp"
 #include "qinterp/io/llama2c.hpp"
 #include "qinterp/io/safetensors.hpp"

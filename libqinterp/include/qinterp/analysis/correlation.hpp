@@ -1,0 +1,96 @@
+// Pairwise neuron correlation within a layer (the paper's redundancy figure, PROTOCOLS.md §1.3)
+// and drift between a full-precision model and a quantized copy on the same tokens.
+#pragma once
+#include <vector>
+
+#include "qinterp/analysis/accumulator.hpp"
+#include "qinterp/analysis/neurons.hpp"
+
+namespace qinterp::analysis {
+
+// Streaming centred second moments of the N neurons of one hook, without ever holding the
+// [tokens, N] matrix. State: token count, mean [N] and the upper-triangular tiles (tile × tile
+// neurons) of the co-moment matrix M2 = Σ (x − mean)(x − mean)ᵀ in float64 — about N²/2 × 8 bytes
+// plus one tile of work. Each update centres its tokens on their own mean, forms the tile
+// products in float32 (chunks of at most `chunk` tokens, so rounding stays near 1e-7 of the
+// norms) and adds them to M2 with Chan's correction for the shift of the mean.
+//
+// finalize(): |Pearson r| over the pairs i < j (diagonal excluded):
+//   histogram [bins] int64 and bin_edges [bins + 1] (equal width over [0, 1]; |r| = 1 lands in
+//   the last bin); pairs_total = C(N, 2); pairs_counted; zero_variance [K] int64 — neurons whose
+//   activations never vary: every pair with one of them is left out of the histogram (numpy
+//   would give NaN there) and counted in pairs_excluded; top_values [k], top_i [k], top_j [k]
+//   — the k largest |r|; with cluster_threshold > 0, independent_neurons: the number of
+//   clusters when average-linkage clustering on 1 − |r| is cut at that distance (NeuroX's
+//   clustering; zero-variance neurons are singletons), and cluster [N] int64 labels.
+class Correlation : public Accumulator {
+ public:
+  struct Options {
+    int64_t bins = 10;
+    int64_t top_k = 100;
+    double cluster_threshold = 0.0;  // 0 = no clustering; NeuroX uses 0.5
+    int64_t tile = 1024;
+    int64_t chunk = 2048;
+  };
+  Correlation() : Correlation(Options{}) {}
+  explicit Correlation(Options o);
+
+  void update(const at::Tensor& act, const at::Tensor& mask = {});
+  std::string kind() const override { return "Correlation"; }
+  void merge(const Accumulator& other) override;
+  State state() const override;
+  void restore(const State& s) override;
+  Tensors finalize() const override;
+  void to(const at::Device& device) override;
+
+  int64_t tokens() const { return n_; }
+  int64_t neurons() const { return neurons_; }
+  // The full correlation matrix [N, N] float64 (NaN for zero-variance neurons): for small N
+  // and tests; finalize() never forms it.
+  at::Tensor matrix() const;
+
+ private:
+  Options o_;
+  int64_t n_ = 0, neurons_ = 0;
+  at::Tensor mean_;                 // [N] float64
+  std::vector<at::Tensor> tiles_;   // upper tiles (a, b), a <= b, row-major over a then b
+  int64_t ntiles() const { return (neurons_ + o_.tile - 1) / o_.tile; }
+  int64_t tile_index(int64_t a, int64_t b) const;
+  void add_chunk(const at::Tensor& x);
+  void merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b);
+};
+
+// Full precision (a) against a quantized copy (b) on the same tokens, per neuron: mean squared
+// error, cosine similarity and Pearson correlation of the two activation series, and how far
+// their dead sets agree (band as in DeadNeurons).
+//
+// finalize(): tokens, mse [N], cosine [N], correlation [N] (NaN where either side has zero
+// variance), dead_full [N], dead_quant [N] bool, dead_both, dead_only_full, dead_only_quant,
+// dead_agreement (fraction of neurons with the same status), dead_jaccard (|both| / |either|,
+// 1 when neither side has a dead neuron).
+class Drift : public Accumulator {
+ public:
+  explicit Drift(double dead_lo = -0.1, double dead_hi = 0.1);
+
+  void update(const at::Tensor& full, const at::Tensor& quant, const at::Tensor& mask = {});
+  std::string kind() const override { return "Drift"; }
+  void merge(const Accumulator& other) override;
+  State state() const override;
+  void restore(const State& s) override;
+  Tensors finalize() const override;
+  void to(const at::Device& device) override;
+
+  int64_t tokens() const { return n_; }
+
+ private:
+  int64_t n_ = 0;
+  at::Tensor mean_a_, mean_b_, m2_a_, m2_b_, c_ab_, sq_diff_, dot_, sq_a_, sq_b_;  // [N] float64
+  DeadNeurons dead_a_, dead_b_;
+};
+
+// Average-linkage agglomerative clustering of `n` points from their condensed distance vector
+// (i < j in row-major order, as scipy's pdist), cut at `threshold`: returns a label in [0, k)
+// per point (labels numbered by first appearance). Nearest-neighbour chain, O(n²) time.
+std::vector<int64_t> average_linkage_clusters(std::vector<double> condensed, int64_t n, double threshold);
+
+}  // namespace qinterp::analysis

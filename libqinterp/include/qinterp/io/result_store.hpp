@@ -1,0 +1,106 @@
+// ResultStore: one HDF5 file per run, readable with h5py.
+//
+// Layout (DESIGN.md): groups model / precision / task / analysis, e.g.
+//   /stories260K/nf4/boolq/blocks.2.mlp.hook_act/DeadNeurons/{dead, count, min, ...}
+// Results are datasets (0-dim for scalars), chunked and deflate-compressed when larger than a
+// few KB. Attributes (strings, integers, floats) hold model, spec, seed and versions.
+// Saved accumulator state lives in a group with attribute `kind` and one dataset per tensor, so
+// a run can resume. Raw activations, when asked for, go to one chunked, growable
+// [tokens, neurons] dataset per hook (fp16 or fp32) with a token table [tokens, 2] int64
+// (example index, position) beside it — never one group per neuron.
+//
+// Durability: every write call ends with an HDF5 flush, so a killed run leaves a file holding
+// everything written before the last completed call. Opening a file that is not HDF5, or
+// reading a path that does not exist, throws qinterp::Error naming the file and the object.
+// Dtypes: bool (stored as uint8 with attribute dtype=bool), uint8, int32, int64, float16,
+// float32, float64; tensors on a GPU are copied to the host.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "qinterp/analysis/accumulator.hpp"
+
+namespace qinterp::io {
+
+using AttrValue = std::variant<int64_t, double, std::string>;
+using Attrs = std::map<std::string, AttrValue>;
+
+class ResultStore;
+
+// A growable [tokens, neurons] activation dump with its token table; see ResultStore::dump.
+class ActivationDump {
+ public:
+  // act [T, N] (or [B, S, N] with mask [B, S]); example [T] and position [T] int64 name each
+  // real token. With a mask, example/position may be omitted: rows are numbered by
+  // (first_example + b, s).
+  void append(const at::Tensor& act, const at::Tensor& example, const at::Tensor& position);
+  void append_masked(const at::Tensor& act, const at::Tensor& mask, int64_t first_example);
+  int64_t rows() const { return rows_; }
+  const std::string& path() const { return group_; }  // the group inside the file
+
+ private:
+  friend class ResultStore;
+  ActivationDump(ResultStore* store, std::string group, int64_t neurons, bool fp16, int64_t rows)
+      : store_(store), group_(std::move(group)), neurons_(neurons), fp16_(fp16), rows_(rows) {}
+  ResultStore* store_;
+  std::string group_;
+  int64_t neurons_;
+  bool fp16_;
+  int64_t rows_;
+};
+
+class ResultStore {
+ public:
+  enum class Mode { Create, Append, Read };  // Create truncates; Append creates if missing
+  explicit ResultStore(const std::string& path, Mode mode = Mode::Append);
+  ~ResultStore();
+  ResultStore(const ResultStore&) = delete;
+  ResultStore& operator=(const ResultStore&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  // "a/b/c" from parts; each part may not contain '/' or be empty or "." / "..".
+  static std::string join(const std::vector<std::string>& parts);
+
+  bool exists(const std::string& object) const;
+  std::vector<std::string> list(const std::string& group) const;  // member names, sorted
+
+  void set_attrs(const std::string& object, const Attrs& attrs);  // creates groups as needed
+  Attrs attrs(const std::string& object) const;
+
+  // Writes (replacing) one dataset; groups on the way are created.
+  void write(const std::string& dataset, const at::Tensor& t);
+  at::Tensor read(const std::string& dataset) const;
+
+  // A result or a state: one dataset per entry under `group` (replacing what was there).
+  void write_tensors(const std::string& group, const analysis::Tensors& ts);
+  analysis::Tensors read_tensors(const std::string& group) const;
+  void save_state(const std::string& group, const analysis::State& s, const Attrs& extra = {});
+  analysis::State load_state(const std::string& group) const;
+
+  // Opens (or creates) the raw activation dump `group`/activations + `group`/tokens.
+  ActivationDump dump(const std::string& group, int64_t neurons, bool fp16 = true);
+
+  void flush();
+
+ private:
+  friend class ActivationDump;
+  std::string path_;
+  int64_t file_ = -1;  // hid_t
+  bool read_only_ = false;
+  int64_t open_group(const std::string& group, bool create) const;
+  void remove_if_exists(const std::string& object);
+  void writable(const char* what) const;
+};
+
+}  // namespace qinterp::io
+
+namespace qinterp {
+using io::ResultStore;
+}

@@ -1,0 +1,226 @@
+#include "qinterp/analysis/calibration.hpp"
+
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common.hpp"
+#include "qinterp/model/model.hpp"
+
+namespace qinterp::analysis {
+
+using namespace detail;
+
+// ---------------------------------------------------------------------------------------------
+// Calibration
+
+Calibration::Calibration(int64_t bins) : bins_(bins) {
+  if (bins < 1) fail("Calibration: bins must be >= 1, got ", bins);
+}
+
+void Calibration::update(const at::Tensor& confidence, const at::Tensor& correct) {
+  if (!confidence.defined() || !correct.defined() || confidence.dim() != 1 || correct.dim() != 1 ||
+      confidence.size(0) != correct.size(0))
+    fail("Calibration: confidence and correct must be 1-D of the same length, got ",
+         confidence.defined() ? confidence.sizes() : at::IntArrayRef{}, " and ",
+         correct.defined() ? correct.sizes() : at::IntArrayRef{});
+  if (!at::isFloatingType(confidence.scalar_type()))
+    fail("Calibration: confidence must be floating point, got ", confidence.scalar_type());
+  at::Tensor c = confidence.to(at::kCPU, at::kDouble).contiguous();
+  if (c.numel() == 0) return;
+  at::Tensor bad = (at::isfinite(c).logical_not() | c.lt(0) | c.gt(1)).nonzero();
+  if (bad.size(0))
+    fail("Calibration", label_.empty() ? "" : " on '" + label_ + "'", ": confidence ", c[bad[0][0]].item<double>(),
+         " of example ", examples() + bad[0][0].item<int64_t>(), " is not a probability in [0, 1]");
+  at::Tensor k = correct.to(at::kCPU);
+  k = k.scalar_type() == at::kBool ? k.clone() : k.ne(0);
+  conf_.push_back(c.clone());
+  correct_.push_back(k);
+}
+
+void Calibration::update_logits(const at::Tensor& logits, const at::Tensor& gold) {
+  if (!logits.defined() || logits.dim() != 2 || !gold.defined() || gold.dim() != 1 || gold.size(0) != logits.size(0))
+    fail("Calibration: update_logits takes logits [n, vocab] and gold ids [n], got ",
+         logits.defined() ? logits.sizes() : at::IntArrayRef{}, " and ", gold.defined() ? gold.sizes() : at::IntArrayRef{});
+  at::Tensor p = logits.to(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).softmax(-1);
+  auto [conf, arg] = p.max(-1);
+  update(conf, arg.eq(gold.to(arg.device()).to(at::kLong)));
+}
+
+int64_t Calibration::examples() const {
+  int64_t n = 0;
+  for (const auto& c : conf_) n += c.size(0);
+  return n;
+}
+
+void Calibration::merge(const Accumulator& other) {
+  auto* o = dynamic_cast<const Calibration*>(&other);
+  if (!o) fail("Calibration: cannot merge a ", other.kind());
+  same_setting("Calibration", "bins", static_cast<double>(bins_), static_cast<double>(o->bins_));
+  for (size_t i = 0; i < o->conf_.size(); ++i) {
+    conf_.push_back(o->conf_[i].clone());
+    correct_.push_back(o->correct_[i].clone());
+  }
+}
+
+State Calibration::state() const {
+  State s{kind(), {{"bins", scalar(bins_)}}};
+  s.tensors["confidence"] = conf_.empty() ? at::empty({0}, at::kDouble) : at::cat(conf_);
+  s.tensors["correct"] = correct_.empty() ? at::empty({0}, at::kBool) : at::cat(correct_);
+  return s;
+}
+
+void Calibration::restore(const State& s) {
+  check_kind(s, kind());
+  same_setting("Calibration", "bins", static_cast<double>(bins_), need(s, kind(), "bins").item<double>());
+  at::Tensor c = need(s, kind(), "confidence"), k = need(s, kind(), "correct");
+  if (c.dim() != 1 || k.dim() != 1 || c.size(0) != k.size(0))
+    fail("saved Calibration state: confidence ", c.sizes(), " and correct ", k.sizes(), " do not match");
+  conf_ = {c.to(at::kDouble).clone()};
+  correct_ = {k.to(at::kBool).clone()};
+}
+
+void Calibration::to(const at::Device&) {}  // kept on the host: it is a few bytes per example
+
+Tensors Calibration::finalize() const {
+  const int64_t n = examples();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Tensors r{{"examples", scalar(n)}, {"bins", scalar(bins_)}};
+  at::Tensor conf = n ? at::cat(conf_) : at::empty({0}, at::kDouble);
+  at::Tensor ok = n ? at::cat(correct_).to(at::kDouble) : at::empty({0}, at::kDouble);
+  r["accuracy"] = scalar(n ? ok.mean().item<double>() : nan);
+  r["confidence"] = scalar(n ? conf.mean().item<double>() : nan);
+
+  // ECE: bin b = (b/bins, (b+1)/bins], confidence 0 in the first bin.
+  at::Tensor edges = at::arange(bins_ + 1, at::kDouble) / static_cast<double>(bins_);
+  at::Tensor idx = (at::bucketize(conf, edges, false, /*right=*/false) - 1).clamp_(0, bins_ - 1);
+  at::Tensor cnt = at::bincount(idx, {}, bins_);
+  at::Tensor acc_sum = at::bincount(idx, ok, bins_), conf_sum = at::bincount(idx, conf, bins_);
+  at::Tensor cntd = cnt.to(at::kDouble);
+  at::Tensor acc_b = at::where(cnt.gt(0), acc_sum / cntd, at::full_like(cntd, nan));
+  at::Tensor conf_b = at::where(cnt.gt(0), conf_sum / cntd, at::full_like(cntd, nan));
+  double ece = 0;
+  for (int64_t b = 0; b < bins_; ++b)
+    if (cnt[b].item<int64_t>() > 0)
+      ece += cntd[b].item<double>() / static_cast<double>(n) * std::abs(acc_b[b].item<double>() - conf_b[b].item<double>());
+  r["ece"] = scalar(n ? ece : nan);
+  r["ece_lo"] = edges.narrow(0, 0, bins_).clone();
+  r["ece_hi"] = edges.narrow(0, 1, bins_).clone();
+  r["ece_count"] = cnt;
+  r["ece_accuracy"] = acc_b;
+  r["ece_confidence"] = conf_b;
+
+  // ACE: sort by (confidence, correct), equal-count bins as numpy.array_split.
+  at::Tensor order = std::get<1>(ok.sort(/*stable=*/true, 0, false));
+  at::Tensor c1 = conf.index_select(0, order), o1 = ok.index_select(0, order);
+  at::Tensor order2 = std::get<1>(c1.sort(/*stable=*/true, 0, false));
+  at::Tensor cs = c1.index_select(0, order2), os = o1.index_select(0, order2);
+  const int64_t base = n / bins_, extra = n % bins_;
+  at::Tensor a_lo = at::full({bins_}, nan, at::kDouble), a_hi = a_lo.clone(), a_acc = a_lo.clone(), a_conf = a_lo.clone();
+  at::Tensor a_cnt = at::zeros({bins_}, at::kLong);
+  double ace = 0;
+  int64_t used = 0, start = 0;
+  for (int64_t b = 0; b < bins_; ++b) {
+    const int64_t len = base + (b < extra ? 1 : 0);
+    a_cnt[b] = len;
+    if (len) {
+      at::Tensor cb = cs.narrow(0, start, len), ob = os.narrow(0, start, len);
+      const double acc = ob.mean().item<double>(), cf = cb.mean().item<double>();
+      a_acc[b] = acc;
+      a_conf[b] = cf;
+      a_lo[b] = cb[0].item<double>();
+      a_hi[b] = cb[len - 1].item<double>();
+      ace += std::abs(acc - cf);
+      ++used;
+    }
+    start += len;
+  }
+  r["ace"] = scalar(used ? ace / static_cast<double>(used) : nan);
+  r["ace_lo"] = a_lo;
+  r["ace_hi"] = a_hi;
+  r["ace_count"] = a_cnt;
+  r["ace_accuracy"] = a_acc;
+  r["ace_confidence"] = a_conf;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Perplexity
+
+void Perplexity::update(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
+  if (!logits.defined() || logits.dim() != 3 || !targets.defined() || targets.dim() != 2 ||
+      targets.size(0) != logits.size(0) || targets.size(1) != logits.size(1))
+    fail("Perplexity: update takes logits [B, S, V] and targets [B, S], got ",
+         logits.defined() ? logits.sizes() : at::IntArrayRef{}, " and ",
+         targets.defined() ? targets.sizes() : at::IntArrayRef{});
+  if (mask.defined() && mask.sizes() != targets.sizes())
+    fail("Perplexity: mask ", mask.sizes(), " does not match targets ", targets.sizes());
+  const int64_t v = logits.size(2);
+  at::Tensor t = targets.to(logits.device()).to(at::kLong);
+  at::Tensor m = mask.defined() ? mask.to(logits.device()).ne(0) : at::ones_like(t, t.options().dtype(at::kBool));
+  at::Tensor tt = t.masked_select(m);
+  if (tt.numel() == 0) return;
+  if (tt.min().item<int64_t>() < 0 || tt.max().item<int64_t>() >= v)
+    fail("Perplexity: a target id is outside the vocabulary [0, ", v, ")");
+  at::Tensor lg = logits.masked_select(m.unsqueeze(-1)).view({-1, v});
+  lg = lg.scalar_type() == at::kDouble ? lg : lg.to(at::kFloat);
+  at::Tensor lp = lg.log_softmax(-1).gather(1, tt.unsqueeze(1)).squeeze(1);
+  const double s = -lp.sum(0, false, at::kDouble).item<double>();
+  if (!std::isfinite(s))
+    fail("Perplexity", label_.empty() ? "" : " on '" + label_ + "'", ": non-finite log-likelihood (", s,
+         ") in this update; nothing was counted — the logits hold NaN or Inf");
+  nll_ += s;
+  tokens_ += tt.numel();
+}
+
+void Perplexity::merge(const Accumulator& other) {
+  auto* o = dynamic_cast<const Perplexity*>(&other);
+  if (!o) fail("Perplexity: cannot merge a ", other.kind());
+  nll_ += o->nll_;
+  tokens_ += o->tokens_;
+}
+
+State Perplexity::state() const { return State{kind(), {{"tokens", scalar(tokens_)}, {"nll", scalar(nll_)}}}; }
+
+void Perplexity::restore(const State& s) {
+  check_kind(s, kind());
+  tokens_ = need(s, kind(), "tokens").item<int64_t>();
+  nll_ = need(s, kind(), "nll").item<double>();
+}
+
+Tensors Perplexity::finalize() const {
+  const double mean = tokens_ ? nll_ / static_cast<double>(tokens_) : std::numeric_limits<double>::quiet_NaN();
+  return {{"tokens", scalar(tokens_)}, {"nll", scalar(nll_)}, {"mean_nll", scalar(mean)}, {"perplexity", scalar(std::exp(mean))}};
+}
+
+void perplexity(model::Model& model, const at::Tensor& ids, int64_t context, int64_t stride, Perplexity& acc,
+                const std::function<void(int64_t, int64_t)>& progress) {
+  if (!ids.defined() || ids.dim() != 1) fail("perplexity: ids must be a 1-D token stream");
+  if (context < 2) fail("perplexity: context must be >= 2, got ", context);
+  if (stride < 1 || stride > context) fail("perplexity: stride must be in [1, context], got ", stride);
+  const int64_t len = ids.size(0);
+  at::Tensor x = ids.to(at::kLong);
+  int64_t prev_end = 0, done = 0;
+  const int64_t total = len < 2 ? 0 : (std::max<int64_t>(len - context, 0) + stride - 1) / stride + 1;
+  for (int64_t begin = 0; len >= 2; begin += stride) {
+    const int64_t end = std::min(begin + context, len);
+    at::Tensor win = x.narrow(0, begin, end - begin).unsqueeze(0);
+    at::Tensor logits;
+    {
+      c10::NoGradGuard ng;
+      logits = model.forward(win.to(model.device()));
+    }
+    // Position p of the window predicts token p + 1; score targets in [max(prev_end, begin + 1), end).
+    const int64_t first = std::max(prev_end, begin + 1);
+    const int64_t s0 = first - 1 - begin, count = end - first;
+    if (count > 0)
+      acc.update(logits.narrow(1, s0, count), win.narrow(1, s0 + 1, count).to(logits.device()));
+    prev_end = end;
+    ++done;
+    if (progress) progress(done, total);
+    if (end == len) break;
+  }
+}
+
+}  // namespace qinterp::analysis

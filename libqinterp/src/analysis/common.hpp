@@ -1,0 +1,32 @@
+// Helpers shared by the analysis accumulators (not installed).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "qinterp/analysis/accumulator.hpp"
+#include "qinterp/error.hpp"
+
+namespace qinterp::analysis::detail {
+
+// fp16/bf16 activations widened to fp32; fp32/fp64 as they are; anything else is refused.
+at::Tensor widen(const at::Tensor& x, const std::string& who);
+
+// Throws Error naming the first non-finite element of x [T, N] when `summary` (a reduction of
+// x that NaN/Inf propagate into) is not all finite. `first_token` numbers x's first row.
+void check_finite(const at::Tensor& summary, const at::Tensor& x, const std::string& who, const std::string& label,
+                  int64_t first_token);
+
+// State helpers.
+at::Tensor scalar(double v);
+at::Tensor scalar(int64_t v);
+const at::Tensor& need(const State& s, const std::string& kind, const std::string& name);
+void check_kind(const State& s, const std::string& kind);
+void same_setting(const char* kind, const char* what, double mine, double theirs);
+// `t` on `device` (undefined stays undefined).
+at::Tensor on(const at::Tensor& t, const at::Device& device);
+// Chan et al.: folds (nb, mean_b, m2_b) into (na, mean_a, m2_a) in place (float64 tensors).
+void chan_merge(int64_t na, at::Tensor& mean_a, at::Tensor& m2_a, int64_t nb, const at::Tensor& mean_b,
+                const at::Tensor& m2_b);
+
+}  // namespace qinterp::analysis::detail

@@ -1,0 +1,472 @@
+#include "qinterp/analysis/correlation.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "common.hpp"
+
+namespace qinterp::analysis {
+
+using namespace detail;
+
+// ---------------------------------------------------------------------------------------------
+// Correlation
+
+Correlation::Correlation(Options o) : o_(o) {
+  if (o.bins < 1) fail("Correlation: bins must be >= 1, got ", o.bins);
+  if (o.top_k < 0) fail("Correlation: top_k must be >= 0, got ", o.top_k);
+  if (o.tile < 16) fail("Correlation: tile must be >= 16, got ", o.tile);
+  if (o.chunk < 1) fail("Correlation: chunk must be >= 1, got ", o.chunk);
+  if (o.cluster_threshold < 0 || o.cluster_threshold > 1)
+    fail("Correlation: cluster_threshold is a distance 1 - |r| in (0, 1] (0 turns clustering off), got ",
+         o.cluster_threshold);
+}
+
+int64_t Correlation::tile_index(int64_t a, int64_t b) const {
+  const int64_t t = ntiles();
+  return a * t - a * (a - 1) / 2 + (b - a);
+}
+
+void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
+  at::Tensor x = widen(real_tokens(act, mask, "Correlation"), "Correlation");
+  if (x.size(0) == 0) return;
+  if (neurons_ && x.size(1) != neurons_)
+    fail("Correlation", label_.empty() ? "" : " on '" + label_ + "'", ": got ", x.size(1), " neurons after ", neurons_,
+         " in earlier updates");
+  if (neurons_ && mean_.device() != x.device()) to(x.device());
+  // Refuse non-finite input before anything is counted.
+  check_finite(x.sum(0, false, at::kDouble), x, "Correlation", label_, n_);
+  if (!neurons_) {
+    neurons_ = x.size(1);
+    mean_ = at::zeros({neurons_}, x.options().dtype(at::kDouble));
+    const int64_t t = ntiles();
+    tiles_.clear();
+    for (int64_t a = 0; a < t; ++a)
+      for (int64_t b = a; b < t; ++b) {
+        const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), rb = std::min(o_.tile, neurons_ - b * o_.tile);
+        tiles_.push_back(at::zeros({ra, rb}, mean_.options()));
+      }
+  }
+  x = x.contiguous();
+  for (int64_t s = 0; s < x.size(0); s += o_.chunk) add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)));
+}
+
+// One chunk: centre on the chunk's own mean, float32 tile products, then Chan's merge into M2.
+void Correlation::add_chunk(const at::Tensor& x) {
+  const int64_t nb = x.size(0), t = ntiles();
+  at::Tensor mb = x.sum(0, false, at::kDouble) / static_cast<double>(nb);
+  at::Tensor xc = x - mb.to(x.scalar_type());
+  // The float mean is not the exact mean: Σ(x−m)(x−m)ᵀ = Σ(x−m')(x−m')ᵀ − s sᵀ/nb with s = Σ(x−m').
+  at::Tensor sc = xc.sum(0, false, at::kDouble);
+  const int64_t na = n_;
+  const double n = static_cast<double>(na + nb);
+  at::Tensor delta = mb - mean_;
+  const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
+  for (int64_t a = 0; a < t; ++a) {
+    const int64_t a0 = a * o_.tile, ra = std::min(o_.tile, neurons_ - a0);
+    at::Tensor xa = xc.narrow(1, a0, ra);
+    for (int64_t b = a; b < t; ++b) {
+      const int64_t b0 = b * o_.tile, rb = std::min(o_.tile, neurons_ - b0);
+      at::Tensor& m2 = tiles_[tile_index(a, b)];
+      m2.add_(at::mm(xa.t(), xc.narrow(1, b0, rb)));
+      m2.addr_(sc.narrow(0, a0, ra), sc.narrow(0, b0, rb), 1.0, -1.0 / static_cast<double>(nb));
+      if (na > 0) m2.addr_(delta.narrow(0, a0, ra), delta.narrow(0, b0, rb), 1.0, f);
+    }
+  }
+  mean_.add_(delta * (static_cast<double>(nb) / n));
+  n_ += nb;
+}
+
+void Correlation::merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b) {
+  const int64_t na = n_, t = ntiles();
+  const double n = static_cast<double>(na + nb);
+  at::Tensor delta = mean_b - mean_;
+  const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
+  for (int64_t a = 0; a < t; ++a)
+    for (int64_t b = a; b < t; ++b) {
+      const int64_t a0 = a * o_.tile, b0 = b * o_.tile;
+      at::Tensor& m2 = tiles_[tile_index(a, b)];
+      m2.add_(m2_b[tile_index(a, b)].to(m2.device()));
+      m2.addr_(delta.narrow(0, a0, m2.size(0)), delta.narrow(0, b0, m2.size(1)), 1.0, f);
+    }
+  mean_.add_(delta * (static_cast<double>(nb) / n));
+  n_ += nb;
+}
+
+void Correlation::merge(const Accumulator& other) {
+  auto* o = dynamic_cast<const Correlation*>(&other);
+  if (!o) fail("Correlation: cannot merge a ", other.kind());
+  same_setting("Correlation", "bins", static_cast<double>(o_.bins), static_cast<double>(o->o_.bins));
+  same_setting("Correlation", "tile", static_cast<double>(o_.tile), static_cast<double>(o->o_.tile));
+  if (!o->neurons_ || o->n_ == 0) return;
+  if (!neurons_ || n_ == 0) {
+    neurons_ = o->neurons_;
+    n_ = o->n_;
+    mean_ = o->mean_.clone();
+    tiles_.clear();
+    for (const auto& t : o->tiles_) tiles_.push_back(t.clone());
+    return;
+  }
+  if (o->neurons_ != neurons_) fail("Correlation: cannot merge ", o->neurons_, " neurons into ", neurons_);
+  merge_moments(o->n_, o->mean_.to(mean_.device()), o->tiles_);
+}
+
+State Correlation::state() const {
+  State s{kind(),
+          {{"bins", scalar(o_.bins)},
+           {"tile", scalar(o_.tile)},
+           {"tokens", scalar(n_)},
+           {"neurons", scalar(neurons_)}}};
+  if (neurons_) {
+    s.tensors["mean"] = mean_.cpu();
+    for (int64_t a = 0; a < ntiles(); ++a)
+      for (int64_t b = a; b < ntiles(); ++b)
+        s.tensors["m2_" + std::to_string(a) + "_" + std::to_string(b)] = tiles_[tile_index(a, b)].cpu();
+  }
+  return s;
+}
+
+void Correlation::restore(const State& s) {
+  check_kind(s, kind());
+  const std::string k = kind();
+  same_setting("Correlation", "bins", static_cast<double>(o_.bins), need(s, k, "bins").item<double>());
+  same_setting("Correlation", "tile", static_cast<double>(o_.tile), need(s, k, "tile").item<double>());
+  n_ = need(s, k, "tokens").item<int64_t>();
+  neurons_ = need(s, k, "neurons").item<int64_t>();
+  tiles_.clear();
+  mean_ = at::Tensor();
+  if (!neurons_) return;
+  mean_ = need(s, k, "mean").to(at::kDouble).clone();
+  if (mean_.dim() != 1 || mean_.size(0) != neurons_) fail("saved Correlation state: mean has shape ", mean_.sizes(),
+                                                           ", expected [", neurons_, "]");
+  for (int64_t a = 0; a < ntiles(); ++a)
+    for (int64_t b = a; b < ntiles(); ++b) {
+      at::Tensor t = need(s, k, "m2_" + std::to_string(a) + "_" + std::to_string(b)).to(at::kDouble).clone();
+      const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), rb = std::min(o_.tile, neurons_ - b * o_.tile);
+      if (t.dim() != 2 || t.size(0) != ra || t.size(1) != rb)
+        fail("saved Correlation state: tile m2_", a, "_", b, " has shape ", t.sizes(), ", expected [", ra, ", ", rb, "]");
+      tiles_.push_back(t);
+    }
+}
+
+void Correlation::to(const at::Device& device) {
+  mean_ = on(mean_, device);
+  for (auto& t : tiles_) t = t.to(device);
+}
+
+at::Tensor Correlation::matrix() const {
+  if (!neurons_) return at::empty({0, 0}, at::kDouble);
+  at::Tensor m = at::empty({neurons_, neurons_}, mean_.options());
+  for (int64_t a = 0; a < ntiles(); ++a)
+    for (int64_t b = a; b < ntiles(); ++b) {
+      const at::Tensor& t = tiles_[tile_index(a, b)];
+      m.narrow(0, a * o_.tile, t.size(0)).narrow(1, b * o_.tile, t.size(1)).copy_(t);
+      m.narrow(0, b * o_.tile, t.size(1)).narrow(1, a * o_.tile, t.size(0)).copy_(t.t());
+    }
+  at::Tensor d = m.diagonal().clone();
+  at::Tensor inv = d.rsqrt();  // +inf for zero variance, giving NaN below as numpy does
+  at::Tensor r = m * inv.unsqueeze(1) * inv.unsqueeze(0);
+  r.masked_fill_(d.eq(0).unsqueeze(1) | d.eq(0).unsqueeze(0), std::numeric_limits<double>::quiet_NaN());
+  return r.cpu();
+}
+
+Tensors Correlation::finalize() const {
+  const int64_t n = neurons_;
+  Tensors r{{"tokens", scalar(n_)}, {"neurons", scalar(n)}, {"pairs_total", scalar(n * (n - 1) / 2)}};
+  at::Tensor edges = at::arange(o_.bins + 1, at::kDouble) / static_cast<double>(o_.bins);
+  r["bin_edges"] = edges;
+  if (!n || n_ == 0) {
+    r["histogram"] = at::zeros({o_.bins}, at::kLong);
+    r["pairs_counted"] = scalar(int64_t{0});
+    r["pairs_excluded"] = scalar(n * (n - 1) / 2);
+    r["zero_variance"] = at::arange(n, at::kLong);
+    return r;
+  }
+  const auto dev = mean_.device();
+  at::Tensor diag = at::empty({n}, mean_.options());
+  for (int64_t a = 0; a < ntiles(); ++a) diag.narrow(0, a * o_.tile, tiles_[tile_index(a, a)].size(0)).copy_(tiles_[tile_index(a, a)].diagonal());
+  at::Tensor zero = diag.le(0);  // exactly constant neurons have M2 = 0 exactly
+  at::Tensor inv = at::where(zero, at::zeros_like(diag), diag.rsqrt());
+  at::Tensor edges_dev = edges.to(dev);
+  at::Tensor hist = at::zeros({o_.bins}, mean_.options().dtype(at::kLong));
+  std::vector<at::Tensor> top_v, top_i, top_j;
+  const bool cluster = o_.cluster_threshold > 0;
+  std::vector<double> condensed;
+  if (cluster) condensed.assign(static_cast<size_t>(n * (n - 1) / 2), 2.0);  // 2 > any 1 − |r|: never merged
+  for (int64_t a = 0; a < ntiles(); ++a)
+    for (int64_t b = a; b < ntiles(); ++b) {
+      const at::Tensor& m2 = tiles_[tile_index(a, b)];
+      const int64_t a0 = a * o_.tile, b0 = b * o_.tile, ra = m2.size(0), rb = m2.size(1);
+      at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, b0, rb).unsqueeze(0)).abs_().clamp_max_(1.0);
+      at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, b0, rb).logical_not().unsqueeze(0);
+      if (a == b) valid = valid.triu(1);
+      at::Tensor v = ar.masked_select(valid);
+      // np.histogram's bins: [e_i, e_{i+1}), the last one closed.
+      at::Tensor idx = (at::bucketize(v, edges_dev, /*out_int32=*/false, /*right=*/true) - 1).clamp_(0, o_.bins - 1);
+      hist.add_(at::bincount(idx, {}, o_.bins));
+      if (o_.top_k > 0 && v.numel() > 0) {
+        at::Tensor flat = ar.masked_fill(valid.logical_not(), -1.0).reshape({-1});
+        auto [tv, ti] = flat.topk(std::min<int64_t>(o_.top_k, v.numel()));
+        top_v.push_back(tv);
+        top_i.push_back(at::floor_divide(ti, rb) + a0);
+        top_j.push_back(at::remainder(ti, rb) + b0);
+      }
+      if (cluster) {
+        at::Tensor dist = (1.0 - ar).masked_fill_(valid.logical_not(), 2.0).cpu().contiguous();
+        const double* p = dist.data_ptr<double>();
+        for (int64_t i = 0; i < ra; ++i) {
+          const int64_t gi = a0 + i;
+          const int64_t row = gi * n - gi * (gi + 1) / 2 - gi - 1;  // condensed index of (gi, j) = row + j
+          for (int64_t j = (a == b ? i + 1 : 0); j < rb; ++j) condensed[static_cast<size_t>(row + b0 + j)] = p[i * rb + j];
+        }
+      }
+    }
+  const int64_t counted = hist.sum().item<int64_t>();
+  r["histogram"] = hist.cpu();
+  r["pairs_counted"] = scalar(counted);
+  r["pairs_excluded"] = scalar(n * (n - 1) / 2 - counted);
+  r["zero_variance"] = zero.nonzero().reshape({-1}).cpu();
+  if (!top_v.empty()) {
+    at::Tensor v = at::cat(top_v), i = at::cat(top_i), j = at::cat(top_j);
+    auto [tv, ti] = v.topk(std::min<int64_t>(o_.top_k, v.numel()));
+    r["top_values"] = tv.cpu();
+    r["top_i"] = i.index_select(0, ti).cpu();
+    r["top_j"] = j.index_select(0, ti).cpu();
+  }
+  if (cluster) {
+    std::vector<int64_t> labels = average_linkage_clusters(std::move(condensed), n, o_.cluster_threshold);
+    at::Tensor lab = at::empty({n}, at::kLong);
+    std::copy(labels.begin(), labels.end(), lab.data_ptr<int64_t>());
+    r["cluster"] = lab;
+    r["independent_neurons"] = scalar(n ? *std::max_element(labels.begin(), labels.end()) + 1 : int64_t{0});
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average linkage by nearest-neighbour chains (Murtagh; valid because average linkage is
+// reducible), Lance–Williams updates in the condensed matrix, union-find for the cut.
+
+std::vector<int64_t> average_linkage_clusters(std::vector<double> d, int64_t n, double threshold) {
+  if (static_cast<int64_t>(d.size()) != n * (n - 1) / 2)
+    fail("average_linkage_clusters: ", d.size(), " distances for ", n, " points (expected n(n-1)/2)");
+  auto at_ = [&](int64_t i, int64_t j) -> double& {
+    if (i > j) std::swap(i, j);
+    return d[static_cast<size_t>(i * n - i * (i + 1) / 2 + (j - i - 1))];
+  };
+  std::vector<int64_t> size(static_cast<size_t>(n), 1), parent(static_cast<size_t>(n));
+  std::iota(parent.begin(), parent.end(), 0);
+  std::vector<char> active(static_cast<size_t>(n), 1);
+  std::function<int64_t(int64_t)> find = [&](int64_t x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  std::vector<int64_t> chain;
+  int64_t remaining = n;
+  // Cluster ids are point indices: a merged cluster keeps the index of one of its parts.
+  while (remaining > 1) {
+    if (chain.empty()) {
+      for (int64_t i = 0; i < n; ++i)
+        if (active[i]) {
+          chain.push_back(i);
+          break;
+        }
+    }
+    const int64_t a = chain.back();
+    const int64_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : -1;
+    int64_t best = prev;
+    double bd = prev >= 0 ? at_(a, prev) : std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < n; ++k) {
+      if (!active[k] || k == a) continue;
+      const double v = at_(a, k);
+      if (v < bd) {
+        bd = v;
+        best = k;
+      }
+    }
+    if (best == prev) {  // a and prev are reciprocal nearest neighbours: merge them
+      chain.pop_back();
+      chain.pop_back();
+      const int64_t keep = std::min(a, prev), gone = std::max(a, prev);
+      const double sa = static_cast<double>(size[a]), sb = static_cast<double>(size[prev]);
+      for (int64_t k = 0; k < n; ++k) {
+        if (!active[k] || k == a || k == prev) continue;
+        at_(keep, k) = (sa * at_(a, k) + sb * at_(prev, k)) / (sa + sb);
+      }
+      active[gone] = 0;
+      size[keep] += size[gone];
+      if (bd <= threshold) parent[find(gone)] = find(keep);
+      --remaining;
+    } else {
+      chain.push_back(best);
+    }
+  }
+  std::vector<int64_t> label(static_cast<size_t>(n), -1), out(static_cast<size_t>(n));
+  int64_t next = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t root = find(i);
+    if (label[root] < 0) label[root] = next++;
+    out[i] = label[root];
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drift
+
+Drift::Drift(double dead_lo, double dead_hi) : dead_a_(dead_lo, dead_hi), dead_b_(dead_lo, dead_hi) {}
+
+void Drift::update(const at::Tensor& full, const at::Tensor& quant, const at::Tensor& mask) {
+  if (!full.defined() || !quant.defined() || full.sizes() != quant.sizes())
+    fail("Drift", label_.empty() ? "" : " on '" + label_ + "'", ": full-precision and quantized activations must have "
+         "the same shape (same tokens), got ", full.defined() ? full.sizes() : at::IntArrayRef{}, " and ",
+         quant.defined() ? quant.sizes() : at::IntArrayRef{});
+  at::Tensor a = widen(real_tokens(full, mask, "Drift"), "Drift").to(at::kDouble);
+  at::Tensor b = widen(real_tokens(quant.to(full.device()), mask, "Drift"), "Drift").to(at::kDouble);
+  const int64_t nb = a.size(0);
+  if (nb == 0) return;
+  if (mean_a_.defined() && a.size(1) != mean_a_.size(0))
+    fail("Drift", label_.empty() ? "" : " on '" + label_ + "'", ": got ", a.size(1), " neurons after ", mean_a_.size(0));
+  if (mean_a_.defined() && mean_a_.device() != a.device()) to(a.device());
+  at::Tensor sa = a.sum(0), sb = b.sum(0);
+  check_finite(sa, a, "Drift (full precision)", label_, n_);
+  check_finite(sb, b, "Drift (quantized)", label_, n_);
+  at::Tensor ma = sa / static_cast<double>(nb), mb = sb / static_cast<double>(nb);
+  at::Tensor ca = a - ma, cb = b - mb;
+  at::Tensor m2a = ca.square().sum(0), m2b = cb.square().sum(0), cab = (ca * cb).sum(0);
+  at::Tensor sq_diff = (a - b).square().sum(0), dot = (a * b).sum(0), sq_a = a.square().sum(0), sq_b = b.square().sum(0);
+  dead_a_.update(full, mask);
+  dead_b_.update(quant.to(full.device()), mask);
+  if (!mean_a_.defined()) {
+    mean_a_ = ma;
+    mean_b_ = mb;
+    m2_a_ = m2a;
+    m2_b_ = m2b;
+    c_ab_ = cab;
+    sq_diff_ = sq_diff;
+    dot_ = dot;
+    sq_a_ = sq_a;
+    sq_b_ = sq_b;
+    n_ = nb;
+    return;
+  }
+  const double n = static_cast<double>(n_ + nb), f = static_cast<double>(n_) * static_cast<double>(nb) / n;
+  at::Tensor da = ma - mean_a_, db = mb - mean_b_;
+  c_ab_.add_(cab).add_(da * db * f);
+  m2_a_.add_(m2a).add_(da.square() * f);
+  m2_b_.add_(m2b).add_(db.square() * f);
+  mean_a_.add_(da * (static_cast<double>(nb) / n));
+  mean_b_.add_(db * (static_cast<double>(nb) / n));
+  sq_diff_.add_(sq_diff);
+  dot_.add_(dot);
+  sq_a_.add_(sq_a);
+  sq_b_.add_(sq_b);
+  n_ += nb;
+}
+
+void Drift::merge(const Accumulator& other) {
+  auto* o = dynamic_cast<const Drift*>(&other);
+  if (!o) fail("Drift: cannot merge a ", other.kind());
+  dead_a_.merge(o->dead_a_);  // also checks the bands agree
+  dead_b_.merge(o->dead_b_);
+  if (!o->mean_a_.defined()) return;
+  const auto dev = mean_a_.defined() ? mean_a_.device() : o->mean_a_.device();
+  if (!mean_a_.defined()) {
+    mean_a_ = o->mean_a_.clone();
+    mean_b_ = o->mean_b_.clone();
+    m2_a_ = o->m2_a_.clone();
+    m2_b_ = o->m2_b_.clone();
+    c_ab_ = o->c_ab_.clone();
+    sq_diff_ = o->sq_diff_.clone();
+    dot_ = o->dot_.clone();
+    sq_a_ = o->sq_a_.clone();
+    sq_b_ = o->sq_b_.clone();
+    n_ = o->n_;
+    return;
+  }
+  if (o->mean_a_.size(0) != mean_a_.size(0)) fail("Drift: cannot merge ", o->mean_a_.size(0), " neurons into ", mean_a_.size(0));
+  const int64_t nb = o->n_;
+  const double n = static_cast<double>(n_ + nb), f = static_cast<double>(n_) * static_cast<double>(nb) / n;
+  at::Tensor da = o->mean_a_.to(dev) - mean_a_, db = o->mean_b_.to(dev) - mean_b_;
+  c_ab_.add_(o->c_ab_.to(dev)).add_(da * db * f);
+  m2_a_.add_(o->m2_a_.to(dev)).add_(da.square() * f);
+  m2_b_.add_(o->m2_b_.to(dev)).add_(db.square() * f);
+  mean_a_.add_(da * (static_cast<double>(nb) / n));
+  mean_b_.add_(db * (static_cast<double>(nb) / n));
+  sq_diff_.add_(o->sq_diff_.to(dev));
+  dot_.add_(o->dot_.to(dev));
+  sq_a_.add_(o->sq_a_.to(dev));
+  sq_b_.add_(o->sq_b_.to(dev));
+  n_ += nb;
+}
+
+State Drift::state() const {
+  State s{kind(), {{"tokens", scalar(n_)}}};
+  for (auto& [k, v] : dead_a_.state().tensors) s.tensors["dead_full." + k] = v;
+  for (auto& [k, v] : dead_b_.state().tensors) s.tensors["dead_quant." + k] = v;
+  if (mean_a_.defined()) {
+    const std::pair<const char*, const at::Tensor*> parts[] = {
+        {"mean_full", &mean_a_}, {"mean_quant", &mean_b_}, {"m2_full", &m2_a_}, {"m2_quant", &m2_b_}, {"c", &c_ab_},
+        {"sq_diff", &sq_diff_}, {"dot", &dot_},           {"sq_full", &sq_a_}, {"sq_quant", &sq_b_}};
+    for (auto& [k, t] : parts) s.tensors[k] = t->cpu();
+  }
+  return s;
+}
+
+void Drift::restore(const State& s) {
+  check_kind(s, kind());
+  State da{"DeadNeurons", {}}, db{"DeadNeurons", {}};
+  for (auto& [k, v] : s.tensors) {
+    if (k.rfind("dead_full.", 0) == 0) da.tensors[k.substr(10)] = v;
+    if (k.rfind("dead_quant.", 0) == 0) db.tensors[k.substr(11)] = v;
+  }
+  dead_a_.restore(da);
+  dead_b_.restore(db);
+  n_ = need(s, kind(), "tokens").item<int64_t>();
+  if (s.tensors.count("mean_full")) {
+    auto get = [&](const char* k) { return need(s, kind(), k).to(at::kDouble).clone(); };
+    mean_a_ = get("mean_full");
+    mean_b_ = get("mean_quant");
+    m2_a_ = get("m2_full");
+    m2_b_ = get("m2_quant");
+    c_ab_ = get("c");
+    sq_diff_ = get("sq_diff");
+    dot_ = get("dot");
+    sq_a_ = get("sq_full");
+    sq_b_ = get("sq_quant");
+  } else {
+    mean_a_ = mean_b_ = m2_a_ = m2_b_ = c_ab_ = sq_diff_ = dot_ = sq_a_ = sq_b_ = at::Tensor();
+  }
+}
+
+Tensors Drift::finalize() const {
+  Tensors r{{"tokens", scalar(n_)}};
+  if (!mean_a_.defined()) return r;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  r["mse"] = (sq_diff_ / static_cast<double>(n_)).cpu();
+  at::Tensor den = (sq_a_ * sq_b_).sqrt();
+  r["cosine"] = at::where(den.gt(0), dot_ / den, at::full_like(den, nan)).cpu();
+  at::Tensor dv = (m2_a_ * m2_b_).sqrt();
+  r["correlation"] = at::where(dv.gt(0), c_ab_ / dv, at::full_like(dv, nan)).cpu();
+  at::Tensor fa = dead_a_.dead().cpu(), fb = dead_b_.dead().cpu();
+  r["dead_full"] = fa;
+  r["dead_quant"] = fb;
+  const int64_t both = (fa & fb).sum().item<int64_t>(), either = (fa | fb).sum().item<int64_t>();
+  r["dead_both"] = scalar(both);
+  r["dead_only_full"] = scalar((fa & fb.logical_not()).sum().item<int64_t>());
+  r["dead_only_quant"] = scalar((fb & fa.logical_not()).sum().item<int64_t>());
+  r["dead_agreement"] = scalar(fa.eq(fb).to(at::kDouble).mean().item<double>());
+  r["dead_jaccard"] = scalar(either ? static_cast<double>(both) / static_cast<double>(either) : 1.0);
+  return r;
+}
+
+void Drift::to(const at::Device& device) {
+  for (at::Tensor* t : {&mean_a_, &mean_b_, &m2_a_, &m2_b_, &c_ab_, &sq_diff_, &dot_, &sq_a_, &sq_b_}) *t = on(*t, device);
+  dead_a_.to(device);
+  dead_b_.to(device);
+}
+
+}  // namespace qinterp::analysis

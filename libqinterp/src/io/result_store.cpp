@@ -1,0 +1,509 @@
+// ResultStore on the HDF5 C API (Debian's libhdf5, 1.10). Every HDF5 call is checked; failures
+// become qinterp::Error with the file, the object and HDF5's own innermost message.
+#include "qinterp/io/result_store.hpp"
+
+#include <ATen/ATen.h>
+#include <hdf5.h>
+#include <torch/headeronly/version.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <sys/stat.h>
+#include <type_traits>
+
+#include "qinterp/error.hpp"
+#include "qinterp/version.hpp"
+
+namespace qinterp::io {
+
+static_assert(std::is_same<hid_t, int64_t>::value, "HDF5 >= 1.10 uses 64-bit ids");
+
+namespace {
+
+// HDF5's innermost error description (the most specific one), or "".
+std::string h5_message() {
+  std::string msg;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
+        if (n == 0 && e->desc) *static_cast<std::string*>(out) = e->desc;
+        return 0;
+      },
+      &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg;
+}
+
+// Owns one hid_t and closes it with the right function.
+struct Id {
+  hid_t id = -1;
+  herr_t (*close)(hid_t) = nullptr;
+  Id() = default;
+  Id(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
+  Id(const Id&) = delete;
+  Id& operator=(const Id&) = delete;
+  Id(Id&& o) noexcept : id(o.id), close(o.close) { o.id = -1; }
+  ~Id() {
+    if (id >= 0 && close) close(id);
+  }
+  operator hid_t() const { return id; }
+};
+
+std::vector<std::string> split(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t s = 0;
+  while (s <= path.size()) {
+    size_t e = path.find('/', s);
+    if (e == std::string::npos) e = path.size();
+    if (e > s) parts.push_back(path.substr(s, e - s));
+    s = e + 1;
+  }
+  return parts;
+}
+
+void silence_hdf5() {
+  static bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as qinterp::Error, not stderr
+    return true;
+  }();
+  (void)done;
+}
+
+hid_t fp16_type() {
+  static hid_t t = [] {
+    hid_t x = H5Tcopy(H5T_IEEE_F32LE);  // the layout h5py recognises as numpy float16
+    H5Tset_fields(x, 15, 10, 5, 0, 10);
+    H5Tset_size(x, 2);
+    H5Tset_ebias(x, 15);
+    H5Tlock(x);
+    return x;
+  }();
+  return t;
+}
+
+hid_t h5_type(at::ScalarType s) {
+  switch (s) {
+    case at::kBool:
+    case at::kByte: return H5T_NATIVE_UINT8;
+    case at::kChar: return H5T_NATIVE_INT8;
+    case at::kInt: return H5T_NATIVE_INT32;
+    case at::kLong: return H5T_NATIVE_INT64;
+    case at::kHalf: return fp16_type();
+    case at::kFloat: return H5T_NATIVE_FLOAT;
+    case at::kDouble: return H5T_NATIVE_DOUBLE;
+    default: fail("ResultStore: cannot store tensors of dtype ", s, " (use bool, uint8, int8, int32, int64, fp16, fp32, fp64)");
+  }
+}
+
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+#define QH5_CHECK(expr, ...)                                              \
+  do {                                                                  \
+    if ((expr) < 0) {                                                   \
+      const std::string h5msg_ = h5_message();                          \
+      fail("HDF5 file ", path_, ": ", __VA_ARGS__, h5msg_.empty() ? "" : " (HDF5: " + h5msg_ + ")"); \
+    }                                                                   \
+  } while (0)
+
+ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read_only_(mode == Mode::Read) {
+  silence_hdf5();
+  const bool exists = file_exists(path);
+  if (mode == Mode::Create || (mode == Mode::Append && !exists)) {
+    Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    // Keep files readable by any HDF5 >= 1.8 (h5py, MATLAB, ...).
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
+    file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    QH5_CHECK(file_, "cannot create the file (is the directory there and writable?)");
+    set_attrs("/", {{"qinterp_version", std::string(version())},
+                    {"torch_version", std::string(TORCH_VERSION)},
+                    {"hdf5_version", std::to_string(H5_VERS_MAJOR) + "." + std::to_string(H5_VERS_MINOR) + "." +
+                                         std::to_string(H5_VERS_RELEASE)}});
+    return;
+  }
+  if (!exists) fail("HDF5 file ", path, ": no such file");
+  const htri_t is = H5Fis_hdf5(path.c_str());
+  h5_message();
+  if (is <= 0) fail("HDF5 file ", path, ": not an HDF5 file (no HDF5 signature found)");
+  file_ = H5Fopen(path.c_str(), read_only_ ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT);
+  QH5_CHECK(file_, "cannot open it ", read_only_ ? "for reading" : "for writing", " — damaged or truncated?");
+}
+
+ResultStore::~ResultStore() {
+  if (file_ >= 0) {
+    if (!read_only_) H5Fflush(file_, H5F_SCOPE_GLOBAL);
+    H5Fclose(file_);
+  }
+}
+
+std::string ResultStore::join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) {
+    if (p.empty() || p == "." || p == ".." || p.find('/') != std::string::npos)
+      fail("ResultStore: '", p, "' cannot be a group name (empty, '.', '..' or containing '/')");
+    out += (out.empty() ? "" : "/") + p;
+  }
+  return out;
+}
+
+void ResultStore::writable(const char* what) const {
+  if (read_only_) fail("HDF5 file ", path_, ": opened read-only, cannot ", what);
+}
+
+bool ResultStore::exists(const std::string& object) const {
+  std::string cur;
+  for (const auto& part : split(object)) {
+    cur += "/" + part;
+    const htri_t e = H5Lexists(file_, cur.c_str(), H5P_DEFAULT);
+    if (e <= 0) {
+      h5_message();
+      return false;
+    }
+  }
+  return true;
+}
+
+int64_t ResultStore::open_group(const std::string& group, bool create) const {
+  std::string cur;
+  for (const auto& part : split(group)) {
+    cur += "/" + part;
+    const htri_t e = H5Lexists(file_, cur.c_str(), H5P_DEFAULT);
+    if (e <= 0) {
+      h5_message();
+      if (!create) fail("HDF5 file ", path_, ": no group '", cur, "'");
+      hid_t g = H5Gcreate2(file_, cur.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      QH5_CHECK(g, "cannot create group '", cur, "'");
+      H5Gclose(g);
+    }
+  }
+  hid_t g = H5Gopen2(file_, cur.empty() ? "/" : cur.c_str(), H5P_DEFAULT);
+  QH5_CHECK(g, "'", cur, "' is not a group");
+  return g;
+}
+
+std::vector<std::string> ResultStore::list(const std::string& group) const {
+  Id g(open_group(group, false), H5Gclose);
+  std::vector<std::string> names;
+  hsize_t idx = 0;
+  QH5_CHECK(H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx,
+                      [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+                        static_cast<std::vector<std::string>*>(out)->push_back(name);
+                        return 0;
+                      },
+                      &names),
+          "cannot list '", group, "'");
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void ResultStore::remove_if_exists(const std::string& object) {
+  if (exists(object)) QH5_CHECK(H5Ldelete(file_, ("/" + object).c_str(), H5P_DEFAULT), "cannot replace '", object, "'");
+}
+
+namespace {
+std::string parent_of(const std::string& p) {
+  auto parts = split(p);
+  std::string out;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) out += "/" + parts[i];
+  return out;
+}
+std::string leaf_of(const std::string& p) {
+  auto parts = split(p);
+  return parts.empty() ? "" : parts.back();
+}
+}  // namespace
+
+void ResultStore::set_attrs(const std::string& object, const Attrs& attrs) {
+  writable("write attributes");
+  if (split(object).size() && !exists(object)) Id(open_group(object, true), H5Gclose);
+  Id obj(H5Oopen(file_, split(object).empty() ? "/" : ("/" + object).c_str(), H5P_DEFAULT), H5Oclose);
+  QH5_CHECK(obj.id, "cannot open '", object, "' for attributes");
+  for (const auto& [name, value] : attrs) {
+    if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+    h5_message();
+    Id space(H5Screate(H5S_SCALAR), H5Sclose);
+    if (auto* i = std::get_if<int64_t>(&value)) {
+      Id a(H5Acreate2(obj, name.c_str(), H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+      QH5_CHECK(a.id, "cannot create attribute '", name, "' on '", object, "'");
+      QH5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, i), "cannot write attribute '", name, "'");
+    } else if (auto* d = std::get_if<double>(&value)) {
+      Id a(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+      QH5_CHECK(a.id, "cannot create attribute '", name, "' on '", object, "'");
+      QH5_CHECK(H5Awrite(a, H5T_NATIVE_DOUBLE, d), "cannot write attribute '", name, "'");
+    } else {
+      const std::string& s = std::get<std::string>(value);
+      Id t(H5Tcopy(H5T_C_S1), H5Tclose);
+      H5Tset_size(t, H5T_VARIABLE);
+      H5Tset_cset(t, H5T_CSET_UTF8);
+      Id a(H5Acreate2(obj, name.c_str(), t, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+      QH5_CHECK(a.id, "cannot create attribute '", name, "' on '", object, "'");
+      const char* p = s.c_str();
+      QH5_CHECK(H5Awrite(a, t, &p), "cannot write attribute '", name, "'");
+    }
+  }
+  flush();
+}
+
+Attrs ResultStore::attrs(const std::string& object) const {
+  if (split(object).size() && !exists(object)) fail("HDF5 file ", path_, ": no object '", object, "'");
+  Id obj(H5Oopen(file_, split(object).empty() ? "/" : ("/" + object).c_str(), H5P_DEFAULT), H5Oclose);
+  QH5_CHECK(obj.id, "cannot open '", object, "'");
+  struct Ctx {
+    const ResultStore* self;
+    Attrs out;
+  } ctx{this, {}};
+  hsize_t idx = 0;
+  H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
+              [](hid_t loc, const char* name, const H5A_info_t*, void* p) -> herr_t {
+                auto* c = static_cast<Ctx*>(p);
+                Id a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+                Id t(H5Aget_type(a), H5Tclose);
+                Id space(H5Aget_space(a), H5Sclose);
+                if (H5Sget_simple_extent_npoints(space) != 1) return 0;  // only scalars are ours
+                switch (H5Tget_class(t)) {
+                  case H5T_INTEGER: {
+                    int64_t v = 0;
+                    if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) c->out[name] = v;
+                    break;
+                  }
+                  case H5T_FLOAT: {
+                    double v = 0;
+                    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) >= 0) c->out[name] = v;
+                    break;
+                  }
+                  case H5T_STRING: {
+                    if (H5Tis_variable_str(t) > 0) {
+                      char* s = nullptr;
+                      Id mt(H5Tcopy(H5T_C_S1), H5Tclose);
+                      H5Tset_size(mt, H5T_VARIABLE);
+                      H5Tset_cset(mt, H5Tget_cset(t));
+                      if (H5Aread(a, mt, &s) >= 0 && s) {
+                        c->out[name] = std::string(s);
+                        H5free_memory(s);
+                      }
+                    } else {
+                      std::string s(H5Tget_size(t), '\0');
+                      if (H5Aread(a, t, s.data()) >= 0) c->out[name] = std::string(s.c_str());
+                    }
+                    break;
+                  }
+                  default: break;
+                }
+                return 0;
+              },
+              &ctx);
+  h5_message();
+  return ctx.out;
+}
+
+void ResultStore::write(const std::string& dataset, const at::Tensor& t_in) {
+  writable("write datasets");
+  if (!t_in.defined()) fail("ResultStore: cannot write an undefined tensor to '", dataset, "'");
+  at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
+  if (t.scalar_type() == at::kBFloat16) t = t.to(at::kFloat);  // HDF5 has no bfloat16 readers know
+  const hid_t type = h5_type(t.scalar_type());
+  remove_if_exists(dataset);
+  Id parent(open_group(parent_of(dataset), true), H5Gclose);
+  std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+  Id space(t.dim() == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(t.dim(), dims.data(), nullptr), H5Sclose);
+  Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  if (t.dim() > 0 && bytes > 4096 && t.numel() > 0) {
+    // Chunks of about 256 KB: whole trailing dims, as many leading rows as fit.
+    std::vector<hsize_t> chunk(dims);
+    int64_t row = bytes / std::max<int64_t>(dims[0], 1);
+    chunk[0] = static_cast<hsize_t>(std::clamp<int64_t>((256 * 1024) / std::max<int64_t>(row, 1), 1, dims[0]));
+    for (size_t i = 1; i < chunk.size(); ++i) chunk[i] = std::max<hsize_t>(1, std::min<hsize_t>(chunk[i], 65536));
+    H5Pset_chunk(dcpl, t.dim(), chunk.data());
+    H5Pset_shuffle(dcpl);
+    H5Pset_deflate(dcpl, 4);
+  }
+  Id ds(H5Dcreate2(parent, leaf_of(dataset).c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+  QH5_CHECK(ds.id, "cannot create dataset '", dataset, "'");
+  if (t.numel() > 0) QH5_CHECK(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()), "cannot write '", dataset, "'");
+  if (t_in.scalar_type() == at::kBool) {
+    Id as(H5Screate(H5S_SCALAR), H5Sclose);
+    Id st(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(st, H5T_VARIABLE);
+    Id a(H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    const char* b = "bool";
+    H5Awrite(a, st, &b);
+  }
+  flush();
+}
+
+at::Tensor ResultStore::read(const std::string& dataset) const {
+  if (!exists(dataset)) fail("HDF5 file ", path_, ": no dataset '", dataset, "'");
+  Id ds(H5Dopen2(file_, ("/" + dataset).c_str(), H5P_DEFAULT), H5Dclose);
+  QH5_CHECK(ds.id, "'", dataset, "' is not a dataset");
+  Id t(H5Dget_type(ds), H5Tclose);
+  Id space(H5Dget_space(ds), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  QH5_CHECK(rank, "cannot read the shape of '", dataset, "'");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  std::vector<int64_t> shape(dims.begin(), dims.end());
+  const size_t size = H5Tget_size(t);
+  at::ScalarType st;
+  switch (H5Tget_class(t)) {
+    case H5T_FLOAT: st = size == 2 ? at::kHalf : size == 4 ? at::kFloat : at::kDouble; break;
+    case H5T_INTEGER:
+      if (size == 1) st = H5Tget_sign(t) == H5T_SGN_NONE ? at::kByte : at::kChar;
+      else if (size <= 4 && H5Tget_sign(t) != H5T_SGN_NONE) st = at::kInt;
+      else st = at::kLong;
+      break;
+    default: fail("HDF5 file ", path_, ": dataset '", dataset, "' is not numeric");
+  }
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(st));
+  if (out.numel() > 0)
+    QH5_CHECK(H5Dread(ds, h5_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), "cannot read '", dataset, "'");
+  if (st == at::kByte && H5Aexists(ds, "dtype") > 0) out = out.ne(0);
+  h5_message();
+  return out;
+}
+
+void ResultStore::write_tensors(const std::string& group, const analysis::Tensors& ts) {
+  writable("write results");
+  remove_if_exists(group);
+  Id(open_group(group, true), H5Gclose);
+  for (const auto& [name, t] : ts) {
+    if (name.empty() || name.find('/') != std::string::npos) fail("ResultStore: '", name, "' cannot be a dataset name");
+    if (t.defined()) write(group + "/" + name, t);
+  }
+  flush();
+}
+
+analysis::Tensors ResultStore::read_tensors(const std::string& group) const {
+  analysis::Tensors out;
+  for (const auto& name : list(group)) {
+    Id obj(H5Oopen(file_, ("/" + group + "/" + name).c_str(), H5P_DEFAULT), H5Oclose);
+    if (obj.id < 0) {
+      h5_message();
+      continue;
+    }
+    if (H5Iget_type(obj) == H5I_DATASET) out[name] = read(group + "/" + name);
+  }
+  return out;
+}
+
+void ResultStore::save_state(const std::string& group, const analysis::State& s, const Attrs& extra) {
+  write_tensors(group, s.tensors);
+  Attrs a = extra;
+  a["kind"] = s.kind;
+  set_attrs(group, a);
+}
+
+analysis::State ResultStore::load_state(const std::string& group) const {
+  Attrs a = attrs(group);
+  auto it = a.find("kind");
+  if (it == a.end() || !std::holds_alternative<std::string>(it->second))
+    fail("HDF5 file ", path_, ": '", group, "' is not a saved analysis state (no 'kind' attribute)");
+  return analysis::State{std::get<std::string>(it->second), read_tensors(group)};
+}
+
+void ResultStore::flush() {
+  if (!read_only_) QH5_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL), "flush failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw activation dump
+
+ActivationDump ResultStore::dump(const std::string& group, int64_t neurons, bool fp16) {
+  writable("dump activations");
+  if (neurons < 1) fail("ResultStore::dump: neurons must be >= 1, got ", neurons);
+  const std::string acts = group + "/activations", toks = group + "/tokens";
+  const hid_t type = fp16 ? fp16_type() : H5T_NATIVE_FLOAT;
+  if (exists(acts)) {
+    Id ds(H5Dopen2(file_, ("/" + acts).c_str(), H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(ds.id, "cannot open '", acts, "'");
+    Id space(H5Dget_space(ds), H5Sclose);
+    hsize_t dims[2] = {0, 0};
+    if (H5Sget_simple_extent_ndims(space) != 2) fail("HDF5 file ", path_, ": '", acts, "' is not [tokens, neurons]");
+    H5Sget_simple_extent_dims(space, dims, nullptr);
+    if (static_cast<int64_t>(dims[1]) != neurons)
+      fail("HDF5 file ", path_, ": '", acts, "' holds ", dims[1], " neurons, not ", neurons);
+    Id t(H5Dget_type(ds), H5Tclose);
+    if (H5Tget_size(t) != (fp16 ? 2u : 4u))
+      fail("HDF5 file ", path_, ": '", acts, "' is ", H5Tget_size(t) == 2 ? "fp16" : "fp32", "; cannot append ",
+           fp16 ? "fp16" : "fp32");
+    Id tk(H5Dopen2(file_, ("/" + toks).c_str(), H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(tk.id, "'", acts, "' has no token table '", toks, "'");
+    Id ts(H5Dget_space(tk), H5Sclose);
+    hsize_t tdims[2] = {0, 0};
+    H5Sget_simple_extent_dims(ts, tdims, nullptr);
+    // A run killed between the two appends leaves one dataset longer: trust the shorter.
+    const hsize_t rows = std::min(dims[0], tdims[0]);
+    if (dims[0] != rows) H5Dset_extent(ds, std::array<hsize_t, 2>{rows, dims[1]}.data());
+    if (tdims[0] != rows) H5Dset_extent(tk, std::array<hsize_t, 2>{rows, 2}.data());
+    return ActivationDump(this, group, neurons, fp16, static_cast<int64_t>(rows));
+  }
+  Id parent(open_group(group, true), H5Gclose);
+  {
+    hsize_t dims[2] = {0, static_cast<hsize_t>(neurons)}, maxd[2] = {H5S_UNLIMITED, static_cast<hsize_t>(neurons)};
+    hsize_t chunk[2] = {128, static_cast<hsize_t>(std::min<int64_t>(neurons, 1024))};
+    Id space(H5Screate_simple(2, dims, maxd), H5Sclose);
+    Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_chunk(dcpl, 2, chunk);
+    H5Pset_shuffle(dcpl);
+    H5Pset_deflate(dcpl, 1);
+    Id ds(H5Dcreate2(parent, "activations", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(ds.id, "cannot create '", acts, "'");
+  }
+  {
+    hsize_t dims[2] = {0, 2}, maxd[2] = {H5S_UNLIMITED, 2}, chunk[2] = {4096, 2};
+    Id space(H5Screate_simple(2, dims, maxd), H5Sclose);
+    Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_chunk(dcpl, 2, chunk);
+    H5Pset_deflate(dcpl, 4);
+    Id ds(H5Dcreate2(parent, "tokens", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(ds.id, "cannot create '", toks, "'");
+  }
+  set_attrs(group, {{"columns_of_tokens", std::string("example,position")}, {"dtype", std::string(fp16 ? "float16" : "float32")}});
+  return ActivationDump(this, group, neurons, fp16, 0);
+}
+
+void ActivationDump::append_masked(const at::Tensor& act, const at::Tensor& mask, int64_t first_example) {
+  if (act.dim() != 3 || !mask.defined() || mask.dim() != 2 || mask.size(0) != act.size(0) || mask.size(1) != act.size(1))
+    fail("ActivationDump: append_masked takes act [B, S, N] and mask [B, S], got ", act.sizes(), " and ",
+         mask.defined() ? mask.sizes() : at::IntArrayRef{});
+  at::Tensor m = mask.to(at::kCPU).ne(0);
+  at::Tensor nz = m.nonzero();  // [T, 2] (b, s) in row-major order = the order of act[m]
+  at::Tensor x = act.index({mask.to(act.device()).ne(0)});
+  append(x, nz.select(1, 0) + first_example, nz.select(1, 1));
+}
+
+void ActivationDump::append(const at::Tensor& act, const at::Tensor& example, const at::Tensor& position) {
+  const std::string& path_ = store_->path();  // the file, for QH5_CHECK
+  if (act.dim() != 2 || act.size(1) != neurons_)
+    fail("HDF5 file ", path_, ": dump '", path(), "' takes [tokens, ", neurons_, "] activations, got ", act.sizes());
+  const int64_t t = act.size(0);
+  if (!example.defined() || !position.defined() || example.dim() != 1 || position.dim() != 1 || example.size(0) != t ||
+      position.size(0) != t)
+    fail("HDF5 file ", path_, ": dump '", path(), "' needs example and position ids [", t, "] for each token");
+  if (t == 0) return;
+  at::Tensor x = act.detach().to(at::kCPU, fp16_ ? at::kHalf : at::kFloat).contiguous();
+  at::Tensor ids = at::stack({example.to(at::kCPU, at::kLong), position.to(at::kCPU, at::kLong)}, 1).contiguous();
+  const hsize_t start[2] = {static_cast<hsize_t>(rows_), 0};
+  auto grow = [&](const std::string& name, hsize_t cols, hid_t mtype, const void* data) {
+    const std::string full = "/" + path() + "/" + name;
+    Id ds(H5Dopen2(store_->file_, full.c_str(), H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(ds.id, "cannot open '", full, "'");
+    const hsize_t newd[2] = {static_cast<hsize_t>(rows_ + t), cols}, count[2] = {static_cast<hsize_t>(t), cols};
+    QH5_CHECK(H5Dset_extent(ds, newd), "cannot grow '", full, "'");
+    Id fs(H5Dget_space(ds), H5Sclose);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, count, nullptr);
+    Id ms(H5Screate_simple(2, count, nullptr), H5Sclose);
+    QH5_CHECK(H5Dwrite(ds, mtype, ms, fs, H5P_DEFAULT, data), "cannot append to '", full, "'");
+  };
+  grow("activations", static_cast<hsize_t>(neurons_), fp16_ ? fp16_type() : H5T_NATIVE_FLOAT, x.data_ptr());
+  grow("tokens", 2, H5T_NATIVE_INT64, ids.data_ptr());
+  rows_ += t;
+  store_->flush();
+}
+
+}  // namespace qinterp::io
