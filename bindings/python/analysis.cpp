@@ -142,6 +142,7 @@ void bind_analysis(py::module_& m) {
   py::class_<io::ActivationDump>(m, "ActivationDump", "A growable [tokens, neurons] dataset with its token table.")
       .def("append", &io::ActivationDump::append, py::arg("act"), py::arg("example"), py::arg("position"))
       .def("append_masked", &io::ActivationDump::append_masked, py::arg("act"), py::arg("mask"), py::arg("first_example"))
+      .def("truncate", &io::ActivationDump::truncate, py::arg("rows"))
       .def_property_readonly("rows", &io::ActivationDump::rows)
       .def_property_readonly("path", &io::ActivationDump::path);
 
@@ -167,7 +168,8 @@ void bind_analysis(py::module_& m) {
       .def("load_state", &io::ResultStore::load_state, py::arg("group"))
       .def("dump", &io::ResultStore::dump, py::arg("group"), py::arg("neurons"), py::arg("fp16") = true,
            py::keep_alive<0, 1>())
-      .def("flush", &io::ResultStore::flush);
+      .def("flush", &io::ResultStore::flush)
+      .def("close", &io::ResultStore::close);
 }
 
 // The sliding-window driver needs the model; module.cpp owns the Python model type and calls this.

@@ -85,4 +85,4 @@ ResultStore.write_result = _write_result
 ResultStore.read_result = _read_result
 ResultStore.save = _save
 ResultStore.__enter__ = lambda self: self
-ResultStore.__exit__ = lambda self, *exc: self.flush()
+ResultStore.__exit__ = lambda self, *exc: self.close()

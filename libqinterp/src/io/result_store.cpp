@@ -96,6 +96,14 @@ hid_t h5_type(at::ScalarType s) {
   }
 }
 
+// No OS file lock: a user may open a running job's file with h5py and see it as of the last
+// flush (HDF5 1.10 would otherwise refuse them until the run ends).
+hid_t file_access() {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, false, true);
+  return fapl;
+}
+
 bool file_exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
@@ -115,7 +123,7 @@ ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read
   silence_hdf5();
   const bool exists = file_exists(path);
   if (mode == Mode::Create || (mode == Mode::Append && !exists)) {
-    Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    Id fapl(file_access(), H5Pclose);
     // Keep files readable by any HDF5 >= 1.8 (h5py, MATLAB, ...).
     H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
     file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
@@ -130,15 +138,24 @@ ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read
   const htri_t is = H5Fis_hdf5(path.c_str());
   h5_message();
   if (is <= 0) fail("HDF5 file ", path, ": not an HDF5 file (no HDF5 signature found)");
-  file_ = H5Fopen(path.c_str(), read_only_ ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT);
+  Id fapl(file_access(), H5Pclose);
+  file_ = H5Fopen(path.c_str(), read_only_ ? H5F_ACC_RDONLY : H5F_ACC_RDWR, fapl);
   QH5_CHECK(file_, "cannot open it ", read_only_ ? "for reading" : "for writing", " — damaged or truncated?");
 }
 
-ResultStore::~ResultStore() {
+ResultStore::~ResultStore() { close(); }
+
+void ResultStore::close() {
   if (file_ >= 0) {
     if (!read_only_) H5Fflush(file_, H5F_SCOPE_GLOBAL);
     H5Fclose(file_);
+    h5_message();
+    file_ = -1;
   }
+}
+
+void ResultStore::open_check() const {
+  if (file_ < 0) fail("HDF5 file ", path_, ": the store was closed");
 }
 
 std::string ResultStore::join(const std::vector<std::string>& parts) {
@@ -152,10 +169,12 @@ std::string ResultStore::join(const std::vector<std::string>& parts) {
 }
 
 void ResultStore::writable(const char* what) const {
+  open_check();
   if (read_only_) fail("HDF5 file ", path_, ": opened read-only, cannot ", what);
 }
 
 bool ResultStore::exists(const std::string& object) const {
+  open_check();
   std::string cur;
   for (const auto& part : split(object)) {
     cur += "/" + part;
@@ -169,6 +188,7 @@ bool ResultStore::exists(const std::string& object) const {
 }
 
 int64_t ResultStore::open_group(const std::string& group, bool create) const {
+  open_check();
   std::string cur;
   for (const auto& part : split(group)) {
     cur += "/" + part;
@@ -367,16 +387,28 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
   return out;
 }
 
-void ResultStore::write_tensors(const std::string& group, const analysis::Tensors& ts) {
+// Written beside the target as "<group>.partial", then swapped in: a run killed at any point
+// leaves either the old group or the new one whole (load_state falls back to the .partial copy
+// when it was killed between the swap's two steps; its attributes are written last).
+void ResultStore::write_group(const std::string& group, const analysis::Tensors& ts, const Attrs& attrs) {
   writable("write results");
-  remove_if_exists(group);
-  Id(open_group(group, true), H5Gclose);
+  if (split(group).empty()) fail("ResultStore: a result needs a group name");
+  const std::string tmp = group + ".partial";
+  remove_if_exists(tmp);
+  Id(open_group(tmp, true), H5Gclose);
   for (const auto& [name, t] : ts) {
     if (name.empty() || name.find('/') != std::string::npos) fail("ResultStore: '", name, "' cannot be a dataset name");
-    if (t.defined()) write(group + "/" + name, t);
+    if (t.defined()) write(tmp + "/" + name, t);
   }
+  if (!attrs.empty()) set_attrs(tmp, attrs);
+  flush();
+  remove_if_exists(group);
+  QH5_CHECK(H5Lmove(file_, ("/" + tmp).c_str(), file_, ("/" + group).c_str(), H5P_DEFAULT, H5P_DEFAULT),
+            "cannot move '", tmp, "' to '", group, "'");
   flush();
 }
+
+void ResultStore::write_tensors(const std::string& group, const analysis::Tensors& ts) { write_group(group, ts, {}); }
 
 analysis::Tensors ResultStore::read_tensors(const std::string& group) const {
   analysis::Tensors out;
@@ -392,13 +424,14 @@ analysis::Tensors ResultStore::read_tensors(const std::string& group) const {
 }
 
 void ResultStore::save_state(const std::string& group, const analysis::State& s, const Attrs& extra) {
-  write_tensors(group, s.tensors);
   Attrs a = extra;
   a["kind"] = s.kind;
-  set_attrs(group, a);
+  write_group(group, s.tensors, a);
 }
 
-analysis::State ResultStore::load_state(const std::string& group) const {
+analysis::State ResultStore::load_state(const std::string& group_in) const {
+  std::string group = group_in;
+  if (!exists(group) && exists(group + ".partial")) group += ".partial";  // killed mid-swap
   Attrs a = attrs(group);
   auto it = a.find("kind");
   if (it == a.end() || !std::holds_alternative<std::string>(it->second))
@@ -407,6 +440,7 @@ analysis::State ResultStore::load_state(const std::string& group) const {
 }
 
 void ResultStore::flush() {
+  open_check();
   if (!read_only_) QH5_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL), "flush failed");
 }
 
@@ -465,6 +499,21 @@ ActivationDump ResultStore::dump(const std::string& group, int64_t neurons, bool
   }
   set_attrs(group, {{"columns_of_tokens", std::string("example,position")}, {"dtype", std::string(fp16 ? "float16" : "float32")}});
   return ActivationDump(this, group, neurons, fp16, 0);
+}
+
+void ActivationDump::truncate(int64_t rows) {
+  const std::string& path_ = store_->path();  // the file, for QH5_CHECK
+  store_->writable("truncate a dump");
+  if (rows < 0 || rows > rows_) fail("HDF5 file ", path_, ": cannot truncate dump '", group_, "' of ", rows_, " rows to ", rows);
+  for (const char* name : {"activations", "tokens"}) {
+    const std::string full = "/" + group_ + "/" + name;
+    Id ds(H5Dopen2(store_->file_, full.c_str(), H5P_DEFAULT), H5Dclose);
+    QH5_CHECK(ds.id, "cannot open '", full, "'");
+    const hsize_t d[2] = {static_cast<hsize_t>(rows), std::string(name) == "tokens" ? 2u : static_cast<hsize_t>(neurons_)};
+    QH5_CHECK(H5Dset_extent(ds, d), "cannot truncate '", full, "'");
+  }
+  rows_ = rows;
+  store_->flush();
 }
 
 void ActivationDump::append_masked(const at::Tensor& act, const at::Tensor& mask, int64_t first_example) {

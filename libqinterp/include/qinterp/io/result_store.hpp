@@ -10,7 +10,8 @@
 // (example index, position) beside it — never one group per neuron.
 //
 // Durability: every write call ends with an HDF5 flush, so a killed run leaves a file holding
-// everything written before the last completed call. Opening a file that is not HDF5, or
+// everything written before the last completed call. The file is not locked: h5py may open it
+// while a run is going and sees it as of the last flush. Opening a file that is not HDF5, or
 // reading a path that does not exist, throws qinterp::Error naming the file and the object.
 // Dtypes: bool (stored as uint8 with attribute dtype=bool), uint8, int32, int64, float16,
 // float32, float64; tensors on a GPU are copied to the host.
@@ -42,6 +43,8 @@ class ActivationDump {
   void append(const at::Tensor& act, const at::Tensor& example, const at::Tensor& position);
   void append_masked(const at::Tensor& act, const at::Tensor& mask, int64_t first_example);
   int64_t rows() const { return rows_; }
+  // Drops rows past `rows` (a resumed run rewinds to what its saved state had counted).
+  void truncate(int64_t rows);
   const std::string& path() const { return group_; }  // the group inside the file
 
  private:
@@ -78,7 +81,8 @@ class ResultStore {
   void write(const std::string& dataset, const at::Tensor& t);
   at::Tensor read(const std::string& dataset) const;
 
-  // A result or a state: one dataset per entry under `group` (replacing what was there).
+  // A result or a state: one dataset per entry under `group`, replacing what was there as a whole
+  // (written aside, then swapped in, so a killed run never leaves half a group).
   void write_tensors(const std::string& group, const analysis::Tensors& ts);
   analysis::Tensors read_tensors(const std::string& group) const;
   void save_state(const std::string& group, const analysis::State& s, const Attrs& extra = {});
@@ -88,6 +92,8 @@ class ResultStore {
   ActivationDump dump(const std::string& group, int64_t neurons, bool fp16 = true);
 
   void flush();
+  // Flushes and closes the file (the destructor does it too); later calls throw Error.
+  void close();
 
  private:
   friend class ActivationDump;
@@ -97,6 +103,8 @@ class ResultStore {
   int64_t open_group(const std::string& group, bool create) const;
   void remove_if_exists(const std::string& object);
   void writable(const char* what) const;
+  void open_check() const;
+  void write_group(const std::string& group, const analysis::Tensors& ts, const Attrs& attrs);
 };
 
 }  // namespace qinterp::io

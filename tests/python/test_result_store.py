@@ -1,0 +1,174 @@
+"""qinterp's HDF5 ResultStore read back with h5py; a killed run leaves a readable file that a
+new run can append to; damaged files give qinterp.Error."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import qinterp
+from qinterp import analysis as qa
+
+
+def test_results_and_attrs_readable_with_h5py(tmp_path):
+    path = str(tmp_path / "run.h5")
+    torch.manual_seed(0)
+    x = torch.randn(300, 40)
+    dead, corr = qa.DeadNeurons(), qa.Correlation(top_k=5)
+    dead.update(x * 0.05)
+    corr.update(x)
+    group = qa.ResultStore.join(["stories260K", "nf4", "piqa", "blocks.2.mlp.hook_act"])
+    with qa.ResultStore(path, "w") as store:
+        store.set_attrs("stories260K/nf4", {"spec": "nf4:block=64,double_quant=1", "seed": 42, "ece_bins": 10.0})
+        store.write_result(group + "/DeadNeurons", dead.result())
+        store.write_result(group + "/Correlation", corr.result())
+        store.write("raw/half", torch.arange(6, dtype=torch.float16).reshape(2, 3) / 4)
+        store.write("raw/big", torch.arange(100000, dtype=torch.float32).reshape(1000, 100))
+    with h5py.File(path, "r") as f:
+        assert f.attrs["qinterp_version"] == qinterp.__version__
+        assert f.attrs["torch_version"].startswith(torch.__version__.split("+")[0])
+        a = f["stories260K/nf4"].attrs
+        assert a["spec"] == "nf4:block=64,double_quant=1" and a["seed"] == 42 and a["ece_bins"] == 10.0
+        g = f[group]
+        assert g["DeadNeurons/count"][()] == dead.result()["count"]
+        assert g["DeadNeurons/dead"].attrs["dtype"] == "bool"
+        assert np.array_equal(g["DeadNeurons/dead"][()].astype(bool), dead.result()["dead"].numpy())
+        assert np.array_equal(g["Correlation/histogram"][()], corr.result()["histogram"].numpy())
+        assert g["Correlation/top_values"].dtype == np.float64
+        assert f["raw/half"].dtype == np.float16
+        assert np.array_equal(f["raw/half"][()], (np.arange(6, dtype=np.float16) / 4).reshape(2, 3))
+        big = f["raw/big"]
+        assert big.chunks is not None and big.compression == "gzip"
+        assert np.array_equal(big[()], np.arange(100000, dtype=np.float32).reshape(1000, 100))
+    store = qa.ResultStore(path, "r")
+    back = store.read_result(group + "/DeadNeurons")
+    assert torch.equal(back["dead"], dead.result()["dead"]) and back["count"] == dead.result()["count"]
+    assert store.list(group) == ["Correlation", "DeadNeurons"]
+    with pytest.raises(qinterp.Error, match="read-only"):
+        store.write("x", torch.zeros(1))
+
+
+def test_activation_dump_layout_and_append(tmp_path):
+    path = str(tmp_path / "dump.h5")
+    torch.manual_seed(0)
+    act = torch.randn(2, 5, 16)
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    store = qa.ResultStore(path, "w")
+    d = store.dump("model/fp32/piqa/blocks.0.mlp.hook_act", 16, fp16=True)
+    d.append_masked(act, mask, first_example=10)
+    d.append(torch.ones(3, 16), torch.tensor([12, 12, 12]), torch.tensor([0, 1, 2]))
+    assert d.rows == 11
+    del d, store
+    with h5py.File(path, "r") as f:
+        g = f["model/fp32/piqa/blocks.0.mlp.hook_act"]
+        a, t = g["activations"], g["tokens"]
+        assert a.shape == (11, 16) and a.dtype == np.float16 and a.maxshape == (None, 16)
+        np.testing.assert_array_equal(a[:8], act[mask].half().numpy())
+        assert t[:8].tolist() == [[10, 2], [10, 3], [10, 4], [11, 0], [11, 1], [11, 2], [11, 3], [11, 4]]
+        assert t[8:].tolist() == [[12, 0], [12, 1], [12, 2]]
+    store = qa.ResultStore(path, "a")
+    d = store.dump("model/fp32/piqa/blocks.0.mlp.hook_act", 16, fp16=True)
+    assert d.rows == 11  # reopened: appends continue where the file ends
+    with pytest.raises(qinterp.Error, match="holds 16 neurons, not 8"):
+        store.dump("model/fp32/piqa/blocks.0.mlp.hook_act", 8)
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[2])
+    from qinterp import analysis as qa
+    store = qa.ResultStore(sys.argv[1], "a")
+    d = store.dump("m/fp32/t/blocks.0.mlp.hook_act", 256, fp16=False)
+    dead, i = qa.DeadNeurons(), 0
+    if store.exists("m/fp32/t/state/DeadNeurons") or store.exists("m/fp32/t/state/DeadNeurons.partial"):
+        st = store.load_state("m/fp32/t/state/DeadNeurons")
+        dead.restore(st)
+        i = dead.tokens // 64
+        d.truncate(64 * i)  # rows appended after the last saved state are redone
+    while True:
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(64, 256, generator=g)
+        d.append(x, torch.full((64,), i), torch.arange(64))
+        dead.update(x)
+        store.save("m/fp32/t/state/DeadNeurons", dead, {"batches_done": i + 1})
+        print(i, flush=True)
+        i += 1
+""")
+
+
+def test_killed_run_leaves_readable_file_and_resumes(tmp_path):
+    path = str(tmp_path / "killed.h5")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    pkg = os.path.dirname(os.path.dirname(qinterp.__file__))
+    for attempt, delay in enumerate([0.0, 0.013, 0.031]):
+        p = subprocess.Popen([sys.executable, str(script), path, pkg], stdout=subprocess.PIPE, text=True)
+        lines = 0
+        while lines < 5 + 3 * attempt:
+            assert p.stdout.readline(), "writer died"
+            lines += 1
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)  # mid-write, without any cleanup
+        p.wait()
+        with h5py.File(path, "r") as f:
+            g = f["m/fp32/t/blocks.0.mlp.hook_act"]
+            rows = min(g["activations"].shape[0], g["tokens"].shape[0])
+            assert rows >= 64 * lines
+            full = rows // 64
+            for i in [0, full - 1]:
+                x = torch.randn(64, 256, generator=torch.Generator().manual_seed(i)).numpy()
+                np.testing.assert_array_equal(g["activations"][64 * i:64 * (i + 1)], x)
+                assert (g["tokens"][64 * i:64 * (i + 1), 0] == i).all()
+        store = qa.ResultStore(path, "r")
+        resumed = qa.DeadNeurons()
+        resumed.restore(store.load_state("m/fp32/t/state/DeadNeurons"))
+        done = resumed.tokens // 64
+        assert done >= lines and resumed.tokens == 64 * done
+        store.close()
+        print(f"killed after {lines} reported appends: {rows} rows readable, state has {done} batches")
+    # every batch once, in order, across the three resumed runs
+    with h5py.File(path, "r") as f:
+        t = f["m/fp32/t/blocks.0.mlp.hook_act/tokens"][:64 * done, 0]
+        assert np.array_equal(t, np.repeat(np.arange(done), 64))
+    ref = qa.DeadNeurons()
+    for i in range(done):
+        ref.update(torch.randn(64, 256, generator=torch.Generator().manual_seed(i)))
+    assert torch.equal(ref.result()["min"], resumed.result()["min"])
+    assert torch.equal(ref.result()["outside"], resumed.result()["outside"])
+
+
+def test_damaged_files_raise_qinterp_error(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"this is not an HDF5 file at all" * 100)
+    with pytest.raises(qinterp.Error, match=r"junk\.h5.*not an HDF5 file"):
+        qa.ResultStore(str(junk), "r")
+    good = tmp_path / "good.h5"
+    s = qa.ResultStore(str(good), "w")
+    s.write("a/b", torch.arange(50000, dtype=torch.float64))
+    del s
+    data = good.read_bytes()
+    for cut in [0, 100, 2000, len(data) // 2]:
+        bad = tmp_path / f"cut{cut}.h5"
+        bad.write_bytes(data[:cut])
+        try:
+            st = qa.ResultStore(str(bad), "r")
+            st.read("a/b")
+        except qinterp.Error as e:
+            assert str(bad) in str(e)
+        else:
+            pytest.fail(f"truncated at {cut} bytes but read fine")
+    s = qa.ResultStore(str(good), "r")
+    with pytest.raises(qinterp.Error, match="no dataset 'a/missing'"):
+        s.read("a/missing")
+    with pytest.raises(qinterp.Error, match="not a saved analysis state"):
+        s.load_state("a")
+    with pytest.raises(qinterp.Error, match="no such file"):
+        qa.ResultStore(str(tmp_path / "absent.h5"), "r")
+    with pytest.raises(qinterp.Error, match="cannot be a group name"):
+        qa.ResultStore.join(["model", "a/b"])
