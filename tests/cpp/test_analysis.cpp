@@ -1,0 +1,200 @@
+// qinterp::analysis: hand-checked values, direct float64 evaluations of the definitions on real
+// stories260K activations, merge/state properties, and the same accumulators on a GPU.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "common.hpp"
+#include "qinterp/analysis/calibration.hpp"
+#include "qinterp/analysis/correlation.hpp"
+#include "qinterp/analysis/neurons.hpp"
+#include "qinterp/model/model.hpp"
+#include "qinterp/text/tokenizer.hpp"
+
+using namespace qinterp;
+using namespace qinterp::analysis;
+
+namespace {
+
+// Real activations: stories260K's blocks.L.mlp.hook_act over a few prompts, real tokens only.
+at::Tensor stories_acts(int64_t layer) {
+  auto m = model::load_model(qt::stories("stories260K.bin"));
+  auto tok = load_tokenizer(qt::stories("tok512.bin"));
+  std::vector<at::Tensor> out;
+  model::Hooks hooks;
+  hooks.add("blocks." + std::to_string(layer) + ".mlp.hook_act", [&](const at::Tensor& a, const model::HookContext& c) {
+    out.push_back(a.index({c.mask}).clone());
+    return std::nullopt;
+  });
+  for (const char* p : {"Once upon a time, there was a little girl named Lily.", "The cat sat on the mat and looked at the sun.",
+                        "Tom and his mom went to the park. They saw a big red ball and played all day long."}) {
+    auto ids = tok->encode(p);
+    m->forward(at::tensor(ids).unsqueeze(0), {}, &hooks);
+  }
+  return at::cat(out).to(at::kDouble);
+}
+
+at::Tensor direct_corr(const at::Tensor& x) {
+  at::Tensor c = x - x.mean(0);
+  at::Tensor cov = c.t().mm(c);
+  at::Tensor d = cov.diagonal().rsqrt();
+  return cov * d.unsqueeze(1) * d.unsqueeze(0);
+}
+
+}  // namespace
+
+TEST(DeadNeurons, BandIsStrictAndMaskSkipsPadding) {
+  DeadNeurons d;
+  // neuron 0 touches 0.1 (not strictly inside), neuron 1 stays inside, neuron 2 only leaves the
+  // band on a padded token
+  at::Tensor act = at::tensor({0.1f, 0.05f, 5.0f, -0.09f, 0.0f, 0.0f}).view({1, 2, 3});
+  at::Tensor mask = at::tensor({0, 1}).gt(0).view({1, 2});
+  d.update(act, mask);
+  EXPECT_EQ(d.tokens(), 1);
+  d.update(act.select(1, 0));  // now the 5.0 token counts as real
+  auto r = d.finalize();
+  EXPECT_TRUE(at::equal(r["dead"], at::tensor({0, 1, 0}).gt(0)));
+  EXPECT_EQ(r["count"].item<int64_t>(), 1);
+  EXPECT_TRUE(at::equal(r["outside"], at::tensor({int64_t{1}, int64_t{0}, int64_t{1}})));
+  EXPECT_DOUBLE_EQ(r["max"][0].item<double>(), 0.1f);
+  EXPECT_QERROR(DeadNeurons(0.1, -0.1), "empty");
+}
+
+TEST(DeadNeurons, NonFiniteIsRefusedWithHookAndToken) {
+  DeadNeurons d;
+  d.set_label("blocks.1.mlp.hook_act");
+  d.update(at::zeros({3, 4}));
+  at::Tensor x = at::zeros({2, 4});
+  x[1][2] = -INFINITY;
+  EXPECT_QERROR(d.update(x), "blocks.1.mlp.hook_act", "-Inf at token 4", "neuron 2");
+  EXPECT_EQ(d.tokens(), 3);
+}
+
+TEST(NeuronStats, MatchesDirectFloat64) {
+  const at::Tensor x = stories_acts(2);
+  NeuronStats s;
+  for (const auto& part : x.split(37)) s.update(part.to(at::kFloat));
+  auto r = s.finalize();
+  const at::Tensor xf = x.to(at::kFloat).to(at::kDouble);
+  EXPECT_TRUE(at::allclose(r["mean"], xf.mean(0), 1e-12, 1e-15));
+  EXPECT_TRUE(at::allclose(r["variance"], xf.var(0, /*unbiased=*/false), 1e-10, 1e-15));
+  EXPECT_TRUE(at::equal(r["absmax"], xf.abs().amax(0)));
+  EXPECT_EQ(r["histogram"].sum().item<int64_t>() + r["underflow"].sum().item<int64_t>() +
+                r["overflow"].sum().item<int64_t>(),
+            x.numel());
+}
+
+TEST(Correlation, MatchesDirectFloat64OnStories260K) {
+  const at::Tensor x = stories_acts(1);
+  Correlation::Options o;
+  o.tile = 64;  // several tiles, a ragged last one (172 neurons)
+  o.chunk = 50;
+  Correlation c(o);
+  for (const auto& part : x.split(71)) c.update(part.to(at::kFloat));
+  const at::Tensor ref = direct_corr(x.to(at::kFloat).to(at::kDouble));
+  EXPECT_LT((c.matrix() - ref).abs().max().item<double>(), 1e-6);
+  auto r = c.finalize();
+  const int64_t n = x.size(1);
+  EXPECT_EQ(r["pairs_total"].item<int64_t>(), n * (n - 1) / 2);
+  EXPECT_EQ(r["histogram"].sum().item<int64_t>(), n * (n - 1) / 2);
+  // histogram of the direct |r|, pairs i < j
+  at::Tensor iu = at::triu_indices(n, n, 1);
+  at::Tensor v = ref.index({iu[0], iu[1]}).abs();
+  at::Tensor h = at::histc(v.clamp_max(1.0), 10, 0, 1);
+  const int64_t diff = (h.to(at::kLong) - r["histogram"]).abs().sum().item<int64_t>();
+  EXPECT_EQ(diff, 0) << "near-edge pairs: "
+                     << ((v * 10 - (v * 10).round()).abs() < 1e-5).sum().item<int64_t>();
+}
+
+TEST(Correlation, MergeAndRestoreEqualOnePass) {
+  at::manual_seed(4);
+  at::Tensor x = at::randn({900, 70}, at::kDouble) + at::randn({70}, at::kDouble) * 10;
+  Correlation::Options o;
+  o.tile = 32;
+  Correlation one(o), a(o), b(o);
+  auto parts = x.split(100);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    one.update(parts[i]);
+    (i % 2 ? b : a).update(parts[i]);
+  }
+  a.merge(b);
+  EXPECT_LT((a.matrix() - one.matrix()).abs().max().item<double>(), 1e-12);
+  EXPECT_TRUE(at::equal(a.finalize()["histogram"], one.finalize()["histogram"]));
+  Correlation c(o);
+  c.restore(one.state());
+  EXPECT_TRUE(at::equal(c.matrix(), one.matrix()));
+  Correlation::Options other = o;
+  other.tile = 16;
+  Correlation d(other);
+  EXPECT_QERROR(d.restore(one.state()), "tile");
+  DeadNeurons dn;
+  EXPECT_QERROR(dn.restore(one.state()), "cannot restore a DeadNeurons");
+}
+
+TEST(Clustering, AverageLinkageHandExample) {
+  // points 0, 0.1, 0.25, 1.0 on a line: merges at 0.1 ({0,1}), 0.2 ({0,1},2) and 0.8833 (all)
+  const std::vector<double> d = {0.1, 0.25, 1.0, 0.15, 0.9, 0.75};
+  EXPECT_EQ(average_linkage_clusters(d, 4, 0.5), (std::vector<int64_t>{0, 0, 0, 1}));
+  EXPECT_EQ(average_linkage_clusters(d, 4, 0.15), (std::vector<int64_t>{0, 0, 1, 2}));
+  EXPECT_EQ(average_linkage_clusters(d, 4, 0.19), (std::vector<int64_t>{0, 0, 1, 2}));
+  EXPECT_EQ(average_linkage_clusters(d, 4, 0.2), (std::vector<int64_t>{0, 0, 0, 1}));
+  EXPECT_EQ(average_linkage_clusters(d, 4, 0.9), (std::vector<int64_t>{0, 0, 0, 0}));
+  EXPECT_QERROR(average_linkage_clusters({0.1}, 4, 0.5), "expected n(n-1)/2");
+}
+
+TEST(Calibration, EceAndAceHandComputed) {
+  Calibration c;
+  c.update(at::tensor({0.05, 0.15, 0.15, 0.25, 0.3, 0.95, 0.95, 0.95}),
+           at::tensor({0, 1, 0, 0, 1, 1, 1, 0}).gt(0));
+  auto r = c.finalize();
+  EXPECT_NEAR(r["ece"].item<double>(), 2.05 / 8, 1e-15);
+  // ACE, 10 bins over 8 examples: 8 bins of one, sorted by (confidence, correct):
+  // .05/0 .15/0 .15/1 .25/0 .3/1 .95/0 .95/1 .95/1 -> gaps .05 .15 .85 .25 .7 .95 .05 .05
+  EXPECT_NEAR(r["ace"].item<double>(), (0.05 + 0.15 + 0.85 + 0.25 + 0.7 + 0.95 + 0.05 + 0.05) / 8, 1e-15);
+  EXPECT_NEAR(r["accuracy"].item<double>(), 0.5, 1e-15);
+}
+
+TEST(Perplexity, NonOverlappingWindowsEqualDirectSum) {
+  auto m = model::load_model(qt::stories("stories260K.bin"));
+  auto tok = load_tokenizer(qt::stories("tok512.bin"));
+  auto ids = tok->encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the sun.");
+  at::Tensor x = at::tensor(ids);
+  Perplexity p;
+  perplexity(*m, x, x.size(0), x.size(0), p);
+  at::Tensor lp = m->forward(x.unsqueeze(0))[0].to(at::kDouble).log_softmax(-1);
+  double nll = 0;
+  for (int64_t t = 0; t + 1 < x.size(0); ++t) nll -= lp[t][ids[t + 1]].item<double>();
+  EXPECT_EQ(p.tokens(), x.size(0) - 1);
+  EXPECT_NEAR(p.nll(), nll, 1e-5 * nll);
+  EXPECT_QERROR(perplexity(*m, x, 8, 9, p), "stride");
+}
+
+TEST(AnalysisCuda, GpuMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "SKIPPED: no CUDA device here; runs on a GPU machine";
+  at::manual_seed(2);
+  at::Tensor x = at::randn({3000, 700}) * at::rand({700}) + at::randn({700}) * 3;
+  x.narrow(1, 0, 100).add_(x.narrow(1, 100, 100) * 0.8);
+  Correlation cc, cg;
+  DeadNeurons dc, dg;
+  NeuronStats sc, sg;
+  Drift fc, fg;
+  for (const auto& part : x.split(1000)) {
+    at::Tensor g = part.cuda(), q = (part * 1.01).cuda();
+    cc.update(part);
+    cg.update(g);
+    dc.update(part * 0.03);
+    dg.update(g * 0.03);
+    sc.update(part);
+    sg.update(g);
+    fc.update(part, part * 1.01);
+    fg.update(g, q);
+  }
+  EXPECT_LT((cc.matrix() - cg.matrix()).abs().max().item<double>(), 1e-6);
+  EXPECT_TRUE(at::equal(dc.finalize()["dead"], dg.finalize()["dead"]));
+  EXPECT_TRUE(at::equal(dc.finalize()["outside"], dg.finalize()["outside"]));
+  EXPECT_TRUE(at::allclose(sc.finalize()["variance"], sg.finalize()["variance"], 1e-10, 0));
+  EXPECT_TRUE(at::equal(sc.finalize()["histogram"], sg.finalize()["histogram"]));
+  EXPECT_TRUE(at::allclose(fc.finalize()["correlation"], fg.finalize()["correlation"], 1e-10, 0));
+  const int64_t hd = (cc.finalize()["histogram"] - cg.finalize()["histogram"]).abs().sum().item<int64_t>();
+  EXPECT_LE(hd, 4) << "histogram bins differ by more than rounding at bin edges";
+}

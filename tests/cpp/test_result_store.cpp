@@ -1,0 +1,96 @@
+// qinterp::io::ResultStore: round trips of every stored dtype, attributes, saved states, the
+// activation dump, and damaged files. (h5py reads the same files in tests/python.)
+#include <ATen/ATen.h>
+
+#include "common.hpp"
+#include "qinterp/analysis/neurons.hpp"
+#include "qinterp/io/result_store.hpp"
+#include "qinterp/version.hpp"
+
+using namespace qinterp;
+using io::ResultStore;
+
+TEST(ResultStore, RoundTripsDtypesAttrsAndState) {
+  qt::TempDir dir;
+  const std::string path = dir.file("r.h5");
+  at::manual_seed(0);
+  const std::vector<at::Tensor> ts = {at::randn({300, 50}),
+                                      at::randn({7}, at::kDouble),
+                                      at::randn({1000, 20}).to(at::kHalf),
+                                      at::randint(-100, 100, {40}, at::kLong),
+                                      at::randint(-100, 100, {40}, at::kInt),
+                                      at::rand({33}).gt(0.5),
+                                      at::scalar_tensor(3.5, at::kDouble)};
+  analysis::DeadNeurons d;
+  d.update(at::randn({100, 9}) * 0.1);
+  {
+    ResultStore s(path, ResultStore::Mode::Create);
+    for (size_t i = 0; i < ts.size(); ++i) s.write("m/p/t/x" + std::to_string(i), ts[i]);
+    s.set_attrs("m/p", {{"spec", std::string("nf4")}, {"seed", int64_t{42}}, {"lr", 0.5}});
+    s.save_state("m/p/t/state", d.state(), {{"examples_done", int64_t{12}}});
+  }
+  ResultStore s(path, ResultStore::Mode::Read);
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const at::Tensor back = s.read("m/p/t/x" + std::to_string(i));
+    EXPECT_EQ(back.scalar_type(), ts[i].scalar_type()) << i;
+    EXPECT_TRUE(at::equal(back, ts[i])) << i;
+  }
+  auto a = s.attrs("m/p");
+  EXPECT_EQ(std::get<std::string>(a["spec"]), "nf4");
+  EXPECT_EQ(std::get<int64_t>(a["seed"]), 42);
+  EXPECT_EQ(std::get<double>(a["lr"]), 0.5);
+  EXPECT_EQ(std::get<std::string>(s.attrs("")["qinterp_version"]), std::string(version()));
+  analysis::DeadNeurons d2;
+  d2.restore(s.load_state("m/p/t/state"));
+  EXPECT_TRUE(at::equal(d2.finalize()["min"], d.finalize()["min"]));
+  EXPECT_EQ(std::get<int64_t>(s.attrs("m/p/t/state")["examples_done"]), 12);
+  EXPECT_EQ(s.list("m/p/t").size(), ts.size() + 1);
+  EXPECT_QERROR(s.write("y", at::zeros({1})), "read-only");
+  EXPECT_QERROR(s.read("m/p/nothing"), path, "no dataset 'm/p/nothing'");
+}
+
+TEST(ResultStore, DumpAppendsAndReopens) {
+  qt::TempDir dir;
+  const std::string path = dir.file("d.h5");
+  at::Tensor x = at::randn({10, 6});
+  {
+    ResultStore s(path);
+    auto d = s.dump("g/hook", 6, /*fp16=*/false);
+    d.append(x.narrow(0, 0, 4), at::zeros({4}, at::kLong), at::arange(4));
+    d.append(x.narrow(0, 4, 6), at::ones({6}, at::kLong), at::arange(6));
+    EXPECT_EQ(d.rows(), 10);
+    EXPECT_QERROR(d.append(at::zeros({2, 5}), at::zeros({2}, at::kLong), at::zeros({2}, at::kLong)), "[tokens, 6]");
+  }
+  ResultStore s(path, ResultStore::Mode::Append);
+  EXPECT_TRUE(at::equal(s.read("g/hook/activations"), x));
+  EXPECT_EQ(s.read("g/hook/tokens").select(1, 0).sum().item<int64_t>(), 6);
+  auto d = s.dump("g/hook", 6, false);
+  EXPECT_EQ(d.rows(), 10);
+  d.truncate(4);
+  EXPECT_EQ(s.read("g/hook/activations").size(0), 4);
+  EXPECT_QERROR(s.dump("g/hook", 6, true), "is fp32");
+}
+
+TEST(ResultStore, DamagedFilesGiveErrors) {
+  qt::TempDir dir;
+  const std::string junk = dir.file("junk.h5");
+  std::ofstream(junk) << std::string(5000, 'x');
+  EXPECT_QERROR(ResultStore(junk, ResultStore::Mode::Read), junk, "not an HDF5 file");
+  EXPECT_QERROR(ResultStore(junk, ResultStore::Mode::Append), junk, "not an HDF5 file");
+  const std::string good = dir.file("good.h5");
+  { ResultStore(good, ResultStore::Mode::Create).write("a", at::arange(100000, at::kDouble)); }
+  const std::string data = qt::read_file(good);
+  for (size_t cut : {size_t{10}, size_t{3000}, data.size() / 2}) {
+    const std::string bad = dir.file("cut" + std::to_string(cut) + ".h5");
+    std::ofstream(bad, std::ios::binary) << data.substr(0, cut);
+    try {
+      ResultStore s(bad, ResultStore::Mode::Read);
+      s.read("a");
+      ADD_FAILURE() << "truncated at " << cut << " bytes but read fine";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_QERROR(ResultStore(dir.file("absent.h5"), ResultStore::Mode::Read), "no such file");
+  EXPECT_QERROR(ResultStore::join({"a", ".."}), "cannot be a group name");
+}
