@@ -105,7 +105,7 @@ void bind_analysis(py::module_& m) {
            o.chunk = chunk;
            return Correlation(o);
          }),
-         py::arg("bins") = 10, py::arg("top_k") = 100, py::arg("cluster_threshold") = 0.0, py::arg("tile") = 1024,
+         py::arg("bins") = 10, py::arg("top_k") = 100, py::arg("cluster_threshold") = 0.0, py::arg("tile") = 256,
          py::arg("chunk") = 2048)
       .def("update", [](Correlation& a, const at::Tensor& x, const std::optional<at::Tensor>& mask) { a.update(x, opt(mask)); },
            py::arg("act"), py::arg("mask") = py::none(), Release())

@@ -211,6 +211,7 @@ def test_save_restore_continue_equals_uninterrupted(tmp_path, stories_model, sto
         assert store.attrs(f"state/{whole.kind}")["batches_done"] == half
         resumed = make()
         resumed.restore(store.load_state(f"state/{whole.kind}"))
+        store.close()
         for b in acts[half:]:
             resumed.update(b)
         s1, s2 = whole.state(), resumed.state()

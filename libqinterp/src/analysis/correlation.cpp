@@ -18,16 +18,11 @@ using namespace detail;
 Correlation::Correlation(Options o) : o_(o) {
   if (o.bins < 1) fail("Correlation: bins must be >= 1, got ", o.bins);
   if (o.top_k < 0) fail("Correlation: top_k must be >= 0, got ", o.top_k);
-  if (o.tile < 16) fail("Correlation: tile must be >= 16, got ", o.tile);
+  if (o.tile < 1) fail("Correlation: tile must be >= 1, got ", o.tile);
   if (o.chunk < 1) fail("Correlation: chunk must be >= 1, got ", o.chunk);
   if (o.cluster_threshold < 0 || o.cluster_threshold > 1)
     fail("Correlation: cluster_threshold is a distance 1 - |r| in (0, 1] (0 turns clustering off), got ",
          o.cluster_threshold);
-}
-
-int64_t Correlation::tile_index(int64_t a, int64_t b) const {
-  const int64_t t = ntiles();
-  return a * t - a * (a - 1) / 2 + (b - a);
 }
 
 void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
@@ -42,13 +37,11 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
   if (!neurons_) {
     neurons_ = x.size(1);
     mean_ = at::zeros({neurons_}, x.options().dtype(at::kDouble));
-    const int64_t t = ntiles();
     tiles_.clear();
-    for (int64_t a = 0; a < t; ++a)
-      for (int64_t b = a; b < t; ++b) {
-        const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), rb = std::min(o_.tile, neurons_ - b * o_.tile);
-        tiles_.push_back(at::zeros({ra, rb}, mean_.options()));
-      }
+    for (int64_t a = 0; a < ntiles(); ++a) {
+      const int64_t a0 = a * o_.tile;
+      tiles_.push_back(at::zeros({std::min(o_.tile, neurons_ - a0), neurons_ - a0}, mean_.options()));
+    }
   }
   x = x.contiguous();
   for (int64_t s = 0; s < x.size(0); s += o_.chunk) add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)));
@@ -65,16 +58,13 @@ void Correlation::add_chunk(const at::Tensor& x) {
   const double n = static_cast<double>(na + nb);
   at::Tensor delta = mb - mean_;
   const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
+  // One product per block row (rows a0.., columns a0..N): wide GEMMs run near full speed.
   for (int64_t a = 0; a < t; ++a) {
-    const int64_t a0 = a * o_.tile, ra = std::min(o_.tile, neurons_ - a0);
-    at::Tensor xa = xc.narrow(1, a0, ra);
-    for (int64_t b = a; b < t; ++b) {
-      const int64_t b0 = b * o_.tile, rb = std::min(o_.tile, neurons_ - b0);
-      at::Tensor& m2 = tiles_[tile_index(a, b)];
-      m2.add_(at::mm(xa.t(), xc.narrow(1, b0, rb)));
-      m2.addr_(sc.narrow(0, a0, ra), sc.narrow(0, b0, rb), 1.0, -1.0 / static_cast<double>(nb));
-      if (na > 0) m2.addr_(delta.narrow(0, a0, ra), delta.narrow(0, b0, rb), 1.0, f);
-    }
+    const int64_t a0 = a * o_.tile, ra = std::min(o_.tile, neurons_ - a0), w = neurons_ - a0;
+    at::Tensor& m2 = tiles_[a];
+    m2.add_(at::mm(xc.narrow(1, a0, ra).t(), xc.narrow(1, a0, w)));
+    m2.addr_(sc.narrow(0, a0, ra), sc.narrow(0, a0, w), 1.0, -1.0 / static_cast<double>(nb));
+    if (na > 0) m2.addr_(delta.narrow(0, a0, ra), delta.narrow(0, a0, w), 1.0, f);
   }
   mean_.add_(delta * (static_cast<double>(nb) / n));
   n_ += nb;
@@ -85,13 +75,12 @@ void Correlation::merge_moments(int64_t nb, const at::Tensor& mean_b, const std:
   const double n = static_cast<double>(na + nb);
   at::Tensor delta = mean_b - mean_;
   const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
-  for (int64_t a = 0; a < t; ++a)
-    for (int64_t b = a; b < t; ++b) {
-      const int64_t a0 = a * o_.tile, b0 = b * o_.tile;
-      at::Tensor& m2 = tiles_[tile_index(a, b)];
-      m2.add_(m2_b[tile_index(a, b)].to(m2.device()));
-      m2.addr_(delta.narrow(0, a0, m2.size(0)), delta.narrow(0, b0, m2.size(1)), 1.0, f);
-    }
+  for (int64_t a = 0; a < t; ++a) {
+    const int64_t a0 = a * o_.tile;
+    at::Tensor& m2 = tiles_[a];
+    m2.add_(m2_b[a].to(m2.device()));
+    m2.addr_(delta.narrow(0, a0, m2.size(0)), delta.narrow(0, a0, m2.size(1)), 1.0, f);
+  }
   mean_.add_(delta * (static_cast<double>(nb) / n));
   n_ += nb;
 }
@@ -122,9 +111,7 @@ State Correlation::state() const {
            {"neurons", scalar(neurons_)}}};
   if (neurons_) {
     s.tensors["mean"] = mean_.cpu();
-    for (int64_t a = 0; a < ntiles(); ++a)
-      for (int64_t b = a; b < ntiles(); ++b)
-        s.tensors["m2_" + std::to_string(a) + "_" + std::to_string(b)] = tiles_[tile_index(a, b)].cpu();
+    for (int64_t a = 0; a < ntiles(); ++a) s.tensors["m2_" + std::to_string(a)] = tiles_[a].cpu();
   }
   return s;
 }
@@ -142,14 +129,13 @@ void Correlation::restore(const State& s) {
   mean_ = need(s, k, "mean").to(at::kDouble).clone();
   if (mean_.dim() != 1 || mean_.size(0) != neurons_) fail("saved Correlation state: mean has shape ", mean_.sizes(),
                                                            ", expected [", neurons_, "]");
-  for (int64_t a = 0; a < ntiles(); ++a)
-    for (int64_t b = a; b < ntiles(); ++b) {
-      at::Tensor t = need(s, k, "m2_" + std::to_string(a) + "_" + std::to_string(b)).to(at::kDouble).clone();
-      const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), rb = std::min(o_.tile, neurons_ - b * o_.tile);
-      if (t.dim() != 2 || t.size(0) != ra || t.size(1) != rb)
-        fail("saved Correlation state: tile m2_", a, "_", b, " has shape ", t.sizes(), ", expected [", ra, ", ", rb, "]");
-      tiles_.push_back(t);
-    }
+  for (int64_t a = 0; a < ntiles(); ++a) {
+    at::Tensor t = need(s, k, "m2_" + std::to_string(a)).to(at::kDouble).clone();
+    const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), w = neurons_ - a * o_.tile;
+    if (t.dim() != 2 || t.size(0) != ra || t.size(1) != w)
+      fail("saved Correlation state: block row m2_", a, " has shape ", t.sizes(), ", expected [", ra, ", ", w, "]");
+    tiles_.push_back(t);
+  }
 }
 
 void Correlation::to(const at::Device& device) {
@@ -160,12 +146,12 @@ void Correlation::to(const at::Device& device) {
 at::Tensor Correlation::matrix() const {
   if (!neurons_) return at::empty({0, 0}, at::kDouble);
   at::Tensor m = at::empty({neurons_, neurons_}, mean_.options());
-  for (int64_t a = 0; a < ntiles(); ++a)
-    for (int64_t b = a; b < ntiles(); ++b) {
-      const at::Tensor& t = tiles_[tile_index(a, b)];
-      m.narrow(0, a * o_.tile, t.size(0)).narrow(1, b * o_.tile, t.size(1)).copy_(t);
-      m.narrow(0, b * o_.tile, t.size(1)).narrow(1, a * o_.tile, t.size(0)).copy_(t.t());
-    }
+  for (int64_t a = ntiles() - 1; a >= 0; --a) {  // each row's diagonal block overwrites the mirror
+    const at::Tensor& t = tiles_[a];
+    const int64_t a0 = a * o_.tile;
+    m.narrow(0, a0, t.size(0)).narrow(1, a0, t.size(1)).copy_(t);
+    m.narrow(0, a0, t.size(1)).narrow(1, a0, t.size(0)).copy_(t.t());
+  }
   at::Tensor d = m.diagonal().clone();
   at::Tensor inv = d.rsqrt();  // +inf for zero variance, giving NaN below as numpy does
   at::Tensor r = m * inv.unsqueeze(1) * inv.unsqueeze(0);
@@ -187,7 +173,7 @@ Tensors Correlation::finalize() const {
   }
   const auto dev = mean_.device();
   at::Tensor diag = at::empty({n}, mean_.options());
-  for (int64_t a = 0; a < ntiles(); ++a) diag.narrow(0, a * o_.tile, tiles_[tile_index(a, a)].size(0)).copy_(tiles_[tile_index(a, a)].diagonal());
+  for (int64_t a = 0; a < ntiles(); ++a) diag.narrow(0, a * o_.tile, tiles_[a].size(0)).copy_(tiles_[a].diagonal());
   at::Tensor zero = diag.le(0);  // exactly constant neurons have M2 = 0 exactly
   at::Tensor inv = at::where(zero, at::zeros_like(diag), diag.rsqrt());
   at::Tensor edges_dev = edges.to(dev);
@@ -196,34 +182,34 @@ Tensors Correlation::finalize() const {
   const bool cluster = o_.cluster_threshold > 0;
   std::vector<double> condensed;
   if (cluster) condensed.assign(static_cast<size_t>(n * (n - 1) / 2), 2.0);  // 2 > any 1 − |r|: never merged
-  for (int64_t a = 0; a < ntiles(); ++a)
-    for (int64_t b = a; b < ntiles(); ++b) {
-      const at::Tensor& m2 = tiles_[tile_index(a, b)];
-      const int64_t a0 = a * o_.tile, b0 = b * o_.tile, ra = m2.size(0), rb = m2.size(1);
-      at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, b0, rb).unsqueeze(0)).abs_().clamp_max_(1.0);
-      at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, b0, rb).logical_not().unsqueeze(0);
-      if (a == b) valid = valid.triu(1);
-      at::Tensor v = ar.masked_select(valid);
-      // np.histogram's bins: [e_i, e_{i+1}), the last one closed.
-      at::Tensor idx = (at::bucketize(v, edges_dev, /*out_int32=*/false, /*right=*/true) - 1).clamp_(0, o_.bins - 1);
-      hist.add_(at::bincount(idx, {}, o_.bins));
-      if (o_.top_k > 0 && v.numel() > 0) {
-        at::Tensor flat = ar.masked_fill(valid.logical_not(), -1.0).reshape({-1});
-        auto [tv, ti] = flat.topk(std::min<int64_t>(o_.top_k, v.numel()));
-        top_v.push_back(tv);
-        top_i.push_back(at::floor_divide(ti, rb) + a0);
-        top_j.push_back(at::remainder(ti, rb) + b0);
-      }
-      if (cluster) {
-        at::Tensor dist = (1.0 - ar).masked_fill_(valid.logical_not(), 2.0).cpu().contiguous();
-        const double* p = dist.data_ptr<double>();
-        for (int64_t i = 0; i < ra; ++i) {
-          const int64_t gi = a0 + i;
-          const int64_t row = gi * n - gi * (gi + 1) / 2 - gi - 1;  // condensed index of (gi, j) = row + j
-          for (int64_t j = (a == b ? i + 1 : 0); j < rb; ++j) condensed[static_cast<size_t>(row + b0 + j)] = p[i * rb + j];
-        }
+  for (int64_t a = 0; a < ntiles(); ++a) {
+    const at::Tensor& m2 = tiles_[a];
+    const int64_t a0 = a * o_.tile, ra = m2.size(0), w = m2.size(1);
+    at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, a0, w).unsqueeze(0)).abs_().clamp_max_(1.0);
+    // pairs i < j: strictly right of the diagonal inside the block row, neither neuron constant
+    at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, a0, w).logical_not().unsqueeze(0);
+    valid = valid & at::ones({ra, w}, valid.options()).triu(1);
+    at::Tensor v = ar.masked_select(valid);
+    // np.histogram's bins: [e_i, e_{i+1}), the last one closed.
+    at::Tensor idx = (at::bucketize(v, edges_dev, /*out_int32=*/false, /*right=*/true) - 1).clamp_(0, o_.bins - 1);
+    hist.add_(at::bincount(idx, {}, o_.bins));
+    if (o_.top_k > 0 && v.numel() > 0) {
+      at::Tensor flat = ar.masked_fill(valid.logical_not(), -1.0).reshape({-1});
+      auto [tv, ti] = flat.topk(std::min<int64_t>(o_.top_k, v.numel()));
+      top_v.push_back(tv);
+      top_i.push_back(at::floor_divide(ti, w) + a0);
+      top_j.push_back(at::remainder(ti, w) + a0);
+    }
+    if (cluster) {
+      at::Tensor dist = (1.0 - ar).masked_fill_(valid.logical_not(), 2.0).cpu().contiguous();
+      const double* p = dist.data_ptr<double>();
+      for (int64_t i = 0; i < ra; ++i) {
+        const int64_t gi = a0 + i;
+        const int64_t row = gi * n - gi * (gi + 1) / 2 - gi - 1;  // condensed index of (gi, j) = row + j
+        for (int64_t c = i + 1; c < w; ++c) condensed[static_cast<size_t>(row + a0 + c)] = p[i * w + c];
       }
     }
+  }
   const int64_t counted = hist.sum().item<int64_t>();
   r["histogram"] = hist.cpu();
   r["pairs_counted"] = scalar(counted);

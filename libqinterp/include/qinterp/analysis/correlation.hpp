@@ -9,11 +9,12 @@
 namespace qinterp::analysis {
 
 // Streaming centred second moments of the N neurons of one hook, without ever holding the
-// [tokens, N] matrix. State: token count, mean [N] and the upper-triangular tiles (tile × tile
-// neurons) of the co-moment matrix M2 = Σ (x − mean)(x − mean)ᵀ in float64 — about N²/2 × 8 bytes
-// plus one tile of work. Each update centres its tokens on their own mean, forms the tile
-// products in float32 (chunks of at most `chunk` tokens, so rounding stays near 1e-7 of the
-// norms) and adds them to M2 with Chan's correction for the shift of the mean.
+// [tokens, N] matrix. State: token count, mean [N] and the upper triangle of the co-moment matrix
+// M2 = Σ (x − mean)(x − mean)ᵀ in float64, kept as block rows of `tile` neurons
+// (M2[a0 : a0 + tile, a0 : N]) — about N²/2 × 8 bytes. Each update centres its tokens on their
+// own mean, forms one float32 product per block row (chunks of at most `chunk` tokens, so
+// rounding stays near 1e-7 of the norms) and adds it to M2 with Chan's correction for the shift
+// of the mean.
 //
 // finalize(): |Pearson r| over the pairs i < j (diagonal excluded):
 //   histogram [bins] int64 and bin_edges [bins + 1] (equal width over [0, 1]; |r| = 1 lands in
@@ -29,7 +30,7 @@ class Correlation : public Accumulator {
     int64_t bins = 10;
     int64_t top_k = 100;
     double cluster_threshold = 0.0;  // 0 = no clustering; NeuroX uses 0.5
-    int64_t tile = 1024;
+    int64_t tile = 256;
     int64_t chunk = 2048;
   };
   Correlation() : Correlation(Options{}) {}
@@ -53,9 +54,8 @@ class Correlation : public Accumulator {
   Options o_;
   int64_t n_ = 0, neurons_ = 0;
   at::Tensor mean_;                 // [N] float64
-  std::vector<at::Tensor> tiles_;   // upper tiles (a, b), a <= b, row-major over a then b
+  std::vector<at::Tensor> tiles_;   // block row a: M2[a0 : a0 + tile, a0 : N], a0 = a * tile
   int64_t ntiles() const { return (neurons_ + o_.tile - 1) / o_.tile; }
-  int64_t tile_index(int64_t a, int64_t b) const;
   void add_chunk(const at::Tensor& x);
   void merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b);
 };
