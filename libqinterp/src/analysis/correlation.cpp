@@ -33,7 +33,7 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
          " in earlier updates");
   if (neurons_ && mean_.device() != x.device()) to(x.device());
   // Refuse non-finite input before anything is counted.
-  check_finite(x.sum(0, false, at::kDouble), x, "Correlation", label_, n_);
+  check_finite(colsum64(x), x, "Correlation", label_, n_);
   if (!neurons_) {
     neurons_ = x.size(1);
     mean_ = at::zeros({neurons_}, x.options().dtype(at::kDouble));
@@ -50,10 +50,12 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
 // One chunk: centre on the chunk's own mean, float32 tile products, then Chan's merge into M2.
 void Correlation::add_chunk(const at::Tensor& x) {
   const int64_t nb = x.size(0), t = ntiles();
-  at::Tensor mb = x.sum(0, false, at::kDouble) / static_cast<double>(nb);
-  at::Tensor xc = x - mb.to(x.scalar_type());
-  // The float mean is not the exact mean: Σ(x−m)(x−m)ᵀ = Σ(x−m')(x−m')ᵀ − s sᵀ/nb with s = Σ(x−m').
-  at::Tensor sc = xc.sum(0, false, at::kDouble);
+  // Centre on an approximate mean m' (exactness is restored below); with s = Σ(x−m'):
+  // the chunk mean is m' + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m')(x−m')ᵀ − s sᵀ/nb.
+  at::Tensor m1 = (colsum64(x) / static_cast<double>(nb)).to(x.scalar_type());
+  at::Tensor xc = x - m1;
+  at::Tensor sc = colsum64(xc);
+  at::Tensor mb = m1.to(at::kDouble) + sc / static_cast<double>(nb);
   const int64_t na = n_;
   const double n = static_cast<double>(na + nb);
   at::Tensor delta = mb - mean_;

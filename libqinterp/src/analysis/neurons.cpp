@@ -53,6 +53,15 @@ void check_finite(const at::Tensor& summary, const at::Tensor& x, const std::str
        "quantization, or drop such tokens with the mask");
 }
 
+at::Tensor colsum64(const at::Tensor& x) {
+  if (x.scalar_type() == at::kDouble) return x.sum(0);
+  const int64_t t = x.size(0), n = x.size(1), full = t / 64 * 64;
+  at::Tensor s = at::zeros({n}, x.options().dtype(at::kDouble));
+  if (full) s.add_(x.narrow(0, 0, full).reshape({full / 64, 64, n}).sum(1).sum(0, false, at::kDouble));
+  if (t > full) s.add_(x.narrow(0, full, t - full).sum(0, false, at::kDouble));
+  return s;
+}
+
 at::Tensor scalar(double v) { return at::scalar_tensor(v, at::kDouble); }
 at::Tensor scalar(int64_t v) { return at::scalar_tensor(v, at::kLong); }
 
