@@ -53,6 +53,20 @@ def batches(tokens, neurons, batch=4096):
         yield torch.nn.functional.silu(torch.randn(n, neurons, generator=g) + z @ mix.t())
 
 
+def stream(name, tokens, neurons):
+    """qinterp's side: the accumulator fed batch by batch; seconds spent in update + result."""
+    sys.path.insert(0, os.environ["QINTERP_PY"])
+    from qinterp import analysis as qa
+    acc, busy = getattr(qa, name)(), 0.0
+    for b in batches(tokens, neurons):
+        t0 = time.perf_counter()
+        acc.update(b)
+        busy += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = acc.result()
+    return busy + time.perf_counter() - t0, res
+
+
 def child(kind, side, tokens, neurons, tmp):
     import numpy as np
     import torch
@@ -72,17 +86,7 @@ def child(kind, side, tokens, neurons, tmp):
         out["seconds"] = time.perf_counter() - t0
         out["histogram"] = hist.tolist()
     elif kind == "corr":
-        sys.path.insert(0, os.environ["QINTERP_PY"])
-        from qinterp import analysis as qa
-        c = qa.Correlation()
-        busy = 0.0
-        for b in batches(tokens, neurons):
-            t0 = time.perf_counter()
-            c.update(b)
-            busy += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = c.result()
-        busy += time.perf_counter() - t0
+        busy, res = stream("Correlation", tokens, neurons)
         out["seconds"] = busy
         out["histogram"] = res["histogram"].tolist()
     elif kind == "dead" and side == "authors":
@@ -114,16 +118,9 @@ def child(kind, side, tokens, neurons, tmp):
         out["write_seconds"] = write
         out["dead"] = dead
     else:
-        sys.path.insert(0, os.environ["QINTERP_PY"])
-        from qinterp import analysis as qa
-        d = qa.DeadNeurons()
-        busy = 0.0
-        for b in batches(tokens, neurons):
-            t0 = time.perf_counter()
-            d.update(b)
-            busy += time.perf_counter() - t0
+        busy, res = stream("DeadNeurons", tokens, neurons)
         out["seconds"] = busy
-        out["dead"] = d.result()["count"]
+        out["dead"] = res["count"]
     out["peak_mb"] = peak_mb()
     out["work_mb"] = peak_mb() - base
     print(json.dumps(out))
