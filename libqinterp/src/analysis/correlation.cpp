@@ -307,52 +307,60 @@ std::vector<int64_t> average_linkage_clusters(std::vector<double> d, int64_t n, 
 
 Drift::Drift(double dead_lo, double dead_hi) : dead_a_(dead_lo, dead_hi), dead_b_(dead_lo, dead_hi) {}
 
+namespace {
+const char* const kDriftSums[] = {"mean_full", "mean_quant", "m2_full", "m2_quant", "c",
+                                  "sq_diff",   "dot",        "sq_full", "sq_quant"};
+}
+
+void Drift::fold(int64_t nb, const Tensors& b) {
+  if (sums_.empty()) {
+    for (const char* k : kDriftSums) sums_[k] = b.at(k).clone();
+    n_ = nb;
+    return;
+  }
+  const double n = static_cast<double>(n_ + nb), f = static_cast<double>(n_) * static_cast<double>(nb) / n;
+  at::Tensor da = b.at("mean_full") - sums_["mean_full"], db = b.at("mean_quant") - sums_["mean_quant"];
+  sums_["c"].add_(b.at("c")).add_(da * db * f);
+  sums_["m2_full"].add_(b.at("m2_full")).add_(da.square() * f);
+  sums_["m2_quant"].add_(b.at("m2_quant")).add_(db.square() * f);
+  sums_["mean_full"].add_(da * (static_cast<double>(nb) / n));
+  sums_["mean_quant"].add_(db * (static_cast<double>(nb) / n));
+  for (const char* k : {"sq_diff", "dot", "sq_full", "sq_quant"}) sums_[k].add_(b.at(k));
+  n_ += nb;
+}
+
 void Drift::update(const at::Tensor& full, const at::Tensor& quant, const at::Tensor& mask) {
   if (!full.defined() || !quant.defined() || full.sizes() != quant.sizes())
     fail("Drift", label_.empty() ? "" : " on '" + label_ + "'", ": full-precision and quantized activations must have "
          "the same shape (same tokens), got ", full.defined() ? full.sizes() : at::IntArrayRef{}, " and ",
          quant.defined() ? quant.sizes() : at::IntArrayRef{});
-  at::Tensor a = widen(real_tokens(full, mask, "Drift"), "Drift").to(at::kDouble);
-  at::Tensor b = widen(real_tokens(quant.to(full.device()), mask, "Drift"), "Drift").to(at::kDouble);
-  const int64_t nb = a.size(0);
+  // Real tokens in the activations' precision (the dead sets compare there), then float64.
+  at::Tensor a_act = widen(real_tokens(full, mask, "Drift"), "Drift");
+  at::Tensor b_act = widen(real_tokens(quant.to(full.device()), mask, "Drift"), "Drift");
+  const int64_t nb = a_act.size(0);
   if (nb == 0) return;
-  if (mean_a_.defined() && a.size(1) != mean_a_.size(0))
-    fail("Drift", label_.empty() ? "" : " on '" + label_ + "'", ": got ", a.size(1), " neurons after ", mean_a_.size(0));
-  if (mean_a_.defined() && mean_a_.device() != a.device()) to(a.device());
+  if (!sums_.empty() && a_act.size(1) != sums_["mean_full"].size(0))
+    fail("Drift", label_.empty() ? "" : " on '" + label_ + "'", ": got ", a_act.size(1), " neurons after ",
+         sums_["mean_full"].size(0));
+  if (!sums_.empty() && sums_["mean_full"].device() != a_act.device()) to(a_act.device());
+  at::Tensor a = a_act.to(at::kDouble), b = b_act.to(at::kDouble);
   at::Tensor sa = a.sum(0), sb = b.sum(0);
   check_finite(sa, a, "Drift (full precision)", label_, n_);
   check_finite(sb, b, "Drift (quantized)", label_, n_);
   at::Tensor ma = sa / static_cast<double>(nb), mb = sb / static_cast<double>(nb);
   at::Tensor ca = a - ma, cb = b - mb;
-  at::Tensor m2a = ca.square().sum(0), m2b = cb.square().sum(0), cab = (ca * cb).sum(0);
-  at::Tensor sq_diff = (a - b).square().sum(0), dot = (a * b).sum(0), sq_a = a.square().sum(0), sq_b = b.square().sum(0);
-  dead_a_.update(full, mask);
-  dead_b_.update(quant.to(full.device()), mask);
-  if (!mean_a_.defined()) {
-    mean_a_ = ma;
-    mean_b_ = mb;
-    m2_a_ = m2a;
-    m2_b_ = m2b;
-    c_ab_ = cab;
-    sq_diff_ = sq_diff;
-    dot_ = dot;
-    sq_a_ = sq_a;
-    sq_b_ = sq_b;
-    n_ = nb;
-    return;
-  }
-  const double n = static_cast<double>(n_ + nb), f = static_cast<double>(n_) * static_cast<double>(nb) / n;
-  at::Tensor da = ma - mean_a_, db = mb - mean_b_;
-  c_ab_.add_(cab).add_(da * db * f);
-  m2_a_.add_(m2a).add_(da.square() * f);
-  m2_b_.add_(m2b).add_(db.square() * f);
-  mean_a_.add_(da * (static_cast<double>(nb) / n));
-  mean_b_.add_(db * (static_cast<double>(nb) / n));
-  sq_diff_.add_(sq_diff);
-  dot_.add_(dot);
-  sq_a_.add_(sq_a);
-  sq_b_.add_(sq_b);
-  n_ += nb;
+  const Tensors batch{{"mean_full", ma},
+                      {"mean_quant", mb},
+                      {"m2_full", ca.square().sum(0)},
+                      {"m2_quant", cb.square().sum(0)},
+                      {"c", (ca * cb).sum(0)},
+                      {"sq_diff", (a - b).square().sum(0)},
+                      {"dot", (a * b).sum(0)},
+                      {"sq_full", a.square().sum(0)},
+                      {"sq_quant", b.square().sum(0)}};
+  dead_a_.update(a_act);  // cannot fail now: shapes and finiteness are checked
+  dead_b_.update(b_act);
+  fold(nb, batch);
 }
 
 void Drift::merge(const Accumulator& other) {
@@ -360,47 +368,20 @@ void Drift::merge(const Accumulator& other) {
   if (!o) fail("Drift: cannot merge a ", other.kind());
   dead_a_.merge(o->dead_a_);  // also checks the bands agree
   dead_b_.merge(o->dead_b_);
-  if (!o->mean_a_.defined()) return;
-  const auto dev = mean_a_.defined() ? mean_a_.device() : o->mean_a_.device();
-  if (!mean_a_.defined()) {
-    mean_a_ = o->mean_a_.clone();
-    mean_b_ = o->mean_b_.clone();
-    m2_a_ = o->m2_a_.clone();
-    m2_b_ = o->m2_b_.clone();
-    c_ab_ = o->c_ab_.clone();
-    sq_diff_ = o->sq_diff_.clone();
-    dot_ = o->dot_.clone();
-    sq_a_ = o->sq_a_.clone();
-    sq_b_ = o->sq_b_.clone();
-    n_ = o->n_;
-    return;
-  }
-  if (o->mean_a_.size(0) != mean_a_.size(0)) fail("Drift: cannot merge ", o->mean_a_.size(0), " neurons into ", mean_a_.size(0));
-  const int64_t nb = o->n_;
-  const double n = static_cast<double>(n_ + nb), f = static_cast<double>(n_) * static_cast<double>(nb) / n;
-  at::Tensor da = o->mean_a_.to(dev) - mean_a_, db = o->mean_b_.to(dev) - mean_b_;
-  c_ab_.add_(o->c_ab_.to(dev)).add_(da * db * f);
-  m2_a_.add_(o->m2_a_.to(dev)).add_(da.square() * f);
-  m2_b_.add_(o->m2_b_.to(dev)).add_(db.square() * f);
-  mean_a_.add_(da * (static_cast<double>(nb) / n));
-  mean_b_.add_(db * (static_cast<double>(nb) / n));
-  sq_diff_.add_(o->sq_diff_.to(dev));
-  dot_.add_(o->dot_.to(dev));
-  sq_a_.add_(o->sq_a_.to(dev));
-  sq_b_.add_(o->sq_b_.to(dev));
-  n_ += nb;
+  if (o->sums_.empty()) return;
+  if (!sums_.empty() && o->sums_.at("mean_full").size(0) != sums_["mean_full"].size(0))
+    fail("Drift: cannot merge ", o->sums_.at("mean_full").size(0), " neurons into ", sums_["mean_full"].size(0));
+  const auto dev = sums_.empty() ? o->sums_.at("mean_full").device() : sums_["mean_full"].device();
+  Tensors b;
+  for (const auto& [k, t] : o->sums_) b[k] = t.to(dev);
+  fold(o->n_, b);
 }
 
 State Drift::state() const {
   State s{kind(), {{"tokens", scalar(n_)}}};
   for (auto& [k, v] : dead_a_.state().tensors) s.tensors["dead_full." + k] = v;
   for (auto& [k, v] : dead_b_.state().tensors) s.tensors["dead_quant." + k] = v;
-  if (mean_a_.defined()) {
-    const std::pair<const char*, const at::Tensor*> parts[] = {
-        {"mean_full", &mean_a_}, {"mean_quant", &mean_b_}, {"m2_full", &m2_a_}, {"m2_quant", &m2_b_}, {"c", &c_ab_},
-        {"sq_diff", &sq_diff_}, {"dot", &dot_},           {"sq_full", &sq_a_}, {"sq_quant", &sq_b_}};
-    for (auto& [k, t] : parts) s.tensors[k] = t->cpu();
-  }
+  for (const auto& [k, t] : sums_) s.tensors[k] = t.cpu();
   return s;
 }
 
@@ -414,31 +395,21 @@ void Drift::restore(const State& s) {
   dead_a_.restore(da);
   dead_b_.restore(db);
   n_ = need(s, kind(), "tokens").item<int64_t>();
-  if (s.tensors.count("mean_full")) {
-    auto get = [&](const char* k) { return need(s, kind(), k).to(at::kDouble).clone(); };
-    mean_a_ = get("mean_full");
-    mean_b_ = get("mean_quant");
-    m2_a_ = get("m2_full");
-    m2_b_ = get("m2_quant");
-    c_ab_ = get("c");
-    sq_diff_ = get("sq_diff");
-    dot_ = get("dot");
-    sq_a_ = get("sq_full");
-    sq_b_ = get("sq_quant");
-  } else {
-    mean_a_ = mean_b_ = m2_a_ = m2_b_ = c_ab_ = sq_diff_ = dot_ = sq_a_ = sq_b_ = at::Tensor();
-  }
+  sums_.clear();
+  if (s.tensors.count("mean_full"))
+    for (const char* k : kDriftSums) sums_[k] = need(s, kind(), k).to(at::kDouble).clone();
 }
 
 Tensors Drift::finalize() const {
   Tensors r{{"tokens", scalar(n_)}};
-  if (!mean_a_.defined()) return r;
+  if (sums_.empty()) return r;
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  r["mse"] = (sq_diff_ / static_cast<double>(n_)).cpu();
-  at::Tensor den = (sq_a_ * sq_b_).sqrt();
-  r["cosine"] = at::where(den.gt(0), dot_ / den, at::full_like(den, nan)).cpu();
-  at::Tensor dv = (m2_a_ * m2_b_).sqrt();
-  r["correlation"] = at::where(dv.gt(0), c_ab_ / dv, at::full_like(dv, nan)).cpu();
+  auto g = [&](const char* k) { return sums_.at(k); };
+  r["mse"] = (g("sq_diff") / static_cast<double>(n_)).cpu();
+  at::Tensor den = (g("sq_full") * g("sq_quant")).sqrt();
+  r["cosine"] = at::where(den.gt(0), g("dot") / den, at::full_like(den, nan)).cpu();
+  at::Tensor dv = (g("m2_full") * g("m2_quant")).sqrt();
+  r["correlation"] = at::where(dv.gt(0), g("c") / dv, at::full_like(dv, nan)).cpu();
   at::Tensor fa = dead_a_.dead().cpu(), fb = dead_b_.dead().cpu();
   r["dead_full"] = fa;
   r["dead_quant"] = fb;
@@ -452,7 +423,7 @@ Tensors Drift::finalize() const {
 }
 
 void Drift::to(const at::Device& device) {
-  for (at::Tensor* t : {&mean_a_, &mean_b_, &m2_a_, &m2_b_, &c_ab_, &sq_diff_, &dot_, &sq_a_, &sq_b_}) *t = on(*t, device);
+  for (auto& [k, t] : sums_) t = t.to(device);
   dead_a_.to(device);
   dead_b_.to(device);
 }

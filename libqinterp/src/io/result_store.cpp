@@ -192,9 +192,7 @@ int64_t ResultStore::open_group(const std::string& group, bool create) const {
   std::string cur;
   for (const auto& part : split(group)) {
     cur += "/" + part;
-    const htri_t e = H5Lexists(file_, cur.c_str(), H5P_DEFAULT);
-    if (e <= 0) {
-      h5_message();
+    if (!exists(cur)) {  // group paths are a few levels deep: the repeated prefix walk is cheap
       if (!create) fail("HDF5 file ", path_, ": no group '", cur, "'");
       hid_t g = H5Gcreate2(file_, cur.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
       QH5_CHECK(g, "cannot create group '", cur, "'");

@@ -84,8 +84,11 @@ class Drift : public Accumulator {
 
  private:
   int64_t n_ = 0;
-  at::Tensor mean_a_, mean_b_, m2_a_, m2_b_, c_ab_, sq_diff_, dot_, sq_a_, sq_b_;  // [N] float64
+  // [N] float64 each: mean_full, mean_quant, m2_full, m2_quant, c (co-moment), sq_diff, dot,
+  // sq_full, sq_quant — also the names in state(). Empty before the first update.
+  Tensors sums_;
   DeadNeurons dead_a_, dead_b_;
+  void fold(int64_t nb, const Tensors& b);  // Chan's merge of a batch or a shard's sums
 };
 
 // Average-linkage agglomerative clustering of `n` points from their condensed distance vector
