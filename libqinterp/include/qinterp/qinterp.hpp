@@ -20,5 +20,6 @@
 #include "qinterp/quant/reference.hpp"
 #include "qinterp/quant/spec.hpp"
 #include "qinterp/model/quantize.hpp"
+#include "qinterp/text/batch.hpp"
 #include "qinterp/text/tokenizer.hpp"
 #include "qinterp/version.hpp"

@@ -1,14 +1,68 @@
 #include "qinterp/text/tokenizer.hpp"
 
+#include <ATen/ATen.h>
+#include <dirent.h>
+
+#include <algorithm>
 #include <cstdio>
 
 #include "qinterp/error.hpp"
+#include "qinterp/io/gguf.hpp"
 #include "qinterp/io/mapped_file.hpp"
+#include "qinterp/text/batch.hpp"
 #include "../io/paths.hpp"
 
 namespace qinterp::text {
 
-Llama2cTokenizer::Llama2cTokenizer(const std::string& path) : path_(path) {
+// --- the shared interface -------------------------------------------------------------------
+
+void Tokenizer::check_id(int64_t id) const {
+  if (id < 0 || id >= vocab_size()) fail(source_, ": token id ", id, " is outside the vocabulary of ", vocab_size());
+}
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text) const { return encode(text, add_bos_, add_eos_); }
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
+  if (add_bos && bos_ < 0) fail(source_, ": a BOS token was asked for but this vocabulary has none");
+  if (add_eos && eos_ < 0) fail(source_, ": an EOS token was asked for but this vocabulary has none");
+  std::vector<int64_t> t = tokenize(text);
+  if (!add_bos && !add_eos) return t;
+  std::vector<int64_t> ids;
+  ids.reserve(t.size() + 2);
+  if (add_bos) ids.push_back(bos_);
+  ids.insert(ids.end(), t.begin(), t.end());
+  if (add_eos) ids.push_back(eos_);
+  return ids;
+}
+
+EncodedBatch encode_batch(const Tokenizer& tok, const std::vector<std::string>& texts, std::optional<bool> add_bos,
+                          std::optional<bool> add_eos, std::optional<int64_t> pad_id) {
+  std::vector<std::vector<int64_t>> rows;
+  rows.reserve(texts.size());
+  size_t width = 0;
+  for (const auto& t : texts) {
+    rows.push_back(tok.encode(t, add_bos.value_or(tok.add_bos_default()), add_eos.value_or(tok.add_eos_default())));
+    width = std::max(width, rows.back().size());
+  }
+  const int64_t pad = pad_id ? *pad_id : tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id() >= 0 ? tok.eos_id() : 0;
+  const auto B = static_cast<int64_t>(rows.size()), L = static_cast<int64_t>(width);
+  EncodedBatch b{at::full({B, L}, pad, at::kLong), at::zeros({B, L}, at::kBool)};
+  auto* ids = b.ids.data_ptr<int64_t>();
+  auto* mask = b.mask.data_ptr<bool>();
+  for (int64_t r = 0; r < B; ++r) {
+    const auto& row = rows[static_cast<size_t>(r)];
+    const int64_t off = r * L + L - static_cast<int64_t>(row.size());
+    std::copy(row.begin(), row.end(), ids + off);
+    std::fill(mask + off, mask + off + row.size(), true);
+  }
+  return b;
+}
+
+// --- llama2.c ---------------------------------------------------------------------------------
+
+Llama2cTokenizer::Llama2cTokenizer(const std::string& path) {
+  source_ = path;
+  bos_ = 1, eos_ = 2, unk_ = 0, add_bos_ = true;
   io::MappedFile f(path);
   io::ByteReader r(f.data(), f.size(), path);
   const int32_t max_len = r.read<int32_t>("max_token_length");
@@ -35,16 +89,14 @@ int64_t Llama2cTokenizer::find(const std::string& s) const {
 }
 
 const std::string& Llama2cTokenizer::piece(int64_t id) const {
-  if (id < 0 || id >= vocab_size()) fail(path_, ": token id ", id, " is outside the vocabulary of ", vocab_size());
+  check_id(id);
   return pieces_[static_cast<size_t>(id)];
 }
 
-std::vector<int64_t> Llama2cTokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
+std::vector<int64_t> Llama2cTokenizer::tokenize(const std::string& text) const {
   // As run.c: a dummy-prefix space, then one token per UTF-8 code point (bytes when the code
   // point is not in the vocabulary), then repeatedly merge the adjacent pair whose merged
   // string has the highest score (leftmost on ties) until no pair merges.
-  std::vector<int64_t> ids;
-  if (add_bos) ids.push_back(bos_id());
   std::vector<int64_t> t;
   if (!text.empty()) {
     const int64_t sp = find(" ");
@@ -82,9 +134,7 @@ std::vector<int64_t> Llama2cTokenizer::encode(const std::string& text, bool add_
     t[best_i] = best_id;
     t.erase(t.begin() + static_cast<std::ptrdiff_t>(best_i) + 1);
   }
-  ids.insert(ids.end(), t.begin(), t.end());
-  if (add_eos) ids.push_back(eos_id());
-  return ids;
+  return t;
 }
 
 std::string Llama2cTokenizer::decode_piece(int64_t prev, int64_t id) const {
@@ -108,10 +158,44 @@ std::string Llama2cTokenizer::decode(const std::vector<int64_t>& ids) const {
   return out;
 }
 
+// --- picking the format from the path -------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> gguf_files_in(const std::string& dir) {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (io::paths::ends_with(n, ".gguf")) out.push_back(io::paths::join(dir, n));
+    }
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  using io::paths::ends_with;
   if (!io::paths::exists(path)) fail(path, ": no such file");
-  if (io::paths::ends_with(path, ".bin")) return std::make_unique<Llama2cTokenizer>(path);
-  fail(path, ": tokenizer format not supported yet (this release reads llama2.c tokenizer.bin files)");
+  if (io::paths::is_dir(path)) {
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"}) {
+      const std::string p = io::paths::join(path, name);
+      if (io::paths::exists(p)) return load_tokenizer(p);
+    }
+    const auto ggufs = gguf_files_in(path);
+    if (ggufs.size() == 1) return load_tokenizer(ggufs[0]);
+    fail(path, ": directory has no tokenizer.json, tokenizer.model or tokenizer.bin",
+         ggufs.empty() ? " and no .gguf file" : " and more than one .gguf file (name the one to use)");
+  }
+  if (ends_with(path, ".json")) return std::make_unique<BpeTokenizer>(path);
+  if (ends_with(path, ".model")) return std::make_unique<SentencePieceTokenizer>(path);
+  if (ends_with(path, ".gguf")) return load_gguf_tokenizer(io::GgufFile(path));
+  if (ends_with(path, ".bin")) return std::make_unique<Llama2cTokenizer>(path);
+  fail(path, ": unknown tokenizer format (expected a directory, tokenizer.json, a SentencePiece .model, "
+       "a .gguf or a llama2.c tokenizer.bin)");
 }
 
 }  // namespace qinterp::text
