@@ -16,6 +16,7 @@
 #include "bpe.hpp"
 #include "qinterp/error.hpp"
 #include "unicode.hpp"
+#include "word_cache.hpp"
 
 namespace qinterp::text {
 
@@ -85,14 +86,6 @@ const std::string (&byte_level_alphabet())[256] {
   return table.s;
 }
 
-// --- the model's cache of merged words -----------------------------------------------------------
-
-struct BpeTokenizer::Cache {
-  std::mutex mu;
-  std::unordered_map<std::string, std::vector<int64_t>> words;
-  static constexpr size_t kMaxEntries = 1 << 17;
-};
-
 BpeTokenizer::BpeTokenizer(std::unique_ptr<Spec> spec, const std::string& source) : s_(std::move(spec)) {
   source_ = source;
   init();
@@ -106,7 +99,7 @@ BpeTokenizer::BpeTokenizer(const std::string& tokenizer_json) : s_(read_tokenize
 BpeTokenizer::~BpeTokenizer() = default;
 
 void BpeTokenizer::init() {
-  cache_ = std::make_unique<Cache>();
+  cache_ = std::make_shared<WordCache>();
   for (const auto& p : s_->pre)
     if (p.kind == Spec::Pre::ByteLevel) s_->byte_level = true;
   for (size_t i = 0; i + 1 < s_->pre.size(); ++i)
@@ -127,6 +120,16 @@ void BpeTokenizer::init() {
   bos_ = s_->bos, eos_ = s_->eos, pad_ = s_->pad, unk_ = s_->unk >= 0 ? s_->unk : s_->model_unk;
   add_bos_ = s_->add_bos && bos_ >= 0;
   add_eos_ = s_->add_eos && eos_ >= 0;
+  // SentencePiece-style files (Metaspace without split) hand the model whole texts. Merging them
+  // word by word, at each "▁" that follows another character, gives the same ids when no
+  // vocabulary token has such a "▁" inside (so no merge can cross a word start) and "▁" itself
+  // is a token (so unk fusing cannot either); the words can then be cached.
+  split_words_ = !s_->byte_level && s_->ids.count(split_at_);
+  for (const auto& t : s_->vocab) {
+    if (!split_words_) break;
+    for (size_t k = t.find(split_at_, 1); k != std::string::npos && split_words_; k = t.find(split_at_, k + 1))
+      if (k < split_at_.size() || t.compare(k - split_at_.size(), split_at_.size(), split_at_) != 0) split_words_ = false;
+  }
 }
 
 int64_t BpeTokenizer::vocab_size() const { return static_cast<int64_t>(s_->vocab.size()); }
@@ -410,99 +413,107 @@ std::vector<int64_t> BpeTokenizer::tokenize(const std::string& text) const {
       word = p.text;
     }
     if (word.empty()) continue;
-    {
-      std::lock_guard<std::mutex> lock(cache_->mu);
-      auto it = cache_->words.find(word);
-      if (it != cache_->words.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        continue;
-      }
+    if (!split_words_ || word.size() < 2 * split_at_.size()) {
+      merge_cached(word, out);
+      continue;
     }
-    std::vector<int64_t> ids;
-    auto direct = spec.ids.find(word);
-    if (spec.ignore_merges && direct != spec.ids.end()) {
-      ids.push_back(direct->second);
-    } else {
-      // Symbols: one per character; unknown characters as bytes (byte_fallback) or unk (fused).
-      struct Sym {
-        int64_t id;
-        int prev, next;
-        bool alive;
-      };
-      std::vector<Sym> sym;
-      bool last_unk = false;
-      char hex[8];
-      for (size_t i = 0; i < word.size();) {
-        const size_t l = utf8::lead_len(word, i);
-        auto f = spec.ids.find(word.substr(i, l));
-        std::vector<int64_t> add;
-        bool unk = false;
-        if (f != spec.ids.end()) {
-          add.push_back(f->second);
-        } else {
-          if (spec.byte_fallback) {
-            for (size_t k = i; k < i + l; ++k) {
-              std::snprintf(hex, sizeof hex, "<0x%02X>", static_cast<unsigned char>(word[k]));
-              auto bf = spec.ids.find(hex);
-              if (bf == spec.ids.end()) {
-                add.clear();
-                break;
-              }
-              add.push_back(bf->second);
-            }
-          }
-          if (add.empty()) {
-            unk = true;
-            if (spec.model_unk >= 0 && !(spec.fuse_unk && last_unk)) add.push_back(spec.model_unk);
-          }
-        }
-        for (int64_t id : add) {
-          const int idx = static_cast<int>(sym.size());
-          sym.push_back({id, idx - 1, -1, true});
-          if (idx > 0) sym[static_cast<size_t>(idx - 1)].next = idx;
-        }
-        last_unk = unk;
-        i += l;
-      }
-      // Merge the lowest-ranked adjacent pair first, leftmost on ties.
-      struct Cand {
-        int32_t rank;
-        int pos;
-        int64_t new_id;
-        bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-      };
-      std::priority_queue<Cand> heap;
-      const auto key = [](int64_t a, int64_t b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint64_t>(b); };
-      const auto push = [&](int l) {
-        if (l < 0) return;
-        const int r = sym[static_cast<size_t>(l)].next;
-        if (r < 0) return;
-        auto it = spec.merges.find(key(sym[static_cast<size_t>(l)].id, sym[static_cast<size_t>(r)].id));
-        if (it != spec.merges.end()) heap.push({it->second.first, l, it->second.second});
-      };
-      for (int k = 0; k + 1 < static_cast<int>(sym.size()); ++k) push(k);
-      while (!heap.empty()) {
-        const Cand c = heap.top();
-        heap.pop();
-        Sym& a = sym[static_cast<size_t>(c.pos)];
-        if (!a.alive || a.next < 0) continue;
-        Sym& b = sym[static_cast<size_t>(a.next)];
-        auto it = spec.merges.find(key(a.id, b.id));
-        if (it == spec.merges.end() || it->second.second != c.new_id) continue;
-        a.id = c.new_id;
-        b.alive = false;
-        a.next = b.next;
-        if (b.next >= 0) sym[static_cast<size_t>(b.next)].prev = c.pos;
-        push(a.prev);
-        push(c.pos);
-      }
-      for (int k = sym.empty() ? -1 : 0; k >= 0; k = sym[static_cast<size_t>(k)].next) ids.push_back(sym[static_cast<size_t>(k)].id);
+    // A long SentencePiece-style piece: merge it word by word (exact, see init()).
+    size_t b = 0;
+    for (size_t k = word.find(split_at_, 1); k != std::string::npos; k = word.find(split_at_, k + split_at_.size())) {
+      if (k >= split_at_.size() && word.compare(k - split_at_.size(), split_at_.size(), split_at_) == 0) continue;
+      merge_cached(word.substr(b, k - b), out);
+      b = k;
     }
-    out.insert(out.end(), ids.begin(), ids.end());
-    std::lock_guard<std::mutex> lock(cache_->mu);
-    if (cache_->words.size() < Cache::kMaxEntries) cache_->words.emplace(word, std::move(ids));
+    merge_cached(word.substr(b), out);
   }
   return out;
+}
+
+void BpeTokenizer::merge_cached(const std::string& word, std::vector<int64_t>& out) const {
+  if (cache_->get(word, out)) return;
+  const Spec& spec = *s_;
+  std::vector<int64_t> ids;
+  auto direct = spec.ids.find(word);
+  if (spec.ignore_merges && direct != spec.ids.end()) {
+    ids.push_back(direct->second);
+  } else {
+    // Symbols: one per character; unknown characters as bytes (byte_fallback) or unk (fused).
+    struct Sym {
+      int64_t id;
+      int prev, next;
+      bool alive;
+    };
+    std::vector<Sym> sym;
+    bool last_unk = false;
+    char hex[8];
+    for (size_t i = 0; i < word.size();) {
+      const size_t l = utf8::lead_len(word, i);
+      auto f = spec.ids.find(word.substr(i, l));
+      std::vector<int64_t> add;
+      bool unk = false;
+      if (f != spec.ids.end()) {
+        add.push_back(f->second);
+      } else {
+        if (spec.byte_fallback) {
+          for (size_t k = i; k < i + l; ++k) {
+            std::snprintf(hex, sizeof hex, "<0x%02X>", static_cast<unsigned char>(word[k]));
+            auto bf = spec.ids.find(hex);
+            if (bf == spec.ids.end()) {
+              add.clear();
+              break;
+            }
+            add.push_back(bf->second);
+          }
+        }
+        if (add.empty()) {
+          unk = true;
+          if (spec.model_unk >= 0 && !(spec.fuse_unk && last_unk)) add.push_back(spec.model_unk);
+        }
+      }
+      for (int64_t id : add) {
+        const int idx = static_cast<int>(sym.size());
+        sym.push_back({id, idx - 1, -1, true});
+        if (idx > 0) sym[static_cast<size_t>(idx - 1)].next = idx;
+      }
+      last_unk = unk;
+      i += l;
+    }
+    // Merge the lowest-ranked adjacent pair first, leftmost on ties.
+    struct Cand {
+      int32_t rank;
+      int pos;
+      int64_t new_id;
+      bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Cand> heap;
+    const auto key = [](int64_t a, int64_t b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint64_t>(b); };
+    const auto push = [&](int l) {
+      if (l < 0) return;
+      const int r = sym[static_cast<size_t>(l)].next;
+      if (r < 0) return;
+      auto it = spec.merges.find(key(sym[static_cast<size_t>(l)].id, sym[static_cast<size_t>(r)].id));
+      if (it != spec.merges.end()) heap.push({it->second.first, l, it->second.second});
+    };
+    for (int k = 0; k + 1 < static_cast<int>(sym.size()); ++k) push(k);
+    while (!heap.empty()) {
+      const Cand c = heap.top();
+      heap.pop();
+      Sym& a = sym[static_cast<size_t>(c.pos)];
+      if (!a.alive || a.next < 0) continue;
+      Sym& b = sym[static_cast<size_t>(a.next)];
+      auto it = spec.merges.find(key(a.id, b.id));
+      if (it == spec.merges.end() || it->second.second != c.new_id) continue;
+      a.id = c.new_id;
+      b.alive = false;
+      a.next = b.next;
+      if (b.next >= 0) sym[static_cast<size_t>(b.next)].prev = c.pos;
+      push(a.prev);
+      push(c.pos);
+    }
+    for (int k = sym.empty() ? -1 : 0; k >= 0; k = sym[static_cast<size_t>(k)].next) ids.push_back(sym[static_cast<size_t>(k)].id);
+  }
+  out.insert(out.end(), ids.begin(), ids.end());
+  cache_->put(word, ids.data(), ids.size());
 }
 
 namespace {

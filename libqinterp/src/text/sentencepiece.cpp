@@ -10,6 +10,7 @@
 #include "qinterp/io/mapped_file.hpp"
 #include "qinterp/text/tokenizer.hpp"
 #include "unicode.hpp"
+#include "word_cache.hpp"
 
 namespace qinterp::text {
 
@@ -180,6 +181,16 @@ void SentencePieceTokenizer::init() {
       if (byte_id_[b] < 0) fail(source_, ": byte_fallback is on but the byte piece <0x", std::hex, b, "> is missing");
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  // Merging word by word (and caching words) is exact when no piece that merging can produce has
+  // a space after another character: then no merge crosses the start of a word.
+  const std::string ws = m_.escape_whitespaces ? utf8::kMetaspace : " ";
+  split_words_ = true;
+  for (const auto& [p, id] : normal_) {
+    (void)id;
+    for (size_t k = p.find(ws, 1); k != std::string::npos && split_words_; k = p.find(ws, k + 1))
+      if (p.compare(k - ws.size(), ws.size(), ws) != 0) split_words_ = false;
+  }
+  cache_ = std::make_shared<WordCache>();
   bos_ = m_.bos, eos_ = m_.eos, pad_ = m_.pad, unk_ = m_.unk;
   add_bos_ = m_.add_bos && bos_ >= 0;
   add_eos_ = m_.add_eos && eos_ >= 0;
@@ -227,6 +238,35 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
   if (m_.remove_extra_whitespaces)
     while (s.size() >= ws.size() && s.compare(s.size() - ws.size(), ws.size(), ws) == 0) s.resize(s.size() - ws.size());
 
+  std::vector<int64_t> out;
+  out.reserve(s.size() / 3 + 4);
+  if (!split_words_) {
+    merge_word(s, out);
+    return out;
+  }
+  // Words start at a space that follows another character ("▁the", "▁▁▁indent").
+  std::string word;
+  size_t b = 0;
+  const auto flush = [&](size_t e) {
+    if (e <= b) return;
+    word.assign(s, b, e - b);
+    if (cache_->get(word, out)) return;
+    const size_t before = out.size();
+    merge_word(word, out);
+    cache_->put(word, out.data() + before, out.size() - before);
+  };
+  for (size_t k = s.find(ws, 1); k != std::string::npos; k = s.find(ws, k + ws.size())) {
+    if (k >= ws.size() && s.compare(k - ws.size(), ws.size(), ws) == 0) continue;
+    flush(k);
+    b = k;
+  }
+  flush(s.size());
+  return out;
+}
+
+// sentencepiece's bpe_model on one string: characters (user-defined pieces whole), merges by
+// score, unused pieces split back, unknown characters as bytes or unk.
+void SentencePieceTokenizer::merge_word(const std::string& s, std::vector<int64_t>& out) const {
   // Symbols: one per character, a user-defined piece as one frozen symbol.
   struct Sym {
     size_t start, len;
@@ -287,8 +327,6 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
     try_pair(top.left, a.next);
   }
 
-  std::vector<int64_t> out;
-  out.reserve(sym.size());
   std::function<void(const std::string&)> emit = [&](const std::string& w) {
     auto it = normal_.find(w);
     if (it != normal_.end() && m_.types[static_cast<size_t>(it->second)] == TokenType::Unused) {
@@ -304,7 +342,6 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
   };
   for (int k = sym.empty() ? -1 : 0; k >= 0; k = sym[static_cast<size_t>(k)].next)
     emit(s.substr(sym[static_cast<size_t>(k)].start, sym[static_cast<size_t>(k)].len));
-  return out;
 }
 
 std::string SentencePieceTokenizer::surface(int64_t id) const {

@@ -22,6 +22,8 @@ class GgufFile;
 
 namespace qinterp::text {
 
+class WordCache;
+
 // Token kinds as sentencepiece and GGUF number them.
 enum class TokenType : int32_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
 
@@ -113,8 +115,11 @@ class SentencePieceTokenizer : public Tokenizer {
   std::unordered_map<std::string, int64_t> normal_;  // normal, user-defined and unused pieces
   std::vector<std::string> user_defined_;             // matched whole, longest first
   int64_t byte_id_[256];
+  bool split_words_ = false;  // no mergeable piece has a space after another character
+  std::shared_ptr<WordCache> cache_;
   void init();
   void append_ids(const std::string& piece, std::vector<int64_t>& out) const;
+  void merge_word(const std::string& s, std::vector<int64_t>& out) const;
   std::string surface(int64_t id) const;  // the bytes a piece stands for
 };
 
@@ -135,9 +140,11 @@ class BpeTokenizer : public Tokenizer {
 
  private:
   std::unique_ptr<Spec> s_;
-  struct Cache;
-  std::unique_ptr<Cache> cache_;
+  std::shared_ptr<WordCache> cache_;
+  std::string split_at_ = "\xE2\x96\x81";  // "▁"
+  bool split_words_ = false;                // pieces may be merged word by word (see init())
   void init();
+  void merge_cached(const std::string& word, std::vector<int64_t>& out) const;
 };
 
 // The tokenizer a GGUF file's metadata describes (tokenizer.ggml.*).

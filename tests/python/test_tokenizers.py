@@ -1,0 +1,283 @@
+"""qinterp's tokenizers against the reference libraries, id for id, on every prompt of the four
+paper CSVs plus edge cases: sentencepiece (Llama-2 .model), HF tokenizers (tokenizer.json files
+written by transformers and trained here), transformers' GGUF tokenizer (SmolLM2)."""
+import csv
+import functools
+
+import pytest
+import torch
+
+import qinterp
+from conftest import SHARED, SMOLLM2, STORIES
+
+spm = pytest.importorskip("sentencepiece")
+tokenizers = pytest.importorskip("tokenizers")
+
+LLAMA2_MODEL = SHARED / "fixtures/llama2-tokenizer/tokenizer.model"
+
+EDGE = [
+    "", " ", "  ", "a", " a", "a ", "  hello  world  ", "\n", "a\nb\n\n", "\r\n", "\t tab\t", "x\t\ty",
+    "😀 emoji 👍🏽 family 👨‍👩‍👧", "中文字符测试，标点。", "日本語のテキスト", "café naïve Ångström Straße",
+    "e\u0301 (combining accent)", "12345 3.14159 1,000,000 ٣٤٥", "\x00\x01\x7f control", "don't I'll we've DON'T",
+    "<s> </s> <unk> <|endoftext|>", "▁already▁metaspace", "ÿ \u200b zero-width \u00a0 nbsp \u3000 ideographic",
+    "Hello   \n\n  world", "   ", "\U0010FFFF \uFFFD", "a" * 300, "🙂" * 20, "x" + " " * 40 + "y",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def paper_prompts():
+    texts = []
+    for name in ("boolq", "piqa", "toxicity", "hellaswag"):
+        with open(SHARED / "datasets/paper1" / f"{name}.csv", newline="") as f:
+            texts += [row["prompt"] for row in csv.DictReader(f)]
+    assert len(texts) == 10000 + 1838 + 5000 + 5000
+    return tuple(texts)
+
+
+def corpus():
+    return list(EDGE) + list(paper_prompts())
+
+
+def assert_same_ids(ours, theirs, texts, what):
+    bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not bad, f"{what}: {len(bad)} of {len(texts)} texts differ; first: {bad[0][0][:120]!r}\n{bad[0][1][:40]}\n{bad[0][2][:40]}"
+
+
+# --- SentencePiece .model vs the sentencepiece package --------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama2_sp():
+    return spm.SentencePieceProcessor(model_file=str(LLAMA2_MODEL))
+
+
+def test_sentencepiece_model_matches_sentencepiece(llama2_sp):
+    tok = qinterp.load_tokenizer(LLAMA2_MODEL)
+    assert tok.kind == "sentencepiece" and tok.vocab_size == 32000
+    assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (1, 2, 0, -1)
+    texts = corpus()
+    assert_same_ids(tok.encode_many(texts, False, False), llama2_sp.encode(texts), texts, "Llama-2 .model")
+    assert tok.encode("Hello") == [1] + llama2_sp.encode("Hello")
+    # decode(encode(x)) == x wherever sentencepiece round-trips, and equal to its decode everywhere.
+    for t in texts[:len(EDGE)] + texts[len(EDGE)::50]:
+        ids = llama2_sp.encode(t)
+        assert tok.decode(ids) == llama2_sp.decode(ids), repr(t)
+        assert tok.decode([1] + ids + [2]) == llama2_sp.decode([1] + ids + [2])
+
+
+def test_sentencepiece_malformed_utf8_like_sentencepiece(llama2_sp):
+    tok = qinterp.load_tokenizer(LLAMA2_MODEL)
+    for raw in [b"a\xffb", b"\xe4\xb8", b"\xc3", b"ok\xed\xa0\x80surrogate", b"\xf0\x9f\x98", b"\x80\x80x", b"\xc0\xafoverlong"]:
+        assert tok.tokenize(raw) == llama2_sp.encode(raw), raw
+
+
+# --- tokenizer.json written by HF tokenizers ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama2_json(tmp_path_factory):
+    """The Llama-2 vocabulary as transformers converts it to a fast tokenizer (tokenizer.json)."""
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path_factory.mktemp("llama2_src")
+    (src / "tokenizer.model").write_bytes(LLAMA2_MODEL.read_bytes())
+    out = tmp_path_factory.mktemp("llama2_json")
+    transformers.LlamaTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
+    return out
+
+
+def test_llama2_tokenizer_json_matches_hf_tokenizers(llama2_json):
+    hf = tokenizers.Tokenizer.from_file(str(llama2_json / "tokenizer.json"))
+    tok = qinterp.load_tokenizer(llama2_json / "tokenizer.json")
+    assert tok.kind == "bpe" and tok.vocab_size == 32000
+    assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)  # from tokenizer_config.json beside it
+    texts = corpus()
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    assert_same_ids(tok.encode_many(texts, False, False), theirs, texts, "Llama-2 tokenizer.json")
+    # Metaspace with prepend_scheme "first" and special tokens inside the text.
+    for t in ["<s>Hello</s> world", " Hello", "Hi <unk> there"]:
+        assert tok.tokenize(t) == hf.encode(t, add_special_tokens=False).ids, t
+    for t in texts[:len(EDGE)] + texts[len(EDGE)::100]:
+        ids = hf.encode(t, add_special_tokens=False).ids
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), repr(t)
+    # The directory form finds tokenizer.json first.
+    assert qinterp.load_tokenizer(llama2_json).kind == "bpe"
+
+
+def _trained(kind, texts):
+    """A small BPE trained by HF tokenizers in one of the pipelines real models use."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    specials = ["<|bos|>", "<|eos|>", "<unk>"]
+    if kind == "gpt2":  # GPT-2: ByteLevel with its regex and a prefix space
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "llama3":  # Llama-3 / Qwen2 style: NFC, regex Split, ByteLevel without regex, BOS template
+        tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+        tok.normalizer = normalizers.NFC()
+        split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "smollm":  # SmolLM: digits split one by one before ByteLevel
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "metaspace":  # SentencePiece-style words, NFKC + lowercase, unknown characters fused
+        tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        alphabet = []
+    else:  # whitespace words with an unk token
+        tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    if kind == "llama3":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A", special_tokens=[("<|bos|>", tok.token_to_id("<|bos|>"))])
+    tok.add_tokens([tokenizers.AddedToken("<think>", lstrip=True, rstrip=True)])
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama3", "smollm", "metaspace", "whitespace"])
+def test_trained_tokenizer_json_matches_hf_tokenizers(kind, tmp_path):
+    texts = corpus()
+    hf = _trained(kind, list(paper_prompts()[::7]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok = qinterp.load_tokenizer(tmp_path / "tokenizer.json")
+    extra = ["a <think> b", "x<think>y", "<|bos|>start", "ＡＢＣ full-width", "Ⅻ ﬁ ligature", "İstanbul ΣΑΣ"]
+    texts = texts + extra
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same_ids(tok.encode_many(texts), theirs, texts, f"trained {kind}")
+    if kind != "whitespace":  # Whitespace drops the spaces, so there is nothing to round-trip
+        for t in texts[:len(EDGE)] + texts[len(EDGE)::200] + extra:
+            ids = hf.encode(t).ids
+            assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), (kind, t)
+
+
+# --- GGUF vocabularies ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2_hf():
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
+
+
+def test_smollm2_gguf_matches_transformers(smollm2_hf):
+    tok = qinterp.load_tokenizer(SMOLLM2)
+    assert tok.kind == "bpe" and tok.vocab_size == 49152
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (smollm2_hf.bos_token_id, smollm2_hf.eos_token_id,
+                                                    smollm2_hf.pad_token_id)
+    assert tok.add_bos_default is False
+    texts = corpus() + ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>"]
+    theirs = smollm2_hf(texts, add_special_tokens=False)["input_ids"]
+    assert_same_ids(tok.encode_many(texts), theirs, texts, "SmolLM2 GGUF")
+    for t, ids in zip(texts, theirs):
+        ref = smollm2_hf.decode(ids, skip_special_tokens=True)
+        assert tok.decode(ids) == ref, repr(t)
+        if ref == t:
+            assert tok.decode(tok.encode(t)) == t
+
+
+def test_smollm2_tokenizer_json_saved_by_transformers(smollm2_hf, tmp_path):
+    smollm2_hf.save_pretrained(str(tmp_path))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok = qinterp.load_tokenizer(tmp_path)
+    texts = corpus()[::3]
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    assert_same_ids(tok.encode_many(texts, False, False), theirs, texts, "SmolLM2 tokenizer.json")
+
+
+def test_gguf_llama_vocabulary_matches_sentencepiece(llama2_sp, tmp_path):
+    """A GGUF carrying the Llama-2 SentencePiece vocabulary ("llama"), written with gguf-py."""
+    gguf = pytest.importorskip("gguf")
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    m = pb.ModelProto()
+    m.ParseFromString(LLAMA2_MODEL.read_bytes())
+    w = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece.encode() for p in m.pieces])
+    w.add_token_scores([p.score for p in m.pieces])
+    w.add_token_types([p.type for p in m.pieces])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = qinterp.load_tokenizer(tmp_path / "llama.gguf")
+    assert tok.kind == "sentencepiece" and tok.add_bos_default
+    texts = corpus()[::4]
+    assert_same_ids(tok.encode_many(texts, False, False), llama2_sp.encode(texts), texts, "GGUF llama")
+    assert tok.encode("Hello world") == [1, 15043, 3186]
+
+
+def test_stories260k_tokenizer(stories_tok):
+    assert stories_tok.encode("Once upon a time") == [1, 403, 407, 261, 378]
+    assert stories_tok.kind == "llama2c" and stories_tok.add_bos_default
+
+
+# --- batches, errors -----------------------------------------------------------------------------
+
+def test_encode_batch_left_pads_with_mask():
+    tok = qinterp.load_tokenizer(SMOLLM2)
+    texts = ["Once upon a time", "Hi", "", "A longer sentence with more tokens in it."]
+    ids, mask = qinterp.encode_batch(tok, texts)
+    rows = [tok.encode(t) for t in texts]
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
+    assert ids.shape == mask.shape == (4, max(len(r) for r in rows))
+    for i, r in enumerate(rows):
+        assert mask[i].sum().item() == len(r)
+        assert ids[i, ids.shape[1] - len(r):].tolist() == r
+        assert (ids[i, :ids.shape[1] - len(r)] == tok.pad_id).all()
+        assert not mask[i, :ids.shape[1] - len(r)].any()
+    ids2, _ = tok.encode_batch(texts, bos=True, pad_id=0)
+    assert ids2[0, -len(rows[0]) - 1].item() == tok.bos_id
+
+
+def test_asking_for_a_missing_bos_is_an_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"x": 0}, "merges": []}}')
+    tok = qinterp.load_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.bos_id == -1 and tok.encode("xx") == [0, 0]
+    with pytest.raises(qinterp.Error, match="BOS"):
+        qinterp.encode_batch(tok, ["x"], bos=True)
+
+
+def test_malformed_files_raise_errors(tmp_path):
+    cases = {
+        "junk.json": (b"\x00\x01 not json", "not valid JSON"),
+        "nomodel.json": (b"{}", 'missing "model"'),
+        "merge.json": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}', "outside the vocabulary"),
+        "unigram.json": (b'{"model": {"type": "Unigram", "vocab": []}}', "Unigram"),
+        "trunc.model": (LLAMA2_MODEL.read_bytes()[:1000], "malformed SentencePiece model"),
+        "junk.model": (b"\xff" * 100, "malformed"),
+        "junk.gguf": (b"GGUF\x03\x00\x00\x00" + b"\xff" * 40, "junk.gguf"),
+        "junk.bin": (b"\x01\x00", "junk.bin"),
+    }
+    for name, (data, msg) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(qinterp.Error) as e:
+            qinterp.load_tokenizer(tmp_path / name)
+        assert name in str(e.value) and msg in str(e.value), (name, str(e.value))
+    with pytest.raises(qinterp.Error, match="no such file"):
+        qinterp.load_tokenizer(tmp_path / "missing.json")
+    # A GGUF with no tokenizer metadata.
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "notok.gguf"), "llama")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(qinterp.Error, match="notok.gguf.*no tokenizer.ggml.model"):
+        qinterp.load_tokenizer(tmp_path / "notok.gguf")
