@@ -28,25 +28,10 @@ SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 STORIES = SHARED / "fixtures/stories260K"
 
 
-class HFTokenizer:
-    """SmolLM2's byte-level BPE through transformers, until qinterp's own GGUF tokenizer lands."""
-
-    def __init__(self, gguf):
-        from transformers import AutoTokenizer
-        self.t = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.bos_id, self.eos_id, self.pad_id = self.t.bos_token_id, self.t.eos_token_id, -1
-
-    def encode(self, text, bos=False):
-        return ([self.bos_id] if bos else []) + self.t.encode(text, add_special_tokens=False)
-
-    def decode(self, ids):
-        return self.t.decode(ids)
-
-
 class QTokenizer:
     def __init__(self, path):
         self.t = qinterp.load_tokenizer(path)
-        self.bos_id, self.eos_id, self.pad_id = self.t.bos_id, self.t.eos_id, -1  # pad = eos, as the paper
+        self.bos_id, self.eos_id = self.t.bos_id, self.t.eos_id
 
     def encode(self, text, bos=True):
         return self.t.encode(text, bos)
@@ -57,7 +42,7 @@ class QTokenizer:
 
 def batches(rows, tok, size, bos):
     for i in range(0, len(rows), size):
-        yield (i, *qinterp.encode_batch(tok, rows[i:i + size], bos))  # left-padded with eos
+        yield (i, *qinterp.encode_batch(tok.t, rows[i:i + size], bos))  # left-padded (pad, else eos)
 
 
 def main():
@@ -79,8 +64,8 @@ def main():
     cfg = model.config
     print(f"[demo] loaded {path.name} in {time.time() - t0:.1f}s: {cfg['num_layers']} layers, "
           f"{cfg['intermediate_size']} MLP neurons per layer, {model.num_parameters():,} parameters", flush=True)
-    if cfg["format"] == "gguf":
-        tok, bos, prompt = HFTokenizer(path), False, "The three primary colors are"
+    if cfg["format"] == "gguf":  # the GGUF's own vocabulary; SmolLM2 adds no BOS
+        tok, bos, prompt = QTokenizer(path), False, "The three primary colors are"
     else:
         tok, bos, prompt = QTokenizer(path.parent / "tok512.bin"), True, "Once upon a time"
 

@@ -61,12 +61,14 @@ double to_double(const std::string& s, const char* what) {
   qinterp::fail("--", what, " expects a number, got '", s, "'");
 }
 
-// The tokenizer for a model: --tokenizer, else tokenizer.bin / tok512.bin beside the model.
+// The tokenizer for a model: --tokenizer, else the GGUF's own vocabulary, else the model
+// directory, else tokenizer.json / tokenizer.model / tokenizer.bin / tok512.bin beside the model.
 std::string find_tokenizer(const Args& a, const std::string& model) {
   if (a.has("tokenizer")) return a.get("tokenizer");
   namespace paths = qinterp::io::paths;
+  if (paths::ends_with(model, ".gguf") || paths::is_dir(model)) return model;
   const std::string dir = paths::parent(model);
-  for (const char* n : {"tokenizer.bin", "tok512.bin"})
+  for (const char* n : {"tokenizer.json", "tokenizer.model", "tokenizer.bin", "tok512.bin"})
     if (paths::exists(paths::join(dir, n))) return paths::join(dir, n);
   qinterp::fail("no tokenizer found beside ", model, "; pass --tokenizer PATH");
 }
@@ -80,7 +82,7 @@ int cmd_generate(const Args& a) {
   auto model = qinterp::load_model(a.get("model"), lo);
   auto tok = qinterp::load_tokenizer(find_tokenizer(a, a.get("model")));
   const std::string prompt = a.get("prompt");
-  std::vector<int64_t> ids = tok->encode(prompt, true);
+  std::vector<int64_t> ids = tok->encode(prompt);  // BOS as the model's files ask
   qinterp::model::GenerateOptions go;
   go.max_new_tokens = static_cast<int64_t>(to_double(a.get("max-new-tokens", "32"), "max-new-tokens"));
   go.temperature = to_double(a.get("temperature", "0"), "temperature");
@@ -93,8 +95,9 @@ int cmd_generate(const Args& a) {
   int64_t prev = -1;
   for (int64_t i = 0; i < out.size(1); ++i) {
     const int64_t id = out[0][i].item<int64_t>();
-    if (i > 0 && (id == tok->bos_id() || id == tok->eos_id()) && i >= static_cast<int64_t>(ids.size())) break;
-    if (i > 0) text += tok->decode_piece(prev, id);
+    const bool special = id == tok->bos_id() || id == tok->eos_id();
+    if (special && i >= static_cast<int64_t>(ids.size())) break;
+    if (!special) text += tok->decode_piece(prev < 0 ? tok->bos_id() : prev, id);
     prev = id;
   }
   std::cout << text << std::endl;
@@ -231,7 +234,7 @@ int cmd_quantize(const Args& a) {
     auto tok = qinterp::load_tokenizer(find_tokenizer(a, a.get("model")));
     std::vector<int64_t> ids;
     for (const auto& prompt : csv_first_column(a.get("calib"))) {
-      auto t = tok->encode(prompt, true);
+      auto t = tok->encode(prompt);
       ids.insert(ids.end(), t.begin(), t.end());
     }
     const int64_t seqlen = std::min<int64_t>(spec.seqlen, model->config().max_seq_len);
