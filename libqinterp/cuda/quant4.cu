@@ -170,25 +170,27 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
   const int64_t pairs = (rows + 1) / 2;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps2;
   int64_t pair = static_cast<int64_t>(blockIdx.x) * kWarps2 + warp;
+  const int lb = __ffs(block) - 1;
   uint4 cur[2], nxt[2];
-  auto load_pair = [&](uint4* dst, int64_t p, int64_t c) {
+  float acur[2], anxt[2];  // the chunks' absmax, fetched with the weights (not behind them)
+  auto load_pair = [&](uint4* dst, float* ad, int64_t p, int64_t c) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = 2 * p + r;
-      dst[r] = (row < rows && c < chunks) ? __ldcs(reinterpret_cast<const uint4*>(packed + row * (cols / 2)) + c)
-                                          : make_uint4(0, 0, 0, 0);
+      const bool ok = row < rows && c < chunks;
+      dst[r] = ok ? __ldcs(reinterpret_cast<const uint4*>(packed + row * (cols / 2)) + c) : make_uint4(0, 0, 0, 0);
+      ad[r] = ok && absmax ? __ldg(absmax + row * bpr + ((c * 32) >> lb)) : 0.0f;
     }
   };
-  load_pair(cur, pair, lane);  // first weights in flight while the table and x are staged
+  load_pair(cur, acur, pair, lane);  // first weights in flight while the table and x are staged
   stage_table_and_x(lut, xs, x + bidx * cols, cols, type);
-  const int lb = __ffs(block) - 1;
   const __half2* lut_l = lut + lane;
   for (; pair < pairs; pair += stride) {
     float acc[2] = {0.0f, 0.0f};
     for (int64_t c = lane; c < chunks; c += 32) {
       // keep the next chunk in flight while this one is decoded, across the end of the rows too
-      if (c + 32 < chunks) load_pair(nxt, pair, c + 32);
-      else load_pair(nxt, pair + stride, lane);
+      if (c + 32 < chunks) load_pair(nxt, anxt, pair, c + 32);
+      else load_pair(nxt, anxt, pair + stride, lane);
       const __half* xc = xs + c * kPad;
       uint4 xv[4];
 #pragma unroll
@@ -196,13 +198,15 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int64_t b = (2 * pair + r) * bpr + ((c * 32) >> lb);
-        const float a = (2 * pair + r >= rows) ? 0.0f
-                        : absmax ? __ldg(absmax + b)
-                                 : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
+        const float a = absmax ? acur[r]
+                        : (2 * pair + r >= rows) ? 0.0f
+                                                 : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
         acc[r] = fmaf(chunk_dot(lut_l, cur[r], xv), a, acc[r]);
       }
       cur[0] = nxt[0];
       cur[1] = nxt[1];
+      acur[0] = anxt[0];
+      acur[1] = anxt[1];
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -229,18 +233,21 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
   constexpr int kU = 2;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps2;
   int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps2 + warp;
+  const int lb = __ffs(block) - 1;
   uint4 cur[kU], nxt[kU];
-  auto load_batch = [&](uint4* dst, int64_t r, int64_t c0) {
+  float acur[kU], anxt[kU];  // the chunks' absmax, fetched with the weights (not behind them)
+  auto load_batch = [&](uint4* dst, float* ad, int64_t r, int64_t c0) {
     const uint4* wr = reinterpret_cast<const uint4*>(packed + r * (cols / 2));
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + 32 * u;
-      dst[u] = (r < rows && c < chunks) ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
+      const bool ok = r < rows && c < chunks;
+      dst[u] = ok ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
+      ad[u] = ok && absmax ? __ldg(absmax + r * bpr + ((c * 32) >> lb)) : 0.0f;
     }
   };
-  load_batch(cur, row, lane);  // first weights in flight while the table and x are staged
+  load_batch(cur, acur, row, lane);  // first weights in flight while the table and x are staged
   stage_table_and_x(lut, xs, x + bidx * cols, cols, type);
-  const int lb = __ffs(block) - 1;
   const __half2* lut_l = lut + lane;
   if (row >= rows) return;
   for (; row < rows; row += stride) {
@@ -248,15 +255,15 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
     float acc = 0.0f;
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kU) {
       // keep the next batch in flight while this one is decoded, across the end of the row too
-      if (c0 + 32 * kU < chunks) load_batch(nxt, row, c0 + 32 * kU);
-      else load_batch(nxt, row + stride, lane);
+      if (c0 + 32 * kU < chunks) load_batch(nxt, anxt, row, c0 + 32 * kU);
+      else load_batch(nxt, anxt, row + stride, lane);
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c = c0 + 32 * u;
         if (c < chunks) {
           const int64_t b = b0 + ((c * 32) >> lb);
           const float a =
-              absmax ? __ldg(absmax + b) : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
+              absmax ? acur[u] : __fadd_rn(__fmul_rn(code2[qabs[b]], absmax2[b >> 8]), offset);
           const __half* xc = xs + c * kPad;
           uint4 xv[4];
 #pragma unroll
@@ -265,7 +272,7 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
         }
       }
 #pragma unroll
-      for (int u = 0; u < kU; ++u) cur[u] = nxt[u];
+      for (int u = 0; u < kU; ++u) cur[u] = nxt[u], acur[u] = anxt[u];
     }
 #pragma unroll
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
