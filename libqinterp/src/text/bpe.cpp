@@ -111,6 +111,8 @@ void BpeTokenizer::init() {
   int64_t n = static_cast<int64_t>(s_->vocab.size());
   for (const auto& a : s_->added) n = std::max(n, a.id + 1);
   s_->vocab.resize(static_cast<size_t>(n));
+  for (const auto& a : s_->added)
+    if (!a.content.empty()) s_->added_by_byte[a.normalized][static_cast<unsigned char>(a.content[0])].push_back(&a);
   s_->special_flag.assign(static_cast<size_t>(n), 0);
   for (const auto& a : s_->added) {
     if (a.id < 0) fail(source_, ": added token '", a.content, "' has id ", a.id);
@@ -194,8 +196,8 @@ void split_added(const Spec& spec, bool normalized, const std::string& text, siz
   size_t start = 0, i = 0;
   while (i < text.size()) {
     const Spec::Added* hit = nullptr;
-    for (const auto& a : spec.added) {
-      if (a.normalized != normalized || a.content.empty()) continue;
+    for (const Spec::Added* ap : spec.added_by_byte[normalized][static_cast<unsigned char>(text[i])]) {
+      const Spec::Added& a = *ap;
       if (text.compare(i, a.content.size(), a.content) != 0) continue;
       if (a.single_word) {
         const size_t e = i + a.content.size();

@@ -45,6 +45,8 @@ struct BpeTokenizer::Spec {
   };
   std::vector<Added> added;
   std::vector<uint8_t> special_flag;  // per id: a special added token (decode leaves it out)
+  // Added tokens by first byte, longest first; [0] matched on raw text, [1] on normalized text.
+  std::vector<const Added*> added_by_byte[2][256];
 
   struct Norm {
     enum Kind { Prepend, Replace, ReplaceRegex, Strip, Unicode, Lowercase } kind = Prepend;

@@ -56,14 +56,20 @@ struct Reader {
     return r;
   }
 
+  // The components of a {"type": "Sequence", <key>: [...]} in order.
+  template <class F>
+  void each(const json& j, const char* key, const std::string& where, F&& f) const {
+    const json& list = need(j, key, where);
+    if (!list.is_array()) bad(where, std::string("\"") + key + "\" is not a list");
+    for (const auto& e : list) f(e);
+  }
+
   void normalizer(const json& j, Spec& s) const {
     if (j.is_null()) return;
     const std::string t = type(j, "normalizer");
     Spec::Norm n;
     if (t == "Sequence") {
-      const json& list = need(j, "normalizers", "normalizer Sequence");
-      if (!list.is_array()) bad("normalizer Sequence", "\"normalizers\" is not a list");
-      for (const auto& e : list) normalizer(e, s);
+      each(j, "normalizers", "normalizer Sequence", [&](const json& e) { normalizer(e, s); });
       return;
     } else if (t == "Prepend") {
       n.a = str(j, "prepend", "normalizer Prepend");
@@ -92,9 +98,7 @@ struct Reader {
     const std::string t = type(j, "pre_tokenizer");
     Spec::Pre p;
     if (t == "Sequence") {
-      const json& list = need(j, "pretokenizers", "pre_tokenizer Sequence");
-      if (!list.is_array()) bad("pre_tokenizer Sequence", "\"pretokenizers\" is not a list");
-      for (const auto& e : list) pre_tokenizer(e, s);
+      each(j, "pretokenizers", "pre_tokenizer Sequence", [&](const json& e) { pre_tokenizer(e, s); });
       return;
     } else if (t == "Split") {
       p.re = pattern(j, "pre_tokenizer Split");
@@ -146,9 +150,7 @@ struct Reader {
     const std::string t = type(j, "decoder");
     Spec::Dec d;
     if (t == "Sequence") {
-      const json& list = need(j, "decoders", "decoder Sequence");
-      if (!list.is_array()) bad("decoder Sequence", "\"decoders\" is not a list");
-      for (const auto& e : list) decoder(e, s);
+      each(j, "decoders", "decoder Sequence", [&](const json& e) { decoder(e, s); });
       return;
     } else if (t == "ByteLevel") {
       d.kind = Spec::Dec::ByteLevel;
@@ -188,9 +190,7 @@ struct Reader {
     if (j.is_null()) return;
     const std::string t = type(j, "post_processor");
     if (t == "Sequence") {
-      const json& list = need(j, "processors", "post_processor Sequence");
-      if (!list.is_array()) bad("post_processor Sequence", "\"processors\" is not a list");
-      for (const auto& e : list) post_processor(e, s);
+      each(j, "processors", "post_processor Sequence", [&](const json& e) { post_processor(e, s); });
     } else if (t == "ByteLevel") {
       // offsets only
     } else if (t == "TemplateProcessing") {
