@@ -332,9 +332,8 @@ void SentencePieceTokenizer::merge_word(const std::string& s, std::vector<int64_
     if (it != normal_.end() && m_.types[static_cast<size_t>(it->second)] == TokenType::Unused) {
       auto r = rev_merge.find(w);
       if (r != rev_merge.end()) {
-        const auto parts = r->second;  // copy: the recursion may rehash rev_merge? (it does not insert)
-        emit(parts.first);
-        emit(parts.second);
+        emit(r->second.first);  // the recursion only reads rev_merge, so r stays valid
+        emit(r->second.second);
         return;
       }
     }
