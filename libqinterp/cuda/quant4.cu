@@ -156,6 +156,16 @@ __device__ __forceinline__ float chunk_dot(const __half2* lut_l, const uint4& w,
   return part;
 }
 
+// One lane's 16-byte chunk c of a row and that chunk's absmax (both zero past the end), issued
+// together so that neither load waits behind the other.
+__device__ __forceinline__ void load_chunk(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
+                                           int64_t rows, int64_t cols, int64_t bpr, int lb, int64_t row, int64_t c,
+                                           uint4& w, float& a) {
+  const bool ok = row < rows && c < cols / 32;
+  w = ok ? __ldcs(reinterpret_cast<const uint4*>(packed + row * (cols / 2)) + c) : make_uint4(0, 0, 0, 0);
+  a = ok && absmax ? __ldg(absmax + row * bpr + ((c * 32) >> lb)) : 0.0f;
+}
+
 __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
     const uint8_t* __restrict__ packed, const float* __restrict__ absmax, const uint8_t* __restrict__ qabs,
     const float* __restrict__ absmax2, float offset, const float* __restrict__ code2, int64_t rows, int64_t cols,
@@ -175,12 +185,7 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_pair_kernel(
   float acur[2], anxt[2];  // the chunks' absmax, fetched with the weights (not behind them)
   auto load_pair = [&](uint4* dst, float* ad, int64_t p, int64_t c) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = 2 * p + r;
-      const bool ok = row < rows && c < chunks;
-      dst[r] = ok ? __ldcs(reinterpret_cast<const uint4*>(packed + row * (cols / 2)) + c) : make_uint4(0, 0, 0, 0);
-      ad[r] = ok && absmax ? __ldg(absmax + row * bpr + ((c * 32) >> lb)) : 0.0f;
-    }
+    for (int r = 0; r < 2; ++r) load_chunk(packed, absmax, rows, cols, bpr, lb, 2 * p + r, c, dst[r], ad[r]);
   };
   load_pair(cur, acur, pair, lane);  // first weights in flight while the table and x are staged
   stage_table_and_x(lut, xs, x + bidx * cols, cols, type);
@@ -237,14 +242,8 @@ __global__ void __launch_bounds__(kWarps2 * 32) gemv_4bit_f16_row_kernel(
   uint4 cur[kU], nxt[kU];
   float acur[kU], anxt[kU];  // the chunks' absmax, fetched with the weights (not behind them)
   auto load_batch = [&](uint4* dst, float* ad, int64_t r, int64_t c0) {
-    const uint4* wr = reinterpret_cast<const uint4*>(packed + r * (cols / 2));
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t c = c0 + 32 * u;
-      const bool ok = r < rows && c < chunks;
-      dst[u] = ok ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
-      ad[u] = ok && absmax ? __ldg(absmax + r * bpr + ((c * 32) >> lb)) : 0.0f;
-    }
+    for (int u = 0; u < kU; ++u) load_chunk(packed, absmax, rows, cols, bpr, lb, r, c0 + 32 * u, dst[u], ad[u]);
   };
   load_batch(cur, acur, row, lane);  // first weights in flight while the table and x are staged
   stage_table_and_x(lut, xs, x + bidx * cols, cols, type);

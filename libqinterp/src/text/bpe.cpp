@@ -10,7 +10,6 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <queue>
 
 #include "bpe.hpp"
@@ -33,6 +32,8 @@ Regex::Regex(const std::string& pattern, const std::string& source) {
     fail(source, ": regex '", pattern, "' does not compile at offset ", off, " (", reinterpret_cast<char*>(msg), ")");
   }
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter where JIT is unavailable
+  pcre2_pattern_info(code, PCRE2_INFO_CAPTURECOUNT, &pairs_);
+  ++pairs_;  // the whole match
   code_ = code;
 }
 
@@ -44,12 +45,10 @@ void Regex::find_all(const std::string& s, std::vector<std::pair<size_t, size_t>
   // One match-data block per thread, grown to the pattern's needs once.
   thread_local pcre2_match_data* md = nullptr;
   thread_local uint32_t md_pairs = 0;
-  uint32_t need = 0;
-  pcre2_pattern_info(code, PCRE2_INFO_CAPTURECOUNT, &need);
-  if (!md || md_pairs < need + 1) {
+  if (!md || md_pairs < pairs_) {
     if (md) pcre2_match_data_free(md);
-    md = pcre2_match_data_create(need + 1, nullptr);
-    md_pairs = need + 1;
+    md = pcre2_match_data_create(pairs_, nullptr);
+    md_pairs = pairs_;
   }
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   size_t pos = 0;

@@ -26,6 +26,7 @@ class Regex {
 
  private:
   void* code_ = nullptr;  // pcre2_code_8
+  uint32_t pairs_ = 1;    // ovector pairs a match needs (captures + 1)
 };
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };

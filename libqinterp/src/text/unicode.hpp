@@ -103,36 +103,4 @@ inline std::string replace_all(const std::string& s, const std::string& from, co
   return out;
 }
 
-// Lossy decode as Rust's String::from_utf8_lossy / Python's errors="replace": each maximal
-// invalid subpart becomes one U+FFFD. Used where a reference decoder returns text.
-inline std::string lossy(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  for (size_t i = 0; i < s.size();) {
-    const size_t l = valid_len(s, i);
-    if (l) {
-      out.append(s, i, l);
-      i += l;
-      continue;
-    }
-    // Maximal subpart: the lead byte plus the continuation bytes that could still have been valid.
-    const unsigned c = b(i);
-    size_t k = i + 1;
-    size_t need = c >= 0xF0 && c <= 0xF4 ? 3 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xC2 && c <= 0xDF ? 1 : 0;
-    for (size_t m = 0; m < need && k < s.size(); ++m, ++k) {
-      const unsigned d = b(k);
-      unsigned lo = 0x80, hi = 0xBF;
-      if (m == 0 && c == 0xE0) lo = 0xA0;
-      if (m == 0 && c == 0xED) hi = 0x9F;
-      if (m == 0 && c == 0xF0) lo = 0x90;
-      if (m == 0 && c == 0xF4) hi = 0x8F;
-      if (d < lo || d > hi) break;
-    }
-    out += kReplacement;
-    i = k;
-  }
-  return out;
-}
-
 }  // namespace qinterp::text::utf8
