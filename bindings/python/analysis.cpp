@@ -96,17 +96,19 @@ void bind_analysis(py::module_& m) {
   common<NeuronStats>(ns);
 
   py::class_<Correlation> co(m, "Correlation", "Streaming |Pearson r| histogram over neuron pairs of one hook.");
-  co.def(py::init([](int64_t bins, int64_t top_k, double cluster_threshold, int64_t tile, int64_t chunk) {
+  co.def(py::init([](int64_t bins, int64_t top_k, double cluster_threshold, int64_t tile, int64_t chunk,
+                      bool cpu_kernel) {
            Correlation::Options o;
            o.bins = bins;
            o.top_k = top_k;
            o.cluster_threshold = cluster_threshold;
            o.tile = tile;
            o.chunk = chunk;
+           o.cpu_kernel = cpu_kernel;
            return Correlation(o);
          }),
          py::arg("bins") = 10, py::arg("top_k") = 100, py::arg("cluster_threshold") = 0.0, py::arg("tile") = 256,
-         py::arg("chunk") = 2048)
+         py::arg("chunk") = 2048, py::arg("cpu_kernel") = true)
       .def("update", [](Correlation& a, const at::Tensor& x, const std::optional<at::Tensor>& mask) { a.update(x, opt(mask)); },
            py::arg("act"), py::arg("mask") = py::none(), Release())
       .def("matrix", &Correlation::matrix, Release(), "The full [N, N] correlation matrix (float64; NaN for constant neurons).")

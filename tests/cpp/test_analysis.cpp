@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <iostream>
 
 #include "common.hpp"
 #include "qinterp/analysis/calibration.hpp"
@@ -129,6 +130,64 @@ TEST(Correlation, MergeAndRestoreEqualOnePass) {
   EXPECT_QERROR(d.restore(one.state()), "tile");
   DeadNeurons dn;
   EXPECT_QERROR(dn.restore(one.state()), "cannot restore a DeadNeurons");
+}
+
+// The AVX2 kernel (default on the CPU for float32) against the ATen products it replaces:
+// ragged panels (n not a multiple of 16, tiles not aligned to panels), chunks of one pass and
+// of several (256 tokens a pass), constant neurons, and a mean far from zero.
+TEST(Correlation, CpuKernelMatchesAtenReference) {
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    std::cout << "[ NOTE     ] this CPU has no AVX2+FMA: both sides run the ATen path\n";
+  struct Case {
+    int64_t n, tile, chunk, split;
+  };
+  at::manual_seed(11);
+  for (const Case& k : {Case{1, 256, 2048, 5}, Case{5, 4, 3, 7}, Case{37, 10, 300, 97}, Case{172, 64, 700, 650},
+                        Case{300, 256, 2048, 1100}, Case{40, 16, 2048, 513}}) {
+    SCOPED_TRACE("n=" + std::to_string(k.n) + " tile=" + std::to_string(k.tile) + " chunk=" + std::to_string(k.chunk));
+    at::Tensor x = (at::randn({1300, k.n}) + at::randn({1, k.n}) * 20).to(at::kFloat);
+    at::Tensor mix = at::randn({k.n, std::min<int64_t>(k.n, 4)});
+    x = x + at::randn({1300, mix.size(1)}).mm(mix.t()) * 2;
+    if (k.n > 3) x.select(1, 2).fill_(3.5f);  // a constant neuron
+    Correlation::Options o;
+    o.tile = k.tile;
+    o.chunk = k.chunk;
+    Correlation fast(o);
+    o.cpu_kernel = false;
+    Correlation ref(o);
+    for (const auto& part : x.split(k.split)) {
+      fast.update(part);
+      ref.update(part);
+    }
+    const auto sf = fast.state(), sr = ref.state();
+    // means (of values near 20-40): both sides centre in float32, then sum the centred values, the
+    // kernel in float64 and the reference in float32 blocks of 64
+    const at::Tensor direct = x.to(at::kDouble).mean(0);
+    EXPECT_LT((sf.tensors.at("mean") - direct).abs().max().item<double>(), 2e-7);
+    EXPECT_LT((sr.tensors.at("mean") - direct).abs().max().item<double>(), 1e-6);
+    at::Tensor d = at::empty({k.n}, at::kDouble);
+    for (int64_t a = 0; a * k.tile < k.n; ++a) {
+      const at::Tensor& t = sr.tensors.at("m2_" + std::to_string(a));
+      d.narrow(0, a * k.tile, t.size(0)).copy_(t.diagonal());
+    }
+    for (int64_t a = 0; a * k.tile < k.n; ++a) {
+      const std::string name = "m2_" + std::to_string(a);
+      const at::Tensor& tf = sf.tensors.at(name);
+      const at::Tensor& tr = sr.tensors.at(name);
+      ASSERT_EQ(tf.sizes(), tr.sizes()) << name;
+      // error relative to the norms sqrt(M2_ii M2_jj): float32 products, 1e-6 is 10x their rounding
+      at::Tensor da = d.narrow(0, a * k.tile, tr.size(0)).unsqueeze(1), db = d.narrow(0, a * k.tile, tr.size(1));
+      at::Tensor scale = (da * db).sqrt().clamp_min(1e-30);
+      EXPECT_LT(((tf - tr).abs() / scale).max().item<double>(), 1e-6) << name;
+      // the stored diagonal block is symmetric, as the full product would make it
+      at::Tensor diag = tf.narrow(1, 0, tf.size(0));
+      EXPECT_TRUE(at::equal(diag, diag.t())) << name;
+    }
+    EXPECT_LT((fast.matrix() - ref.matrix()).abs().nan_to_num(0).max().item<double>(), 1e-6);
+    auto rf = fast.finalize(), rr = ref.finalize();
+    EXPECT_TRUE(at::equal(rf["histogram"], rr["histogram"]));
+    EXPECT_TRUE(at::equal(rf["zero_variance"], rr["zero_variance"]));
+  }
 }
 
 TEST(Clustering, AverageLinkageHandExample) {

@@ -6,6 +6,9 @@
 #include <limits>
 #include <numeric>
 
+#include <ATen/Parallel.h>
+
+#include "comoment.hpp"
 #include "common.hpp"
 
 namespace qinterp::analysis {
@@ -49,6 +52,8 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
 
 // One chunk: centre on the chunk's own mean, float32 tile products, then Chan's merge into M2.
 void Correlation::add_chunk(const at::Tensor& x) {
+  if (o_.cpu_kernel && x.device().is_cpu() && x.scalar_type() == at::kFloat && comoment_kernel_available())
+    return add_chunk_kernel(x);
   const int64_t nb = x.size(0), t = ntiles();
   // Centre on an approximate mean m' (exactness is restored below); with s = Σ(x−m'):
   // the chunk mean is m' + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m')(x−m')ᵀ − s sᵀ/nb.
@@ -69,6 +74,47 @@ void Correlation::add_chunk(const at::Tensor& x) {
     if (na > 0) m2.addr_(delta.narrow(0, a0, ra), delta.narrow(0, a0, w), 1.0, f);
   }
   mean_.add_(delta * (static_cast<double>(nb) / n));
+  n_ += nb;
+}
+
+// The same update through comoment.cpp's kernel: centre and pack the chunk (panels of 16
+// neurons), then each block row's upper triangle with both corrections fused into its store.
+void Correlation::add_chunk_kernel(const at::Tensor& x) {
+  const int64_t nb = x.size(0), t = ntiles(), n = neurons_;
+  const int64_t groups = (n + kComomentPanel - 1) / kComomentPanel;
+  at::Tensor m1 = (colsum64(x) / static_cast<double>(nb)).to(at::kFloat).contiguous();
+  at::Tensor packed = at::empty({groups, nb, kComomentPanel}, x.options());
+  at::Tensor colsum = at::zeros({groups * kComomentPanel}, x.options().dtype(at::kDouble));
+  {
+    const float *xp = x.data_ptr<float>(), *shift = m1.data_ptr<float>();
+    float* pp = packed.data_ptr<float>();
+    double* cs = colsum.data_ptr<double>();
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) { comoment_pack(xp, nb, n, shift, pp, cs, g0, g1); });
+  }
+  at::Tensor sc = colsum.narrow(0, 0, n);
+  at::Tensor mb = m1.to(at::kDouble) + sc / static_cast<double>(nb);
+  const int64_t na = n_;
+  const double total = static_cast<double>(na + nb);
+  at::Tensor delta = (mb - mean_).contiguous();
+  const double f = static_cast<double>(na) * static_cast<double>(nb) / total;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), groups));
+  at::Tensor scratch = at::empty({static_cast<int64_t>(comoment_scratch_floats(0, std::min(o_.tile, n), n, nb))},
+                                 x.options());
+  const int64_t apack_n = static_cast<int64_t>(comoment_apack_floats(std::min(o_.tile, n)));
+  at::Tensor apack = at::empty({parts * apack_n}, x.options());
+  for (int64_t a = 0; a < t; ++a) {
+    at::Tensor& m2 = tiles_[a];
+    if (!m2.is_contiguous()) m2 = m2.contiguous();
+    const ComomentRow row{a * o_.tile, m2.size(0), m2.size(1), m2.data_ptr<double>(), sc.data_ptr<double>(),
+                          -1.0 / static_cast<double>(nb), na > 0 ? delta.data_ptr<double>() : nullptr, f};
+    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        comoment_row(packed.data_ptr<float>(), nb, row, scratch.numel() ? scratch.data_ptr<float>() : nullptr,
+                     apack.data_ptr<float>() + q * apack_n, q, parts);
+    });
+    comoment_mirror(row);
+  }
+  mean_.add_(delta * (static_cast<double>(nb) / total));
   n_ += nb;
 }
 

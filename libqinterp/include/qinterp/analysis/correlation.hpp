@@ -14,7 +14,10 @@ namespace qinterp::analysis {
 // (M2[a0 : a0 + tile, a0 : N]) — about N²/2 × 8 bytes. Each update centres its tokens on their
 // own mean, forms one float32 product per block row (chunks of at most `chunk` tokens, so
 // rounding stays near 1e-7 of the norms) and adds it to M2 with Chan's correction for the shift
-// of the mean.
+// of the mean. On a CPU with AVX2 and FMA, float32 (and fp16/bf16) activations go through
+// qinterp's own kernel, which computes only the upper triangle and updates M2 in one pass;
+// elsewhere, and with cpu_kernel = false, ATen matrix products do the same work (the reference
+// the kernel is tested against).
 //
 // finalize(): |Pearson r| over the pairs i < j (diagonal excluded):
 //   histogram [bins] int64 and bin_edges [bins + 1] (equal width over [0, 1]; |r| = 1 lands in
@@ -32,6 +35,7 @@ class Correlation : public Accumulator {
     double cluster_threshold = 0.0;  // 0 = no clustering; NeuroX uses 0.5
     int64_t tile = 256;
     int64_t chunk = 2048;
+    bool cpu_kernel = true;  // false: ATen products on the CPU too (the kernel's reference)
   };
   Correlation() : Correlation(Options{}) {}
   explicit Correlation(Options o);
@@ -57,6 +61,7 @@ class Correlation : public Accumulator {
   std::vector<at::Tensor> tiles_;   // block row a: M2[a0 : a0 + tile, a0 : N], a0 = a * tile
   int64_t ntiles() const { return (neurons_ + o_.tile - 1) / o_.tile; }
   void add_chunk(const at::Tensor& x);
+  void add_chunk_kernel(const at::Tensor& x);
   void merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b);
 };
 
