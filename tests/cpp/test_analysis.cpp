@@ -152,6 +152,8 @@ TEST(Correlation, CpuKernelMatchesAtenReference) {
     Correlation::Options o;
     o.tile = k.tile;
     o.chunk = k.chunk;
+    o.top_k = 7;
+    o.cluster_threshold = 0.5;
     Correlation fast(o);
     o.cpu_kernel = false;
     Correlation ref(o);
@@ -187,6 +189,14 @@ TEST(Correlation, CpuKernelMatchesAtenReference) {
     auto rf = fast.finalize(), rr = ref.finalize();
     EXPECT_TRUE(at::equal(rf["histogram"], rr["histogram"]));
     EXPECT_TRUE(at::equal(rf["zero_variance"], rr["zero_variance"]));
+    // finalize's one-pass scan on the CPU against the ATen steps: top pairs and clusters
+    if (k.n > 1) {
+      EXPECT_LT((rf["top_values"] - rr["top_values"]).abs().max().item<double>(), 1e-6);
+      EXPECT_TRUE(at::equal(rf["top_i"], rr["top_i"]));
+      EXPECT_TRUE(at::equal(rf["top_j"], rr["top_j"]));
+    }
+    EXPECT_TRUE(at::equal(rf["cluster"], rr["cluster"]));
+    EXPECT_EQ(rf["independent_neurons"].item<int64_t>(), rr["independent_neurons"].item<int64_t>());
   }
 }
 

@@ -66,6 +66,30 @@ __attribute__((target("avx2,fma"))) void add_row16(double* m, const float* tile,
   }
 }
 
+// dst[k][0..6) = src[k * 16 + 0..6) for k < kc; writes 2 floats past dst[kc * 6] (the A buffer
+// has room for them).
+__attribute__((target("avx2,fma"))) void copy6_strided(const float* src, float* dst, int64_t kc) {
+  for (int64_t k = 0; k < kc; ++k) _mm256_storeu_ps(dst + k * MR, _mm256_loadu_ps(src + k * P));
+}
+
+// One full panel: out[t][l] = x[t * ldx + l] − shift[l], colsum[l] += Σ_t out[t][l] in float64.
+__attribute__((target("avx2,fma"))) void pack_panel(const float* x, int64_t nb, int64_t ldx, const float* shift,
+                                                    float* out, double* colsum) {
+  const __m256 s0 = _mm256_loadu_ps(shift), s1 = _mm256_loadu_ps(shift + 8);
+  __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  for (int64_t t = 0; t < nb; ++t) {
+    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t * ldx), s0);
+    const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(x + t * ldx + 8), s1);
+    _mm256_store_ps(out + t * P, v0);
+    _mm256_store_ps(out + t * P + 8, v1);
+    acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(v0)));
+    acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(v0, 1)));
+    acc[2] = _mm256_add_pd(acc[2], _mm256_cvtps_pd(_mm256_castps256_ps128(v1)));
+    acc[3] = _mm256_add_pd(acc[3], _mm256_cvtps_pd(_mm256_extractf128_ps(v1, 1)));
+  }
+  for (int q = 0; q < 4; ++q) _mm256_storeu_pd(colsum + 4 * q, _mm256_add_pd(_mm256_loadu_pd(colsum + 4 * q), acc[q]));
+}
+
 }  // namespace
 
 bool comoment_kernel_available() {
@@ -78,6 +102,10 @@ void comoment_pack(const float* x, int64_t nb, int64_t n, const float* shift, fl
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t c0 = g * P, cn = std::min(P, n - c0);
     float* out = packed + g * nb * P;
+    if (cn == P) {
+      pack_panel(x + c0, nb, n, shift + c0, out, colsum + c0);
+      continue;
+    }
     double s[P] = {};
     for (int64_t t = 0; t < nb; ++t) {
       const float* row = x + t * n + c0;
@@ -98,7 +126,7 @@ size_t comoment_scratch_floats(int64_t a0, int64_t ra, int64_t w, int64_t nb) {
   return static_cast<size_t>(panels * rows * P);
 }
 
-size_t comoment_apack_floats(int64_t ra) { return static_cast<size_t>((ra + MR - 1) / MR * MR * KC); }
+size_t comoment_apack_floats(int64_t ra) { return static_cast<size_t>((ra + MR - 1) / MR * MR * KC + 8); }
 
 void comoment_row(const float* packed, int64_t nb, const ComomentRow& row, float* scratch, float* apack,
                   int64_t part, int64_t parts) {
@@ -110,13 +138,19 @@ void comoment_row(const float* packed, int64_t nb, const ComomentRow& row, float
     const int64_t k0 = p * KC, kc = std::min(KC, nb - k0);
     // A block: the row's neurons for these tokens, 6 at a time (past the row's end: its last neuron,
     // whose results are dropped).
-    for (int64_t i0 = 0; i0 < rows; i0 += MR)
+    for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+      const int64_t first = a0 + i0;
+      float* dst = apack + i0 * kc;
+      if (i0 + MR <= ra && first % P <= P - 8) {  // all 6 in one line: one 8-float copy per token
+        copy6_strided(packed + (first / P) * nb * P + k0 * P + first % P, dst, kc);
+        continue;
+      }
       for (int64_t r = 0; r < MR; ++r) {
         const int64_t nr = a0 + std::min(i0 + r, ra - 1);
         const float* src = packed + (nr / P) * nb * P + k0 * P + nr % P;
-        float* dst = apack + i0 * kc + r;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR] = src[k * P];
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k * P];
       }
+    }
     const bool last = p + 1 == passes;
     for (int64_t g = gfirst + part; g < gend; g += parts) {
       const float* b = packed + g * nb * P + k0 * P;

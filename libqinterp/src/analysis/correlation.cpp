@@ -18,6 +18,71 @@ using namespace detail;
 // ---------------------------------------------------------------------------------------------
 // Correlation
 
+namespace {
+
+struct ScoredPair {
+  double v;
+  int64_t i, j;
+};
+// For std heaps: with this order the front is the smallest, so a heap keeps the k largest.
+bool larger(const ScoredPair& a, const ScoredPair& b) { return a.v > b.v || (a.v == b.v && (a.i < b.i || (a.i == b.i && a.j < b.j))); }
+
+// |r| = |M2_ij| · inv_i · inv_j (in the ATen path's order of operations, so bit for bit the same
+// values), clamped to 1, for the pairs i < j of non-constant neurons: the histogram over
+// `edges` as np.histogram bins it, the top k (largest first) and, when `condensed` is given,
+// the distances 1 − |r| for clustering.
+void scan_pairs_cpu(const std::vector<at::Tensor>& tiles, int64_t tile, int64_t n, const double* inv, const bool* zero,
+                    const double* edges, int64_t bins, int64_t k, double* condensed, std::vector<int64_t>& hist,
+                    std::vector<ScoredPair>& top) {
+  const int64_t nt = at::get_num_threads();
+  std::vector<std::vector<int64_t>> hists(static_cast<size_t>(nt), std::vector<int64_t>(static_cast<size_t>(bins), 0));
+  std::vector<std::vector<ScoredPair>> heaps(static_cast<size_t>(nt));
+  for (size_t a = 0; a < tiles.size(); ++a) {
+    const at::Tensor m2 = tiles[a].contiguous();
+    const double* m = m2.data_ptr<double>();
+    const int64_t a0 = static_cast<int64_t>(a) * tile, ra = m2.size(0), w = m2.size(1);
+    at::parallel_for(0, ra, 8, [&](int64_t i0, int64_t i1) {
+      auto& h = hists[static_cast<size_t>(at::get_thread_num())];
+      auto& heap = heaps[static_cast<size_t>(at::get_thread_num())];
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t gi = a0 + i;
+        if (zero[gi]) continue;
+        const double* row = m + i * w;
+        const double ii = inv[gi];
+        double* cd = condensed ? condensed + (gi * n - gi * (gi + 1) / 2 - gi - 1) : nullptr;  // cd[gj], gj > gi
+        for (int64_t c = i + 1; c < w; ++c) {
+          const int64_t gj = a0 + c;
+          if (zero[gj]) continue;
+          const double v = std::min(std::abs(row[c] * ii * inv[gj]), 1.0);
+          // the bin whose [edges[b], edges[b + 1]) holds v; 1.0 goes to the last
+          int64_t b = std::min(static_cast<int64_t>(v * static_cast<double>(bins)), bins);
+          while (b < bins && edges[b + 1] <= v) ++b;
+          while (b > 0 && edges[b] > v) --b;
+          ++h[static_cast<size_t>(std::min(b, bins - 1))];
+          if (cd) cd[gj] = 1.0 - v;
+          if (k > 0 && (static_cast<int64_t>(heap.size()) < k || v > heap.front().v)) {
+            if (static_cast<int64_t>(heap.size()) == k) {
+              std::pop_heap(heap.begin(), heap.end(), larger);
+              heap.pop_back();
+            }
+            heap.push_back({v, gi, gj});
+            std::push_heap(heap.begin(), heap.end(), larger);
+          }
+        }
+      }
+    });
+  }
+  hist.assign(static_cast<size_t>(bins), 0);
+  for (const auto& h : hists)
+    for (int64_t b = 0; b < bins; ++b) hist[static_cast<size_t>(b)] += h[static_cast<size_t>(b)];
+  top.clear();
+  for (const auto& h : heaps) top.insert(top.end(), h.begin(), h.end());
+  std::sort(top.begin(), top.end(), larger);
+  if (static_cast<int64_t>(top.size()) > k) top.resize(static_cast<size_t>(k));
+}
+
+}  // namespace
+
 Correlation::Correlation(Options o) : o_(o) {
   if (o.bins < 1) fail("Correlation: bins must be >= 1, got ", o.bins);
   if (o.top_k < 0) fail("Correlation: top_k must be >= 0, got ", o.top_k);
@@ -35,8 +100,9 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
     fail("Correlation", label_.empty() ? "" : " on '" + label_ + "'", ": got ", x.size(1), " neurons after ", neurons_,
          " in earlier updates");
   if (neurons_ && mean_.device() != x.device()) to(x.device());
-  // Refuse non-finite input before anything is counted.
-  check_finite(colsum64(x), x, "Correlation", label_, n_);
+  // Refuse non-finite input before anything is counted; the same sums give the centre.
+  const at::Tensor sums = colsum64(x);
+  check_finite(sums, x, "Correlation", label_, n_);
   if (!neurons_) {
     neurons_ = x.size(1);
     mean_ = at::zeros({neurons_}, x.options().dtype(at::kDouble));
@@ -47,17 +113,20 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
     }
   }
   x = x.contiguous();
-  for (int64_t s = 0; s < x.size(0); s += o_.chunk) add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)));
+  // Every chunk is centred on this update's mean, rounded to x's precision: Chan's correction
+  // (below) restores exactness, so it only has to be close.
+  const at::Tensor centre = (sums / static_cast<double>(x.size(0))).to(x.scalar_type()).contiguous();
+  for (int64_t s = 0; s < x.size(0); s += o_.chunk)
+    add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)), centre);
 }
 
-// One chunk: centre on the chunk's own mean, float32 tile products, then Chan's merge into M2.
-void Correlation::add_chunk(const at::Tensor& x) {
+// One chunk: centre on m1, float32 tile products, then Chan's merge into M2.
+void Correlation::add_chunk(const at::Tensor& x, const at::Tensor& m1) {
   if (o_.cpu_kernel && x.device().is_cpu() && x.scalar_type() == at::kFloat && comoment_kernel_available())
-    return add_chunk_kernel(x);
+    return add_chunk_kernel(x, m1);
   const int64_t nb = x.size(0), t = ntiles();
-  // Centre on an approximate mean m' (exactness is restored below); with s = Σ(x−m'):
-  // the chunk mean is m' + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m')(x−m')ᵀ − s sᵀ/nb.
-  at::Tensor m1 = (colsum64(x) / static_cast<double>(nb)).to(x.scalar_type());
+  // Centred on an approximate mean m1 (exactness is restored below); with s = Σ(x−m1):
+  // the chunk mean is m1 + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m1)(x−m1)ᵀ − s sᵀ/nb.
   at::Tensor xc = x - m1;
   at::Tensor sc = colsum64(xc);
   at::Tensor mb = m1.to(at::kDouble) + sc / static_cast<double>(nb);
@@ -79,10 +148,9 @@ void Correlation::add_chunk(const at::Tensor& x) {
 
 // The same update through comoment.cpp's kernel: centre and pack the chunk (panels of 16
 // neurons), then each block row's upper triangle with both corrections fused into its store.
-void Correlation::add_chunk_kernel(const at::Tensor& x) {
+void Correlation::add_chunk_kernel(const at::Tensor& x, const at::Tensor& m1) {
   const int64_t nb = x.size(0), t = ntiles(), n = neurons_;
   const int64_t groups = (n + kComomentPanel - 1) / kComomentPanel;
-  at::Tensor m1 = (colsum64(x) / static_cast<double>(nb)).to(at::kFloat).contiguous();
   at::Tensor packed = at::empty({groups, nb, kComomentPanel}, x.options());
   at::Tensor colsum = at::zeros({groups * kComomentPanel}, x.options().dtype(at::kDouble));
   {
@@ -230,7 +298,28 @@ Tensors Correlation::finalize() const {
   const bool cluster = o_.cluster_threshold > 0;
   std::vector<double> condensed;
   if (cluster) condensed.assign(static_cast<size_t>(n * (n - 1) / 2), 2.0);  // 2 > any 1 − |r|: never merged
-  for (int64_t a = 0; a < ntiles(); ++a) {
+  if (o_.cpu_kernel && dev.is_cpu()) {
+    // One pass over each block row (the ATen steps below make about ten).
+    const at::Tensor e = edges.contiguous(), z = zero.contiguous(), iv = inv.contiguous();
+    std::vector<int64_t> h;
+    std::vector<ScoredPair> top;
+    scan_pairs_cpu(tiles_, o_.tile, n, iv.data_ptr<double>(), z.data_ptr<bool>(), e.data_ptr<double>(), o_.bins,
+                   o_.top_k, cluster ? condensed.data() : nullptr, h, top);
+    hist = at::tensor(h, at::kLong);
+    if (!top.empty()) {
+      std::vector<double> tv;
+      std::vector<int64_t> ti, tj;
+      for (const auto& p : top) {
+        tv.push_back(p.v);
+        ti.push_back(p.i);
+        tj.push_back(p.j);
+      }
+      top_v.push_back(at::tensor(tv, at::kDouble));
+      top_i.push_back(at::tensor(ti, at::kLong));
+      top_j.push_back(at::tensor(tj, at::kLong));
+    }
+  }
+  for (int64_t a = 0; a < ntiles() && !(o_.cpu_kernel && dev.is_cpu()); ++a) {
     const at::Tensor& m2 = tiles_[a];
     const int64_t a0 = a * o_.tile, ra = m2.size(0), w = m2.size(1);
     at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, a0, w).unsqueeze(0)).abs_().clamp_max_(1.0);
