@@ -81,6 +81,19 @@ void scan_pairs_cpu(const std::vector<at::Tensor>& tiles, int64_t tile, int64_t 
   if (static_cast<int64_t>(top.size()) > k) top.resize(static_cast<size_t>(k));
 }
 
+// Chan's merge of nb tokens with mean mean_b into na tokens with mean `mean`: the shift of the
+// mean (delta, float64, contiguous), the weight of its outer product in M2 (f = na·nb/n) and of
+// delta in the new mean (w = nb/n).
+struct MeanShift {
+  at::Tensor delta;
+  double f, w;
+};
+MeanShift mean_shift(int64_t na, int64_t nb, const at::Tensor& mean, const at::Tensor& mean_b) {
+  const double n = static_cast<double>(na + nb);
+  return {(mean_b - mean).contiguous(), static_cast<double>(na) * static_cast<double>(nb) / n,
+          static_cast<double>(nb) / n};
+}
+
 }  // namespace
 
 Correlation::Correlation(Options o) : o_(o) {
@@ -116,88 +129,79 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
   // Every chunk is centred on this update's mean, rounded to x's precision: Chan's correction
   // (below) restores exactness, so it only has to be close.
   const at::Tensor centre = (sums / static_cast<double>(x.size(0))).to(x.scalar_type()).contiguous();
+  if (o_.cpu_kernel && x.device().is_cpu() && x.scalar_type() == at::kFloat && comoment_kernel_available())
+    return add_chunks_kernel(x, centre);
   for (int64_t s = 0; s < x.size(0); s += o_.chunk)
     add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)), centre);
 }
 
 // One chunk: centre on m1, float32 tile products, then Chan's merge into M2.
 void Correlation::add_chunk(const at::Tensor& x, const at::Tensor& m1) {
-  if (o_.cpu_kernel && x.device().is_cpu() && x.scalar_type() == at::kFloat && comoment_kernel_available())
-    return add_chunk_kernel(x, m1);
   const int64_t nb = x.size(0), t = ntiles();
   // Centred on an approximate mean m1 (exactness is restored below); with s = Σ(x−m1):
   // the chunk mean is m1 + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m1)(x−m1)ᵀ − s sᵀ/nb.
   at::Tensor xc = x - m1;
   at::Tensor sc = colsum64(xc);
-  at::Tensor mb = m1.to(at::kDouble) + sc / static_cast<double>(nb);
-  const int64_t na = n_;
-  const double n = static_cast<double>(na + nb);
-  at::Tensor delta = mb - mean_;
-  const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
+  const MeanShift sh = mean_shift(n_, nb, mean_, m1.to(at::kDouble) + sc / static_cast<double>(nb));
   // One product per block row (rows a0.., columns a0..N): wide GEMMs run near full speed.
   for (int64_t a = 0; a < t; ++a) {
     const int64_t a0 = a * o_.tile, ra = std::min(o_.tile, neurons_ - a0), w = neurons_ - a0;
     at::Tensor& m2 = tiles_[a];
     m2.add_(at::mm(xc.narrow(1, a0, ra).t(), xc.narrow(1, a0, w)));
     m2.addr_(sc.narrow(0, a0, ra), sc.narrow(0, a0, w), 1.0, -1.0 / static_cast<double>(nb));
-    if (na > 0) m2.addr_(delta.narrow(0, a0, ra), delta.narrow(0, a0, w), 1.0, f);
+    if (n_ > 0) m2.addr_(sh.delta.narrow(0, a0, ra), sh.delta.narrow(0, a0, w), 1.0, sh.f);
   }
-  mean_.add_(delta * (static_cast<double>(nb) / n));
+  mean_.add_(sh.delta * sh.w);
   n_ += nb;
 }
 
-// The same update through comoment.cpp's kernel: centre and pack the chunk (panels of 16
-// neurons), then each block row's upper triangle with both corrections fused into its store.
-void Correlation::add_chunk_kernel(const at::Tensor& x, const at::Tensor& m1) {
-  const int64_t nb = x.size(0), t = ntiles(), n = neurons_;
-  const int64_t groups = (n + kComomentPanel - 1) / kComomentPanel;
-  at::Tensor packed = at::empty({groups, nb, kComomentPanel}, x.options());
-  at::Tensor colsum = at::zeros({groups * kComomentPanel}, x.options().dtype(at::kDouble));
-  {
-    const float *xp = x.data_ptr<float>(), *shift = m1.data_ptr<float>();
-    float* pp = packed.data_ptr<float>();
-    double* cs = colsum.data_ptr<double>();
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) { comoment_pack(xp, nb, n, shift, pp, cs, g0, g1); });
-  }
-  at::Tensor sc = colsum.narrow(0, 0, n);
-  at::Tensor mb = m1.to(at::kDouble) + sc / static_cast<double>(nb);
-  const int64_t na = n_;
-  const double total = static_cast<double>(na + nb);
-  at::Tensor delta = (mb - mean_).contiguous();
-  const double f = static_cast<double>(na) * static_cast<double>(nb) / total;
+// The same updates through comoment.cpp's kernel, chunk by chunk, with the work buffers made once
+// per update: centre and pack the chunk (panels of 16 neurons), then each block row's upper
+// triangle with both corrections fused into its store.
+void Correlation::add_chunks_kernel(const at::Tensor& x, const at::Tensor& m1) {
+  const int64_t t = ntiles(), n = neurons_, rows0 = std::min(o_.tile, n);
+  const int64_t groups = (n + kComomentPanel - 1) / kComomentPanel, most = std::min(o_.chunk, x.size(0));
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), groups));
-  at::Tensor scratch = at::empty({static_cast<int64_t>(comoment_scratch_floats(0, std::min(o_.tile, n), n, nb))},
-                                 x.options());
-  const int64_t apack_n = static_cast<int64_t>(comoment_apack_floats(std::min(o_.tile, n)));
+  const int64_t apack_n = static_cast<int64_t>(comoment_apack_floats(rows0));
+  at::Tensor packed = at::empty({groups * most * kComomentPanel}, x.options());
+  at::Tensor scratch = at::empty({static_cast<int64_t>(comoment_scratch_floats(0, rows0, n, most))}, x.options());
   at::Tensor apack = at::empty({parts * apack_n}, x.options());
-  for (int64_t a = 0; a < t; ++a) {
-    at::Tensor& m2 = tiles_[a];
-    if (!m2.is_contiguous()) m2 = m2.contiguous();
-    const ComomentRow row{a * o_.tile, m2.size(0), m2.size(1), m2.data_ptr<double>(), sc.data_ptr<double>(),
-                          -1.0 / static_cast<double>(nb), na > 0 ? delta.data_ptr<double>() : nullptr, f};
-    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q)
-        comoment_row(packed.data_ptr<float>(), nb, row, scratch.numel() ? scratch.data_ptr<float>() : nullptr,
-                     apack.data_ptr<float>() + q * apack_n, q, parts);
-    });
-    comoment_mirror(row);
+  at::Tensor colsum = at::empty({groups * kComomentPanel}, x.options().dtype(at::kDouble));
+  const float* shift = m1.data_ptr<float>();
+  for (int64_t s0 = 0; s0 < x.size(0); s0 += o_.chunk) {
+    const int64_t nb = std::min(o_.chunk, x.size(0) - s0);
+    const float* xp = x.data_ptr<float>() + s0 * n;
+    float* pp = packed.data_ptr<float>();
+    double* cs = colsum.zero_().data_ptr<double>();
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) { comoment_pack(xp, nb, n, shift, pp, cs, g0, g1); });
+    at::Tensor sc = colsum.narrow(0, 0, n);
+    const MeanShift sh = mean_shift(n_, nb, mean_, m1.to(at::kDouble) + sc / static_cast<double>(nb));
+    float* scr = comoment_scratch_floats(0, rows0, n, nb) ? scratch.data_ptr<float>() : nullptr;
+    for (int64_t a = 0; a < t; ++a) {
+      at::Tensor& m2 = tiles_[a];
+      if (!m2.is_contiguous()) m2 = m2.contiguous();
+      const ComomentRow row{a * o_.tile, m2.size(0), m2.size(1), m2.data_ptr<double>(), sc.data_ptr<double>(),
+                            -1.0 / static_cast<double>(nb), n_ > 0 ? sh.delta.data_ptr<double>() : nullptr, sh.f};
+      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q)
+          comoment_row(pp, nb, row, scr, apack.data_ptr<float>() + q * apack_n, q, parts);
+      });
+      comoment_mirror(row);
+    }
+    mean_.add_(sh.delta * sh.w);
+    n_ += nb;
   }
-  mean_.add_(delta * (static_cast<double>(nb) / total));
-  n_ += nb;
 }
 
 void Correlation::merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b) {
-  const int64_t na = n_, t = ntiles();
-  const double n = static_cast<double>(na + nb);
-  at::Tensor delta = mean_b - mean_;
-  const double f = static_cast<double>(na) * static_cast<double>(nb) / n;
-  for (int64_t a = 0; a < t; ++a) {
+  const MeanShift sh = mean_shift(n_, nb, mean_, mean_b);
+  for (int64_t a = 0; a < ntiles(); ++a) {
     const int64_t a0 = a * o_.tile;
     at::Tensor& m2 = tiles_[a];
     m2.add_(m2_b[a].to(m2.device()));
-    m2.addr_(delta.narrow(0, a0, m2.size(0)), delta.narrow(0, a0, m2.size(1)), 1.0, f);
+    m2.addr_(sh.delta.narrow(0, a0, m2.size(0)), sh.delta.narrow(0, a0, m2.size(1)), 1.0, sh.f);
   }
-  mean_.add_(delta * (static_cast<double>(nb) / n));
+  mean_.add_(sh.delta * sh.w);
   n_ += nb;
 }
 
@@ -299,7 +303,7 @@ Tensors Correlation::finalize() const {
   std::vector<double> condensed;
   if (cluster) condensed.assign(static_cast<size_t>(n * (n - 1) / 2), 2.0);  // 2 > any 1 − |r|: never merged
   if (o_.cpu_kernel && dev.is_cpu()) {
-    // One pass over each block row (the ATen steps below make about ten).
+    // One pass over each block row (the ATen steps make about ten).
     const at::Tensor e = edges.contiguous(), z = zero.contiguous(), iv = inv.contiguous();
     std::vector<int64_t> h;
     std::vector<ScoredPair> top;
@@ -318,32 +322,33 @@ Tensors Correlation::finalize() const {
       top_i.push_back(at::tensor(ti, at::kLong));
       top_j.push_back(at::tensor(tj, at::kLong));
     }
-  }
-  for (int64_t a = 0; a < ntiles() && !(o_.cpu_kernel && dev.is_cpu()); ++a) {
-    const at::Tensor& m2 = tiles_[a];
-    const int64_t a0 = a * o_.tile, ra = m2.size(0), w = m2.size(1);
-    at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, a0, w).unsqueeze(0)).abs_().clamp_max_(1.0);
-    // pairs i < j: strictly right of the diagonal inside the block row, neither neuron constant
-    at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, a0, w).logical_not().unsqueeze(0);
-    valid = valid & at::ones({ra, w}, valid.options()).triu(1);
-    at::Tensor v = ar.masked_select(valid);
-    // np.histogram's bins: [e_i, e_{i+1}), the last one closed.
-    at::Tensor idx = (at::bucketize(v, edges_dev, /*out_int32=*/false, /*right=*/true) - 1).clamp_(0, o_.bins - 1);
-    hist.add_(at::bincount(idx, {}, o_.bins));
-    if (o_.top_k > 0 && v.numel() > 0) {
-      at::Tensor flat = ar.masked_fill(valid.logical_not(), -1.0).reshape({-1});
-      auto [tv, ti] = flat.topk(std::min<int64_t>(o_.top_k, v.numel()));
-      top_v.push_back(tv);
-      top_i.push_back(at::floor_divide(ti, w) + a0);
-      top_j.push_back(at::remainder(ti, w) + a0);
-    }
-    if (cluster) {
-      at::Tensor dist = (1.0 - ar).masked_fill_(valid.logical_not(), 2.0).cpu().contiguous();
-      const double* p = dist.data_ptr<double>();
-      for (int64_t i = 0; i < ra; ++i) {
-        const int64_t gi = a0 + i;
-        const int64_t row = gi * n - gi * (gi + 1) / 2 - gi - 1;  // condensed index of (gi, j) = row + j
-        for (int64_t c = i + 1; c < w; ++c) condensed[static_cast<size_t>(row + a0 + c)] = p[i * w + c];
+  } else {
+    for (int64_t a = 0; a < ntiles(); ++a) {
+      const at::Tensor& m2 = tiles_[a];
+      const int64_t a0 = a * o_.tile, ra = m2.size(0), w = m2.size(1);
+      at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, a0, w).unsqueeze(0)).abs_().clamp_max_(1.0);
+      // pairs i < j: strictly right of the diagonal inside the block row, neither neuron constant
+      at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, a0, w).logical_not().unsqueeze(0);
+      valid = valid & at::ones({ra, w}, valid.options()).triu(1);
+      at::Tensor v = ar.masked_select(valid);
+      // np.histogram's bins: [e_i, e_{i+1}), the last one closed.
+      at::Tensor idx = (at::bucketize(v, edges_dev, /*out_int32=*/false, /*right=*/true) - 1).clamp_(0, o_.bins - 1);
+      hist.add_(at::bincount(idx, {}, o_.bins));
+      if (o_.top_k > 0 && v.numel() > 0) {
+        at::Tensor flat = ar.masked_fill(valid.logical_not(), -1.0).reshape({-1});
+        auto [tv, ti] = flat.topk(std::min<int64_t>(o_.top_k, v.numel()));
+        top_v.push_back(tv);
+        top_i.push_back(at::floor_divide(ti, w) + a0);
+        top_j.push_back(at::remainder(ti, w) + a0);
+      }
+      if (cluster) {
+        at::Tensor dist = (1.0 - ar).masked_fill_(valid.logical_not(), 2.0).cpu().contiguous();
+        const double* p = dist.data_ptr<double>();
+        for (int64_t i = 0; i < ra; ++i) {
+          const int64_t gi = a0 + i;
+          const int64_t row = gi * n - gi * (gi + 1) / 2 - gi - 1;  // condensed index of (gi, j) = row + j
+          for (int64_t c = i + 1; c < w; ++c) condensed[static_cast<size_t>(row + a0 + c)] = p[i * w + c];
+        }
       }
     }
   }
