@@ -18,6 +18,7 @@ and, for the peer, nothing else) so that the import of torch does not hide the d
     python bench/analyses.py                 # the sizes of the issue (takes a few minutes)
     python bench/analyses.py --quick         # small sizes
     python bench/analyses.py --repeat 3      # best of 3 runs of each side (shared machines are noisy)
+    python bench/analyses.py --only corr     # the correlation benchmark alone (or --only dead)
     python bench/analyses.py --device cuda   # qinterp's accumulators on a GPU (the batches are made on
                                              # the CPU, as numpy's are, and copied over inside the timing)
 """
@@ -157,6 +158,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs of each side")
     ap.add_argument("--device", default="cpu", help="where qinterp's accumulators run (cpu, cuda)")
+    ap.add_argument("--only", choices=["corr", "dead"], help="run one of the two benchmarks")
     ap.add_argument("--child", nargs=5)
     a = ap.parse_args()
     if a.child:
@@ -166,7 +168,7 @@ def main():
     os.environ["QINTERP_BENCH_DEVICE"] = a.device
     print(f"{os.cpu_count()} CPU threads; qinterp on {a.device}; best of {a.repeat}")
     corr_sizes = [(20000, 1536), (4000, 4096)] if a.quick else [(200000, 1536), (20000, 11008)]
-    for t, n in corr_sizes:
+    for t, n in corr_sizes if a.only != "dead" else []:
         ref, ours = run("corr", "numpy", t, n, a.repeat), run("corr", "qinterp", t, n, a.repeat)
         same = ref["histogram"] == ours["histogram"]
         diff = sum(abs(x - y) for x, y in zip(ref["histogram"], ours["histogram"]))
@@ -179,7 +181,7 @@ def main():
               + "; histograms "
               f"{'identical' if same else f'differ by {diff} pairs'}", flush=True)
     dead_sizes = [(4096, 512)] if a.quick else [(8192, 1536)]
-    for t, n in dead_sizes:
+    for t, n in dead_sizes if a.only != "corr" else []:
         ref, ours = run("dead", "authors", t, n), run("dead", "qinterp", t, n, a.repeat)
         print(f"dead neurons, {t} tokens x {n} neurons: authors' per-neuron HDF5 {ref['seconds']:.1f} s "
               f"(writing {ref['write_seconds']:.1f} s), qinterp {ours['seconds']:.3f} s -> "

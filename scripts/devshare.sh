@@ -4,10 +4,12 @@
 # none of Debian's libraries, and a carry is limited to 64 MiB:
 #   .devshare/lib/      libqinterp.so.0 and the Debian libraries it links that are not torch's,
 #                       CUDA's or glibc's (HDF5 and its closure, PCRE2, ICU)
-#   .devshare/bin/      the binaries named on the command line (default: the CUDA tests and the
-#                       4-bit kernel benchmark)
+#   .devshare/bin/      the binaries named on the command line (default: the CUDA tests, the
+#                       library's tests for its CUDA cases, and the 4-bit kernel benchmark)
 #   .devshare/fixtures/stories260K/   the test model and tokenizer
-# Then, with the device tool (carry [".devshare"]):
+# Then, with the device tool (carry [".devshare"]), all GPU checks in one call:
+#   bash scripts/gpu_checks.sh
+# or single steps:
 #   bash scripts/gpu_run.sh .devshare/bin/qinterp_cuda_tests
 #   python3 scripts/build_python_ext.py --lib .devshare/lib/libqinterp.so.0 --out .devshare/py
 #   PYTHONPATH=.devshare/py bash scripts/gpu_run.sh python3 -m pytest -q -rs tests/python/test_gguf_blocks.py
@@ -19,7 +21,7 @@ SHARED="${QINTERP_SHARED:-../shared}"
 lib="$(ls "$BUILD"/libqinterp.so.*.*.* 2>/dev/null | head -1 || true)"
 [ -n "$lib" ] || { echo "devshare: no $BUILD/libqinterp.so.X.Y.Z; run make build first" >&2; exit 1; }
 bins=("$@")
-[ ${#bins[@]} -gt 0 ] || bins=("$BUILD/tests/qinterp_cuda_tests" "$BUILD/qinterp_quant4_bench")
+[ ${#bins[@]} -gt 0 ] || bins=("$BUILD/tests/qinterp_cuda_tests" "$BUILD/tests/qinterp_tests" "$BUILD/qinterp_quant4_bench")
 
 rm -rf .devshare
 mkdir -p .devshare/lib .devshare/bin .devshare/fixtures

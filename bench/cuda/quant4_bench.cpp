@@ -1,6 +1,7 @@
 // GPU benchmark of the 4-bit kernels against the device's own ceilings, in one run:
 //   dequantize (NF4 -> fp16) vs a device-to-device copy (bytes read + written per second);
-//   fused NF4 GEMV vs cuBLAS fp16 GEMV (cublasGemmEx, n = 1) on 4096x11008 and 11008x4096.
+//   fused NF4 GEMV vs cuBLAS fp16 GEMV (cublasGemmEx, n = 1) on 4096x11008 and 11008x4096, the
+//   GEMV launched plainly and with programmatic dependent launch ("pdl").
 // Weights rotate over several buffers larger than L2 together, so the numbers are DRAM numbers.
 // Usage: quant4_bench [iterations]   (prints a table; see docs/performance.md)
 #include <cublas_v2.h>
@@ -113,7 +114,8 @@ int main(int argc, char** argv) {
   // GEMV: fused NF4 vs cuBLAS fp16, both shapes.
   cublasHandle_t h;
   CB(cublasCreate(&h));
-  std::printf("%-12s %10s %10s %8s %14s\n", "gemv", "nf4 us", "fp16 us", "speedup", "nf4 GB/s");
+  std::printf("%-12s %10s %10s %8s %14s %10s %8s\n", "gemv", "nf4 us", "fp16 us", "speedup", "nf4 GB/s", "pdl us",
+              "speedup");
   for (const auto& shape : {std::pair<int64_t, int64_t>{4096, 11008}, {11008, 4096}}) {
     const int64_t R = shape.first, C = shape.second, N = R * C;
     __half *x, *y;
@@ -122,10 +124,15 @@ int main(int argc, char** argv) {
     std::vector<__half> xh(C);
     for (int64_t k = 0; k < C; ++k) xh[k] = __float2half(0.01f * ((k * 37) % 200 - 100));
     CK(cudaMemcpy(x, xh.data(), C * sizeof(__half), cudaMemcpyHostToDevice));
-    const float q_ms = median_ms(iters, [&](int i) {
+    auto run_q = [&](int i) {
       CK(qinterp::cuda::gemv_4bit(wp[i % kW], wa[i % kW], nullptr, nullptr, 0.0f, nullptr, R, C, block, 0, x, y,
                                   qinterp::cuda::kF16, 1, nullptr));
-    }, 20);
+    };
+    const float q_ms = median_ms(iters, run_q, 20);
+    // the same with programmatic dependent launch (each GEMV's prologue overlaps the previous one)
+    qinterp::cuda::set_gemv_programmatic_launch(true);
+    const float p_ms = median_ms(iters, run_q, 20);
+    qinterp::cuda::set_gemv_programmatic_launch(false);
     const int kH = 3;  // fp16 weights: 3 x 90 MB, beyond L2
     std::vector<__half*> wh(kH);
     for (int i = 0; i < kH; ++i) {
@@ -142,8 +149,8 @@ int main(int argc, char** argv) {
                       CUDA_R_16F, (int)C, &beta, y, CUDA_R_16F, (int)R, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }, 20);
     const double q_gbs = (N / 2.0 + N / block * 4.0) / (q_ms * 1e-3) / 1e9;
-    std::printf("%5lldx%-6lld %10.1f %10.1f %7.2fx %14.0f\n", (long long)R, (long long)C, q_ms * 1e3, h_ms * 1e3,
-                h_ms / q_ms, q_gbs);
+    std::printf("%5lldx%-6lld %10.1f %10.1f %7.2fx %14.0f %10.1f %7.2fx\n", (long long)R, (long long)C, q_ms * 1e3,
+                h_ms * 1e3, h_ms / q_ms, q_gbs, p_ms * 1e3, h_ms / p_ms);
     for (auto p : wh) CK(cudaFree(p));
     CK(cudaFree(x));
     CK(cudaFree(y));

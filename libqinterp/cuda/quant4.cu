@@ -3,8 +3,10 @@
 // the bytes stay identical to the CPU's.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "quant4.cuh"
 
@@ -124,14 +126,35 @@ __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const
 // decodes to a half2 (its two codes) through a 256-entry table replicated per lane (no bank
 // conflicts). Products are summed per byte pair in half2, per chunk (one absmax) in float32.
 constexpr int kWarps2 = 16, kMaxCols2 = 16384, kPad = 40;  // halves per staged 32-value chunk
+// Programmatic dependent launch (sm_90+). Both instructions are no-ops when the launch did not
+// ask for it, and they compile to nothing for older architectures.
+// allow_next_kernel: the next kernel in the stream, if launched with programmatic serialization,
+// may start its own prologue as soon as every block of this one has passed this point.
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// wait_previous_kernel: blocks until the previous kernel in the stream has finished and its
+// writes are visible. Everything before it must not touch memory that kernel writes or reads.
+__device__ __forceinline__ void wait_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Shared prologue of the fp16 GEMV kernels: the byte -> half2 code table replicated per lane,
-// and x as fp16 in 32-value chunks padded to kPad halves. Ends with a barrier.
+// and x as fp16 in 32-value chunks padded to kPad halves. Ends with a barrier. The weights and
+// the table do not depend on the previous kernel, x may be its output: under programmatic
+// launch, the wait sits between the two (and before any write of y, which comes later).
 __device__ __forceinline__ void stage_table_and_x(__half2* lut, __half* xs, const __half* xb, int64_t cols,
                                                   int type) {
+  allow_next_kernel();
   for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
     const int byte = i >> 5;
     lut[i] = __floats2half2_rn(kCode[type][byte >> 4], kCode[type][byte & 15]);
   }
+  wait_previous_kernel();
   for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8)
     *reinterpret_cast<uint4*>(xs + (i >> 5) * kPad + (i & 31)) = *reinterpret_cast<const uint4*>(xb + i);
   __syncthreads();
@@ -346,6 +369,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_4bit_kernel(
   }
 }
 
+std::atomic<bool> g_programmatic_launch{false};
+
 cudaError_t init_bounds() {
   static cudaError_t done = [] {
     float b[2][15];
@@ -391,6 +416,8 @@ cudaError_t dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t 
   return cudaGetLastError();
 }
 
+void set_gemv_programmatic_launch(bool on) { g_programmatic_launch.store(on, std::memory_order_relaxed); }
+
 cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t* qabs, const float* absmax2,
                       float offset, const float* code2, int64_t rows, int64_t cols, int block, int type,
                       const void* x, void* y, InDType io, int64_t batch, cudaStream_t stream) {
@@ -399,8 +426,9 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
   if (io == kF16 && cols <= kMaxCols2 && cols % 32 == 0) {
     const size_t smem2 = 256 * 32 * 4 + (cols / 32) * kPad * sizeof(__half);
     static int per_sm[2] = {0, 0};  // resident blocks per SM of the row and pair kernels, once
-    static int sms = 0;
+    static int sms = 0, major = 0;
     if (!sms) {
+      if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) major = 0;
       const size_t most = 256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2;  // opt in beyond 48 KiB
       for (auto k : {gemv_4bit_f16_row_kernel, gemv_4bit_f16_pair_kernel}) {
         cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
@@ -424,8 +452,24 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
     const dim3 grid2(static_cast<unsigned>(std::min(groups, std::max<int64_t>(resident / batch, 1))),
                      static_cast<unsigned>(batch));
     auto kernel = pairs ? gemv_4bit_f16_pair_kernel : gemv_4bit_f16_row_kernel;
+    const __half* xh = static_cast<const __half*>(x);
+    __half* yh = static_cast<__half*>(y);
+    if (g_programmatic_launch.load(std::memory_order_relaxed) && major >= 9) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = grid2;
+      cfg.blockDim = dim3(kWarps2 * 32);
+      cfg.dynamicSmemBytes = smem2;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      return cudaLaunchKernelEx(&cfg, kernel, packed, absmax, qabs, absmax2, offset, code2, rows, cols, block, type,
+                                xh, yh);
+    }
     kernel<<<grid2, kWarps2 * 32, smem2, stream>>>(packed, absmax, qabs, absmax2, offset, code2, rows, cols, block,
-                                                  type, static_cast<const __half*>(x), static_cast<__half*>(y));
+                                                  type, xh, yh);
     return cudaGetLastError();
   }
   const size_t smem = (16 * 32 + (cols <= kMaxSmemCols ? cols : 0)) * sizeof(float);

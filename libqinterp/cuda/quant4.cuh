@@ -26,4 +26,13 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
                       float offset, const float* code2, int64_t rows, int64_t cols, int block, int type,
                       const void* x, void* y, InDType io, int64_t batch, cudaStream_t stream);
 
+// Launch the fp16 GEMV kernels with programmatic dependent launch (compute capability 9.0+; a
+// no-op elsewhere). Each kernel then lets the next one in the stream begin early, and itself
+// starts while the previous kernel drains: it loads its first weights and absmax and builds its
+// code table, then waits for that kernel before it reads x or writes y. Safe only when the
+// packed weights, absmax and double-quantization tables were not written by the kernel issued
+// just before (true for a decoder's preloaded weights, not for quantize-then-multiply). Off by
+// default; process-wide.
+void set_gemv_programmatic_launch(bool on);
+
 }  // namespace qinterp::cuda
