@@ -71,6 +71,29 @@ TEST(Safetensors, MalformedFilesGiveErrors) {
     EXPECT_THROW(io::SafetensorsFile(d.write("t.st", full.substr(0, n))), Error) << "length " << n;
 }
 
+// Messages quote bytes from the files they describe; whatever those bytes are, the message is
+// well-formed UTF-8 (so that it prints, and converts to a Python str).
+TEST(Error, MessagesAreWellFormedUtf8) {
+  EXPECT_STREQ(Error("plain ascii").what(), "plain ascii");
+  EXPECT_STREQ(Error("caf\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80").what(), "caf\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80");
+  EXPECT_STREQ(Error("a\xff b").what(), "a\\xff b");                       // not a lead byte
+  EXPECT_STREQ(Error("cut \xe2\x82").what(), "cut \\xe2\\x82");           // sequence cut short
+  EXPECT_STREQ(Error("\xc0\xaf").what(), "\\xc0\\xaf");                    // overlong '/'
+  EXPECT_STREQ(Error("\xed\xa0\x80").what(), "\\xed\\xa0\\x80");          // a UTF-16 surrogate
+  EXPECT_STREQ(Error("\xf4\x90\x80\x80").what(), "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
+  // a safetensors header whose JSON breaks on a byte that is not UTF-8
+  qt::TempDir d;
+  const std::string bad = R"({"w\xef":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  try {
+    io::SafetensorsFile(d.write("u.st", safetensors_bytes(bad, std::string(4, '\0'))));
+    ADD_FAILURE() << "a header with a non-UTF-8 key was accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("u.st"), std::string::npos) << m;
+    EXPECT_EQ(m, detail::printable_utf8(m)) << m;
+  }
+}
+
 TEST(Safetensors, ShardedIndex) {
   qt::TempDir d;
   std::vector<float> a = {1, 2}, b = {3};

@@ -264,6 +264,9 @@ def test_malformed_files_raise_errors(tmp_path):
         "junk.model": (b"\xff" * 100, "malformed"),
         "junk.gguf": (b"GGUF\x03\x00\x00\x00" + b"\xff" * 40, "junk.gguf"),
         "junk.bin": (b"\x01\x00", "junk.bin"),
+        # the JSON parser quotes what it last read, here a byte that is not UTF-8: the message must
+        # still reach Python as qinterp.Error (it was a UnicodeDecodeError), the byte as \xff
+        "utf8.json": (b'{"model": {"type": "BPE",\n  \xff', "\\xff"),
     }
     for name, (data, msg) in cases.items():
         (tmp_path / name).write_bytes(data)
