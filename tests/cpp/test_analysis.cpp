@@ -135,6 +135,60 @@ TEST(Correlation, MergeAndRestoreEqualOnePass) {
 // The AVX2 kernel (default on the CPU for float32) against the ATen products it replaces:
 // ragged panels (n not a multiple of 16, tiles not aligned to panels), chunks of one pass and
 // of several (256 tokens a pass), constant neurons, and a mean far from zero.
+// A saved state comes from a file that may be damaged or written by something else: restore()
+// checks every entry (presence, shape, dtype, non-negative counts) and says which is wrong,
+// with qinterp::Error; the accumulator is left as it was.
+TEST(AccumulatorState, RestoreRefusesDamagedStatesAndKeepsItsOwn) {
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({40, 12});
+  Correlation corr;
+  DeadNeurons dead;
+  NeuronStats stats;
+  Drift drift;
+  Calibration cal;
+  Perplexity ppl;
+  corr.update(x);
+  dead.update(x);
+  stats.update(x);
+  drift.update(x, x + 0.1);
+  cal.update(at::rand({30}, at::kDouble), at::rand({30}).gt(0.5));
+  ppl.update(at::randn({2, 5, 7}), at::randint(0, 7, {2, 5}));
+  for (Accumulator* acc : std::vector<Accumulator*>{&corr, &dead, &stats, &drift, &cal, &ppl}) {
+    const State good = acc->state();
+    const Tensors before = acc->finalize();
+    int cases = 0;
+    for (const auto& [name, t] : good.tensors) {
+      std::vector<std::pair<std::string, at::Tensor>> bad = {{"missing", at::Tensor()},
+                                                             {"a wrong shape", at::zeros({t.numel() + 1, 2}, t.options())}};
+      if (t.dim() > 0)  // arrays: counts must be integers and values floating point (settings are numbers)
+        bad.push_back({"a wrong dtype", t.scalar_type() == at::kBool            ? t.to(at::kFloat)
+                                        : at::isFloatingType(t.scalar_type()) ? t.to(at::kByte)
+                                                                               : t.to(at::kDouble)});
+      if (at::isIntegralType(t.scalar_type(), false)) bad.push_back({"negative counts", -t - 1});
+      for (const auto& [how, v] : bad) {
+        State s = good;
+        if (v.defined()) s.tensors[name] = v;
+        else s.tensors.erase(name);
+        try {
+          acc->restore(s);
+          ADD_FAILURE() << acc->kind() << ": restored with '" << name << "' " << how;
+        } catch (const Error& e) {
+          const std::string m = e.what();
+          EXPECT_NE(m.find(acc->kind()), std::string::npos) << m;
+          EXPECT_NE(m.find(name.substr(name.find('.') + 1)), std::string::npos) << how << ": " << m;
+        }
+        ++cases;
+        const Tensors after = acc->finalize();  // unchanged by the failed restore
+        for (const auto& [k, r] : before)
+          EXPECT_TRUE(at::equal(r, after.at(k)) || (r.is_floating_point() && at::allclose(r, after.at(k), 0, 0, true)))
+              << acc->kind() << " '" << k << "' changed after a refused restore (" << name << ", " << how << ")";
+      }
+    }
+    EXPECT_GE(cases, 5) << acc->kind();  // Perplexity has two entries, the others more
+    acc->restore(good);  // and a good state still restores
+  }
+}
+
 TEST(Correlation, CpuKernelMatchesAtenReference) {
   if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
     std::cout << "[ NOTE     ] this CPU has no AVX2+FMA: both sides run the ATen path\n";

@@ -73,12 +73,13 @@ State Calibration::state() const {
 
 void Calibration::restore(const State& s) {
   check_kind(s, kind());
-  same_setting("Calibration", "bins", static_cast<double>(bins_), need(s, kind(), "bins").item<double>());
-  at::Tensor c = need(s, kind(), "confidence"), k = need(s, kind(), "correct");
-  if (c.dim() != 1 || k.dim() != 1 || c.size(0) != k.size(0))
-    fail("saved Calibration state: confidence ", c.sizes(), " and correct ", k.sizes(), " do not match");
-  conf_ = {c.to(at::kDouble).clone()};
-  correct_ = {k.to(at::kBool).clone()};
+  same_setting("Calibration", "bins", static_cast<double>(bins_), need_number(s, kind(), "bins"));
+  at::Tensor c = need_array(s, kind(), "confidence", {-1}, at::kDouble);
+  at::Tensor k = need_array(s, kind(), "correct", {c.size(0)}, at::kBool);
+  if (c.numel() && !(c.ge(0.0).logical_and(c.le(1.0))).all().item<bool>())
+    fail("saved Calibration state: a confidence lies outside [0, 1]");
+  conf_ = {c};
+  correct_ = {k};
 }
 
 void Calibration::to(const at::Device&) {}  // kept on the host: it is a few bytes per example
@@ -185,8 +186,11 @@ State Perplexity::state() const { return State{kind(), {{"tokens", scalar(tokens
 
 void Perplexity::restore(const State& s) {
   check_kind(s, kind());
-  tokens_ = need(s, kind(), "tokens").item<int64_t>();
-  nll_ = need(s, kind(), "nll").item<double>();
+  const int64_t tokens = need_count(s, kind(), "tokens");
+  const double nll = need_number(s, kind(), "nll");
+  if (nll < 0) fail("saved Perplexity state: the summed negative log-likelihood is ", nll, ", below 0");
+  nll_ = nll;
+  tokens_ = tokens;
 }
 
 Tensors Perplexity::finalize() const {

@@ -2,7 +2,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "qinterp/analysis/accumulator.hpp"
 #include "qinterp/error.hpp"
@@ -25,6 +27,19 @@ at::Tensor colsum64(const at::Tensor& x);
 at::Tensor scalar(double v);
 at::Tensor scalar(int64_t v);
 const at::Tensor& need(const State& s, const std::string& kind, const std::string& name);
+// Checked reads of a saved state (a file may be damaged or come from elsewhere): each throws
+// Error naming the analysis, the entry and what was expected.
+//   need_count: one integer >= 0 (an integer dtype); need_number: one real number;
+//   need_array: `dims` sizes (-1 = any), an integer dtype when `as` is an integer type, a
+//   floating one when it is floating; returned as a contiguous copy of type `as`, on the CPU;
+//   counts (integer `as`) must be >= 0.
+// Whether any of `names` is in the state: the optional parts of a state (absent until data came)
+// are all there or all missing, and need_array reports the missing ones.
+bool any_of(const State& s, const std::string& kind, std::initializer_list<const char*> names);
+int64_t need_count(const State& s, const std::string& kind, const std::string& name);
+double need_number(const State& s, const std::string& kind, const std::string& name);
+at::Tensor need_array(const State& s, const std::string& kind, const std::string& name,
+                      const std::vector<int64_t>& dims, at::ScalarType as);
 void check_kind(const State& s, const std::string& kind);
 void same_setting(const char* kind, const char* what, double mine, double theirs);
 // `t` on `device` (undefined stays undefined).

@@ -1,10 +1,11 @@
 #include "qinterp/analysis/correlation.hpp"
 
 #include <algorithm>
-#include <functional>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
+#include <tuple>
 
 #include <ATen/Parallel.h>
 
@@ -239,23 +240,21 @@ State Correlation::state() const {
 void Correlation::restore(const State& s) {
   check_kind(s, kind());
   const std::string k = kind();
-  same_setting("Correlation", "bins", static_cast<double>(o_.bins), need(s, k, "bins").item<double>());
-  same_setting("Correlation", "tile", static_cast<double>(o_.tile), need(s, k, "tile").item<double>());
-  n_ = need(s, k, "tokens").item<int64_t>();
-  neurons_ = need(s, k, "neurons").item<int64_t>();
-  tiles_.clear();
-  mean_ = at::Tensor();
-  if (!neurons_) return;
-  mean_ = need(s, k, "mean").to(at::kDouble).clone();
-  if (mean_.dim() != 1 || mean_.size(0) != neurons_) fail("saved Correlation state: mean has shape ", mean_.sizes(),
-                                                           ", expected [", neurons_, "]");
-  for (int64_t a = 0; a < ntiles(); ++a) {
-    at::Tensor t = need(s, k, "m2_" + std::to_string(a)).to(at::kDouble).clone();
-    const int64_t ra = std::min(o_.tile, neurons_ - a * o_.tile), w = neurons_ - a * o_.tile;
-    if (t.dim() != 2 || t.size(0) != ra || t.size(1) != w)
-      fail("saved Correlation state: block row m2_", a, " has shape ", t.sizes(), ", expected [", ra, ", ", w, "]");
-    tiles_.push_back(t);
+  same_setting("Correlation", "bins", static_cast<double>(o_.bins), need_number(s, k, "bins"));
+  same_setting("Correlation", "tile", static_cast<double>(o_.tile), need_number(s, k, "tile"));
+  const int64_t tokens = need_count(s, k, "tokens"), neurons = need_count(s, k, "neurons");
+  at::Tensor mean;
+  std::vector<at::Tensor> tiles;
+  if (neurons) {  // everything is checked before anything is replaced
+    mean = need_array(s, k, "mean", {neurons}, at::kDouble);
+    for (int64_t a0 = 0; a0 < neurons; a0 += o_.tile)
+      tiles.push_back(need_array(s, k, "m2_" + std::to_string(a0 / o_.tile),
+                                 {std::min(o_.tile, neurons - a0), neurons - a0}, at::kDouble));
   }
+  n_ = tokens;
+  neurons_ = neurons;
+  mean_ = mean;
+  tiles_ = std::move(tiles);
 }
 
 void Correlation::to(const at::Device& device) {
@@ -532,12 +531,30 @@ void Drift::restore(const State& s) {
     if (k.rfind("dead_full.", 0) == 0) da.tensors[k.substr(10)] = v;
     if (k.rfind("dead_quant.", 0) == 0) db.tensors[k.substr(11)] = v;
   }
-  dead_a_.restore(da);
-  dead_b_.restore(db);
-  n_ = need(s, kind(), "tokens").item<int64_t>();
-  sums_.clear();
-  if (s.tensors.count("mean_full"))
-    for (const char* k : kDriftSums) sums_[k] = need(s, kind(), k).to(at::kDouble).clone();
+  const int64_t tokens = need_count(s, kind(), "tokens");
+  Tensors sums;
+  bool some = false;
+  for (const char* k : kDriftSums) some = some || s.tensors.count(k);
+  if (some) {  // everything is checked before anything is replaced
+    const int64_t n = need_array(s, kind(), "mean_full", {-1}, at::kDouble).size(0);
+    for (const char* k : kDriftSums) sums[k] = need_array(s, kind(), k, {n}, at::kDouble);
+  }
+  DeadNeurons a = dead_a_, b = dead_b_;
+  for (auto [d, part, from] : {std::make_tuple(&a, "dead_full", &da), std::make_tuple(&b, "dead_quant", &db)}) {
+    try {
+      d->restore(*from);
+    } catch (const Error& e) {
+      fail("saved Drift state, its '", part, ".' entries: ", e.what());
+    }
+  }
+  const int64_t n = sums.empty() ? 0 : sums["mean_full"].size(0);
+  for (const DeadNeurons* d : {&a, &b})
+    if (d->dead().size(0) != n)
+      fail("saved Drift state: its dead-neuron parts count ", d->dead().size(0), " neurons, its sums ", n);
+  dead_a_ = a;
+  dead_b_ = b;
+  n_ = tokens;
+  sums_ = std::move(sums);
 }
 
 Tensors Drift::finalize() const {

@@ -76,6 +76,61 @@ const at::Tensor& need(const State& s, const std::string& kind, const std::strin
   return it->second;
 }
 
+namespace {
+std::string shape_str(at::IntArrayRef d) {
+  std::string r = "[";
+  for (size_t i = 0; i < d.size(); ++i) r += (i ? ", " : "") + std::to_string(d[i]);
+  return r + "]";
+}
+}  // namespace
+
+bool any_of(const State& s, const std::string& kind, std::initializer_list<const char*> names) {
+  (void)kind;
+  for (const char* n : names)
+    if (s.tensors.count(n)) return true;
+  return false;
+}
+
+int64_t need_count(const State& s, const std::string& kind, const std::string& name) {
+  const at::Tensor& t = need(s, kind, name);
+  if (t.numel() != 1 || !at::isIntegralType(t.scalar_type(), /*includeBool=*/false))
+    fail("saved ", kind, " state: '", name, "' must be one integer, got ", t.scalar_type(), " of shape ",
+         shape_str(t.sizes()));
+  const int64_t v = t.item<int64_t>();
+  if (v < 0) fail("saved ", kind, " state: '", name, "' is ", v, ", a count cannot be negative");
+  return v;
+}
+
+double need_number(const State& s, const std::string& kind, const std::string& name) {
+  const at::Tensor& t = need(s, kind, name);
+  if (t.numel() != 1 || t.scalar_type() == at::kBool || t.is_complex())
+    fail("saved ", kind, " state: '", name, "' must be one number, got ", t.scalar_type(), " of shape ",
+         shape_str(t.sizes()));
+  return t.item<double>();
+}
+
+at::Tensor need_array(const State& s, const std::string& kind, const std::string& name,
+                      const std::vector<int64_t>& dims, at::ScalarType as) {
+  const at::Tensor& t = need(s, kind, name);
+  bool ok = t.dim() == static_cast<int64_t>(dims.size());
+  for (size_t i = 0; ok && i < dims.size(); ++i) ok = dims[i] < 0 || t.size(static_cast<int64_t>(i)) == dims[i];
+  if (!ok) {
+    std::string want = "[";
+    for (size_t i = 0; i < dims.size(); ++i) want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
+    fail("saved ", kind, " state: '", name, "' has shape ", shape_str(t.sizes()), ", expected ", want, "]");
+  }
+  const bool integral = at::isIntegralType(as, /*includeBool=*/true);
+  const bool fits = integral ? at::isIntegralType(t.scalar_type(), /*includeBool=*/as == at::kBool)
+                             : at::isFloatingType(t.scalar_type());
+  if (!fits)
+    fail("saved ", kind, " state: '", name, "' is ", t.scalar_type(), ", expected ",
+         integral ? "an integer type" : "a floating-point type");
+  at::Tensor r = t.to(at::kCPU, as).contiguous().clone();
+  if (integral && as != at::kBool && r.numel() && r.min().item<int64_t>() < 0)
+    fail("saved ", kind, " state: '", name, "' holds negative counts");
+  return r;
+}
+
 void same_setting(const char* kind, const char* what, double mine, double theirs) {
   if (mine != theirs && !(std::isnan(mine) && std::isnan(theirs)))
     fail(kind, ": cannot combine with a state whose ", what, " is ", theirs, " (this one has ", mine, ")");
@@ -164,16 +219,22 @@ State DeadNeurons::state() const {
 
 void DeadNeurons::restore(const State& s) {
   check_kind(s, kind());
-  same_setting("DeadNeurons", "band lo", lo_, need(s, kind(), "lo").item<double>());
-  same_setting("DeadNeurons", "band hi", hi_, need(s, kind(), "hi").item<double>());
-  tokens_ = need(s, kind(), "tokens").item<int64_t>();
-  if (s.tensors.count("min")) {
-    min_ = need(s, kind(), "min").to(at::kDouble).clone();
-    max_ = need(s, kind(), "max").to(at::kDouble).clone();
-    outside_ = need(s, kind(), "outside").to(at::kLong).clone();
-  } else {
-    min_ = max_ = outside_ = at::Tensor();
+  const std::string k = kind();
+  same_setting("DeadNeurons", "band lo", lo_, need_number(s, k, "lo"));
+  same_setting("DeadNeurons", "band hi", hi_, need_number(s, k, "hi"));
+  const int64_t tokens = need_count(s, k, "tokens");
+  at::Tensor mn, mx, out;
+  if (any_of(s, k, {"min", "max", "outside"})) {  // everything is checked before anything is replaced
+    mn = need_array(s, k, "min", {-1}, at::kDouble);
+    mx = need_array(s, k, "max", {mn.size(0)}, at::kDouble);
+    out = need_array(s, k, "outside", {mn.size(0)}, at::kLong);
+    if (out.numel() && out.max().item<int64_t>() > tokens)
+      fail("saved DeadNeurons state: a neuron counts more tokens outside the band than the ", tokens, " seen");
   }
+  tokens_ = tokens;
+  min_ = mn;
+  max_ = mx;
+  outside_ = out;
 }
 
 at::Tensor DeadNeurons::dead() const {
@@ -298,21 +359,27 @@ State NeuronStats::state() const {
 void NeuronStats::restore(const State& s) {
   check_kind(s, kind());
   const std::string k = kind();
-  same_setting("NeuronStats", "active_lo", o_.active_lo, need(s, k, "active_lo").item<double>());
-  same_setting("NeuronStats", "active_hi", o_.active_hi, need(s, k, "active_hi").item<double>());
-  same_setting("NeuronStats", "bins", static_cast<double>(o_.bins), need(s, k, "bins").item<double>());
-  same_setting("NeuronStats", "hist_lo", o_.hist_lo, need(s, k, "hist_lo").item<double>());
-  same_setting("NeuronStats", "hist_hi", o_.hist_hi, need(s, k, "hist_hi").item<double>());
-  tokens_ = need(s, k, "tokens").item<int64_t>();
-  if (s.tensors.count("mean")) {
-    mean_ = need(s, k, "mean").to(at::kDouble).clone();
-    m2_ = need(s, k, "m2").to(at::kDouble).clone();
-    absmax_ = need(s, k, "absmax").to(at::kDouble).clone();
-    active_ = need(s, k, "active").to(at::kLong).clone();
-    hist_ = o_.bins > 0 ? need(s, k, "hist").to(at::kLong).clone() : at::Tensor();
-  } else {
-    mean_ = m2_ = absmax_ = active_ = hist_ = at::Tensor();
+  same_setting("NeuronStats", "active_lo", o_.active_lo, need_number(s, k, "active_lo"));
+  same_setting("NeuronStats", "active_hi", o_.active_hi, need_number(s, k, "active_hi"));
+  same_setting("NeuronStats", "bins", static_cast<double>(o_.bins), need_number(s, k, "bins"));
+  same_setting("NeuronStats", "hist_lo", o_.hist_lo, need_number(s, k, "hist_lo"));
+  same_setting("NeuronStats", "hist_hi", o_.hist_hi, need_number(s, k, "hist_hi"));
+  const int64_t tokens = need_count(s, k, "tokens");
+  at::Tensor mean, m2, absmax, active, hist;
+  if (any_of(s, k, {"mean", "m2", "absmax", "active", "hist"})) {  // all checked before anything is replaced
+    mean = need_array(s, k, "mean", {-1}, at::kDouble);
+    const int64_t n = mean.size(0);
+    m2 = need_array(s, k, "m2", {n}, at::kDouble);
+    absmax = need_array(s, k, "absmax", {n}, at::kDouble);
+    active = need_array(s, k, "active", {n}, at::kLong);
+    if (o_.bins > 0) hist = need_array(s, k, "hist", {n, o_.bins + 2}, at::kLong);
   }
+  tokens_ = tokens;
+  mean_ = mean;
+  m2_ = m2;
+  absmax_ = absmax;
+  active_ = active;
+  hist_ = hist;
 }
 
 Tensors NeuronStats::finalize() const {
