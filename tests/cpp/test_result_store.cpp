@@ -91,6 +91,39 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
       EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
     }
   }
+  // A float64 whose stored size was damaged into 16,392 bytes (found by fuzzing): Debian's HDF5
+  // 1.10 opens it and overran its buffers converting it; it must be refused before the read.
+  {
+    std::string d = data;
+    const std::string f64("\x11\x20\x3f\x00\x08\x00\x00\x00\x00\x00\x40\x00\x34\x0b\x00\x34", 16);
+    int patched = 0;
+    for (size_t at = d.find(f64); at != std::string::npos; at = d.find(f64, at + 1), ++patched) d[at + 5] = '\x40';
+    ASSERT_GT(patched, 0) << "no float64 datatype message found in the file";
+    const std::string bad = dir.file("bigfloat.h5");
+    std::ofstream(bad, std::ios::binary) << d;
+    EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "damaged number type", "16392 bytes");
+  }
+  // A global heap (where the string attributes live) whose free-space entry says 0 bytes: HDF5
+  // (1.10 to 2.0) decodes that in an endless loop; the store refuses the file when it opens it.
+  {
+    std::string d = data;
+    const size_t g = d.find(std::string("GCOL\x01\x00\x00\x00", 8));
+    ASSERT_NE(g, std::string::npos) << "no global heap in the file";
+    auto u64 = [&](size_t at) {
+      uint64_t v = 0;
+      for (int k = 7; k >= 0; --k) v = v << 8 | static_cast<uint8_t>(d[at + static_cast<size_t>(k)]);
+      return v;
+    };
+    size_t p = g + 16, end = g + u64(g + 8);
+    while (p + 16 <= end && (static_cast<uint8_t>(d[p]) | static_cast<uint8_t>(d[p + 1])) != 0)
+      p += 16 + ((u64(p + 8) + 7) & ~uint64_t{7});
+    ASSERT_LE(p + 16, end) << "no free-space entry in the global heap";
+    for (int k = 0; k < 8; ++k) d[p + 8 + static_cast<size_t>(k)] = '\0';
+    const std::string bad = dir.file("heap.h5");
+    std::ofstream(bad, std::ios::binary) << d;
+    EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read), bad, "global heap object 0", "has size 0");
+    EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Append), bad, "global heap");
+  }
   EXPECT_QERROR(ResultStore(dir.file("absent.h5"), ResultStore::Mode::Read), "no such file");
   EXPECT_QERROR(ResultStore::join({"a", ".."}), "cannot be a group name");
 }

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "qinterp/error.hpp"
+#include "qinterp/io/mapped_file.hpp"
 #include "qinterp/version.hpp"
 
 namespace qinterp::io {
@@ -119,6 +120,46 @@ bool file_exists(const std::string& p) {
     }                                                                   \
   } while (0)
 
+namespace {
+// Walks every global heap collection ("GCOL": where variable-length strings, i.e. our string
+// attributes, live) the way HDF5 decodes it, and refuses the file if a walk would not advance or
+// would leave its collection. HDF5 itself (1.10 to 2.0, h5py's too) loops forever on a free-space
+// entry of size 0 (found by fuzzing; one flipped bit in an object's size leads there). A
+// candidate must also carry version 1 and three zero bytes, so raw data that happens to spell
+// "GCOL" is not taken for one. Cost: one memmem pass over the file (mapped), ~0.1 s per GB warm.
+void check_global_heaps(const std::string& path) {
+  const MappedFile f(path);
+  const uint8_t* d = f.data();
+  const size_t n = f.size();
+  auto u16 = [&](size_t at) { return static_cast<uint64_t>(d[at]) | static_cast<uint64_t>(d[at + 1]) << 8; };
+  auto u64 = [&](size_t at) {
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; --k) v = v << 8 | d[at + static_cast<size_t>(k)];
+    return v;
+  };
+  for (size_t at = 0; at + 16 <= n;) {
+    const void* hit = memmem(d + at, n - at, "GCOL\x01\x00\x00\x00", 8);
+    if (!hit) break;
+    const size_t start = static_cast<size_t>(static_cast<const uint8_t*>(hit) - d);
+    at = start + 1;
+    if (start + 16 > n) break;
+    const uint64_t size = u64(start + 8);
+    if (size < 16 || size > n - start)
+      fail("HDF5 file ", path, ": the global heap at byte ", start, " claims ", size, " bytes; the file is damaged");
+    const size_t end = start + static_cast<size_t>(size);
+    for (size_t p = start + 16; p < end;) {
+      if (p + 16 > end) break;  // too small for an object header: free space, as HDF5 reads it
+      const uint64_t idx = u16(p), osize = u64(p + 8);
+      const uint64_t need = idx ? 16 + ((osize + 7) & ~uint64_t{7}) : osize;
+      if (need == 0 || osize > end - p || need > end - p)
+        fail("HDF5 file ", path, ": global heap object ", idx, " at byte ", p, " has size ", osize,
+             ", which does not fit its collection; the file is damaged");
+      p += static_cast<size_t>(need);
+    }
+  }
+}
+}  // namespace
+
 ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read_only_(mode == Mode::Read) {
   silence_hdf5();
   const bool exists = file_exists(path);
@@ -138,6 +179,7 @@ ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read
   const htri_t is = H5Fis_hdf5(path.c_str());
   h5_message();
   if (is <= 0) fail("HDF5 file ", path, ": not an HDF5 file (no HDF5 signature found)");
+  check_global_heaps(path);
   Id fapl(file_access(), H5Pclose);
   file_ = H5Fopen(path.c_str(), read_only_ ? H5F_ACC_RDONLY : H5F_ACC_RDWR, fapl);
   QH5_CHECK(file_, "cannot open it ", read_only_ ? "for reading" : "for writing", " — damaged or truncated?");
@@ -267,6 +309,22 @@ void ResultStore::set_attrs(const std::string& object, const Attrs& attrs) {
   flush();
 }
 
+namespace {
+// Whether an HDF5 numeric type is one a reader can convert safely: Debian's HDF5 1.10 accepts a
+// damaged float of thousands of bytes and then overruns its buffers converting it (newer HDF5
+// refuses such types when the object is opened).
+bool sane_number_type(hid_t t) {
+  const size_t size = H5Tget_size(t), prec = H5Tget_precision(t);
+  const int off = H5Tget_offset(t);
+  if (off < 0 || prec == 0 || prec + static_cast<size_t>(off) > 8 * size) return false;
+  switch (H5Tget_class(t)) {
+    case H5T_INTEGER: return size == 1 || size == 2 || size == 4 || size == 8;
+    case H5T_FLOAT: return size == 2 || size == 4 || size == 8;
+    default: return false;
+  }
+}
+}  // namespace
+
 Attrs ResultStore::attrs(const std::string& object) const {
   if (split(object).size() && !exists(object)) fail("HDF5 file ", path_, ": no object '", object, "'");
   Id obj(H5Oopen(file_, split(object).empty() ? "/" : ("/" + object).c_str(), H5P_DEFAULT), H5Oclose);
@@ -274,7 +332,8 @@ Attrs ResultStore::attrs(const std::string& object) const {
   struct Ctx {
     const ResultStore* self;
     Attrs out;
-  } ctx{this, {}};
+    std::string bad;  // the attribute that could not be read safely (errors cannot unwind through HDF5)
+  } ctx{this, {}, {}};
   hsize_t idx = 0;
   H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
               [](hid_t loc, const char* name, const H5A_info_t*, void* p) -> herr_t {
@@ -283,7 +342,16 @@ Attrs ResultStore::attrs(const std::string& object) const {
                 Id t(H5Aget_type(a), H5Tclose);
                 Id space(H5Aget_space(a), H5Sclose);
                 if (H5Sget_simple_extent_npoints(space) != 1) return 0;  // only scalars are ours
-                switch (H5Tget_class(t)) {
+                const H5T_class_t cls = H5Tget_class(t);
+                if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !sane_number_type(t)) {
+                  c->bad = std::string(name) + "' has a damaged number type (" + std::to_string(H5Tget_size(t)) + " bytes)";
+                  return -1;
+                }
+                if (cls == H5T_STRING && H5Tis_variable_str(t) <= 0 && H5Tget_size(t) > (1u << 20)) {
+                  c->bad = std::string(name) + "' claims a string of " + std::to_string(H5Tget_size(t)) + " bytes";
+                  return -1;
+                }
+                switch (cls) {
                   case H5T_INTEGER: {
                     int64_t v = 0;
                     if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) c->out[name] = v;
@@ -316,6 +384,7 @@ Attrs ResultStore::attrs(const std::string& object) const {
               },
               &ctx);
   h5_message();
+  if (!ctx.bad.empty()) fail("HDF5 file ", path_, ": attribute '", ctx.bad, " on '", object, "'; the file is damaged");
   return ctx.out;
 }
 
@@ -367,8 +436,12 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
   if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
   std::vector<int64_t> shape(dims.begin(), dims.end());
   const size_t size = H5Tget_size(t);
+  const H5T_class_t cls = H5Tget_class(t);
+  if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !sane_number_type(t))
+    fail("HDF5 file ", path_, ": dataset '", dataset, "' has a damaged number type (", size, " bytes, ",
+         H5Tget_precision(t), " bits); the file is damaged");
   at::ScalarType st;
-  switch (H5Tget_class(t)) {
+  switch (cls) {
     case H5T_FLOAT: st = size == 2 ? at::kHalf : size == 4 ? at::kFloat : at::kDouble; break;
     case H5T_INTEGER:
       if (size == 1) st = H5Tget_sign(t) == H5T_SGN_NONE ? at::kByte : at::kChar;
