@@ -103,6 +103,28 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     std::ofstream(bad, std::ios::binary) << d;
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "damaged number type", "16392 bytes");
   }
+  // The shape of 'a' damaged in its dataspace message (version 1, rank 1, then 100,000 as eight
+  // bytes): inflated to 2^31 + 100,000 elements, or its rank set to 0 (the chunks keep rank 1).
+  // HDF5 1.10 builds a chunk map without end for either (found by fuzzing).
+  {
+    std::string n8(8, '\0');
+    for (int k = 0; k < 8; ++k) n8[static_cast<size_t>(k)] = static_cast<char>((uint64_t{100000} >> (8 * k)) & 0xff);
+    size_t at = std::string::npos;
+    for (size_t p = data.find(n8); p != std::string::npos; p = data.find(n8, p + 1))
+      if (p >= 8 && data[p - 8] == 1 && data[p - 7] == 1 && data.compare(p - 5, 5, std::string(5, '\0')) == 0) {
+        at = p;
+        break;
+      }
+    ASSERT_NE(at, std::string::npos) << "no dataspace message for 'a' found";
+    std::string big = data, rank0 = data;
+    big[at + 3] = '\x80';
+    rank0[at - 7] = 0;
+    for (const auto& [name, d] : {std::pair<std::string, std::string>{"bigshape.h5", big}, {"rank0.h5", rank0}}) {
+      const std::string bad = dir.file(name);
+      std::ofstream(bad, std::ios::binary) << d;
+      EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "the file is damaged");
+    }
+  }
   // A global heap (where the string attributes live) whose free-space entry says 0 bytes: HDF5
   // (1.10 to 2.0) decodes that in an endless loop; the store refuses the file when it opens it.
   {
