@@ -2,6 +2,8 @@
 // activation dump, and damaged files. (h5py reads the same files in tests/python.)
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 #include "common.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/io/result_store.hpp"
@@ -125,6 +127,46 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
       EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "the file is damaged");
     }
   }
+  // The chunked layout of 'a' (message type 8: version 3, class 2, dimensionality, address, chunk
+  // dimensions): dimensionality 0 made HDF5 1.10 divide by zero opening it (SIGFPE), a chunk
+  // dimension inflated far past the data made it copy past its buffers (SIGSEGV).
+  {
+    const std::string hdr("\x08\x00\x18\x00\x00\x00\x00\x00\x03\x02\x02", 11);
+    const size_t at = data.find(hdr);
+    ASSERT_NE(at, std::string::npos) << "no chunked layout message for 'a' found";
+    std::string rank0 = data, huge = data;
+    rank0[at + 10] = 0;
+    huge[at + 8 + 3 + 8 + 2] = '\x10';  // the first chunk dimension + 2^20
+    for (const auto& [name, d, frag] : {std::tuple<std::string, std::string, std::string>{"chunk0.h5", rank0, "no dimensions"},
+                                        {"chunkbig.h5", huge, "has chunks of"}}) {
+      const std::string bad = dir.file(name);
+      std::ofstream(bad, std::ios::binary) << d;
+      EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", frag);
+    }
+  }
+  // A string attribute's type whose element size (1 byte) was damaged: HDF5 1.10 hangs reading it.
+  {
+    std::string d = data;
+    const std::string vstr("\x19\x01\x01\x00\x10\x00\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00", 16);
+    int patched = 0;
+    for (size_t at = d.find(vstr); at != std::string::npos; at = d.find(vstr, at + 1), ++patched) d[at + 15] = '\x97';
+    ASSERT_GT(patched, 0) << "no variable-length string type found";
+    const std::string bad = dir.file("vstr.h5");
+    std::ofstream(bad, std::ios::binary) << d;
+    EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).attrs(""), bad, "string type is damaged");
+  }
+  // An attribute name with a byte that is not UTF-8 comes back escaped (so it converts to a Python
+  // str; it used to raise UnicodeDecodeError there).
+  {
+    std::string d = data;
+    const size_t at = d.find("qinterp_version");
+    ASSERT_NE(at, std::string::npos);
+    d[at + 7] = '\xff';
+    const std::string bad = dir.file("name.h5");
+    std::ofstream(bad, std::ios::binary) << d;
+    const io::Attrs a = ResultStore(bad, ResultStore::Mode::Read).attrs("");
+    EXPECT_EQ(a.count("qinterp\\xffversion"), 1u);
+  }
   // A global heap (where the string attributes live) whose free-space entry says 0 bytes: HDF5
   // (1.10 to 2.0) decodes that in an endless loop; the store refuses the file when it opens it.
   {
@@ -145,6 +187,23 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     std::ofstream(bad, std::ios::binary) << d;
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read), bad, "global heap object 0", "has size 0");
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Append), bad, "global heap");
+    // The reference to a string attribute's heap object (length u32, heap address u64, index u32,
+    // in the object header): HDF5 1.10 segfaults on a damaged index and hangs on a huge length.
+    const std::string ver(version());
+    std::string ref(12, '\0');
+    for (int k = 0; k < 4; ++k) ref[static_cast<size_t>(k)] = static_cast<char>((ver.size() >> (8 * k)) & 0xff);
+    for (int k = 0; k < 8; ++k) ref[4 + static_cast<size_t>(k)] = static_cast<char>((uint64_t{g} >> (8 * k)) & 0xff);
+    const size_t r = data.find(ref);
+    ASSERT_NE(r, std::string::npos) << "no reference to the qinterp_version string found";
+    std::string idx = data, len = data;
+    idx[r + 14] = '\x80';  // index + 2^23
+    len[r + 3] = '\x7f';   // length + 2^31 - 2^24
+    for (const auto& [name, d2, frag] : {std::tuple<std::string, std::string, std::string>{"ref_idx.h5", idx, "does not exist"},
+                                         {"ref_len.h5", len, "its global heap object holds"}}) {
+      const std::string bad2 = dir.file(name);
+      std::ofstream(bad2, std::ios::binary) << d2;
+      EXPECT_QERROR(ResultStore(bad2, ResultStore::Mode::Read).attrs(""), bad2, "attribute 'qinterp_version'", frag);
+    }
   }
   EXPECT_QERROR(ResultStore(dir.file("absent.h5"), ResultStore::Mode::Read), "no such file");
   EXPECT_QERROR(ResultStore::join({"a", ".."}), "cannot be a group name");

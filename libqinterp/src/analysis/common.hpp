@@ -35,7 +35,7 @@ const at::Tensor& need(const State& s, const std::string& kind, const std::strin
 //   counts (integer `as`) must be >= 0.
 // Whether any of `names` is in the state: the optional parts of a state (absent until data came)
 // are all there or all missing, and need_array reports the missing ones.
-bool any_of(const State& s, const std::string& kind, std::initializer_list<const char*> names);
+bool has_any(const State& s, std::initializer_list<const char*> names);
 int64_t need_count(const State& s, const std::string& kind, const std::string& name);
 double need_number(const State& s, const std::string& kind, const std::string& name);
 at::Tensor need_array(const State& s, const std::string& kind, const std::string& name,

@@ -84,8 +84,7 @@ std::string shape_str(at::IntArrayRef d) {
 }
 }  // namespace
 
-bool any_of(const State& s, const std::string& kind, std::initializer_list<const char*> names) {
-  (void)kind;
+bool has_any(const State& s, std::initializer_list<const char*> names) {
   for (const char* n : names)
     if (s.tensors.count(n)) return true;
   return false;
@@ -224,7 +223,7 @@ void DeadNeurons::restore(const State& s) {
   same_setting("DeadNeurons", "band hi", hi_, need_number(s, k, "hi"));
   const int64_t tokens = need_count(s, k, "tokens");
   at::Tensor mn, mx, out;
-  if (any_of(s, k, {"min", "max", "outside"})) {  // everything is checked before anything is replaced
+  if (has_any(s, {"min", "max", "outside"})) {  // everything is checked before anything is replaced
     mn = need_array(s, k, "min", {-1}, at::kDouble);
     mx = need_array(s, k, "max", {mn.size(0)}, at::kDouble);
     out = need_array(s, k, "outside", {mn.size(0)}, at::kLong);
@@ -366,7 +365,7 @@ void NeuronStats::restore(const State& s) {
   same_setting("NeuronStats", "hist_hi", o_.hist_hi, need_number(s, k, "hist_hi"));
   const int64_t tokens = need_count(s, k, "tokens");
   at::Tensor mean, m2, absmax, active, hist;
-  if (any_of(s, k, {"mean", "m2", "absmax", "active", "hist"})) {  // all checked before anything is replaced
+  if (has_any(s, {"mean", "m2", "absmax", "active", "hist"})) {  // all checked before anything is replaced
     mean = need_array(s, k, "mean", {-1}, at::kDouble);
     const int64_t n = mean.size(0);
     m2 = need_array(s, k, "m2", {n}, at::kDouble);

@@ -120,43 +120,154 @@ bool file_exists(const std::string& p) {
     }                                                                   \
   } while (0)
 
+// The file as opened (mapped) and its global heap objects: collection address -> object index ->
+// object size.
+struct HeapIndex {
+  explicit HeapIndex(const std::string& path) : file(path) {}
+  MappedFile file;
+  std::map<uint64_t, std::map<uint64_t, uint64_t>> objects;
+};
+
 namespace {
+uint64_t le(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int k = bytes - 1; k >= 0; --k) v = v << 8 | p[k];
+  return v;
+}
+
 // Walks every global heap collection ("GCOL": where variable-length strings, i.e. our string
 // attributes, live) the way HDF5 decodes it, and refuses the file if a walk would not advance or
 // would leave its collection. HDF5 itself (1.10 to 2.0, h5py's too) loops forever on a free-space
 // entry of size 0 (found by fuzzing; one flipped bit in an object's size leads there). A
 // candidate must also carry version 1 and three zero bytes, so raw data that happens to spell
 // "GCOL" is not taken for one. Cost: one memmem pass over the file (mapped), ~0.15 s per GB warm.
-void check_global_heaps(const std::string& path) {
-  const MappedFile f(path);
-  const uint8_t* d = f.data();
-  const size_t n = f.size();
-  auto u16 = [&](size_t at) { return static_cast<uint64_t>(d[at]) | static_cast<uint64_t>(d[at + 1]) << 8; };
-  auto u64 = [&](size_t at) {
-    uint64_t v = 0;
-    for (int k = 7; k >= 0; --k) v = v << 8 | d[at + static_cast<size_t>(k)];
-    return v;
-  };
+std::shared_ptr<const HeapIndex> check_global_heaps(const std::string& path) {
+  auto index = std::make_shared<HeapIndex>(path);
+  const uint8_t* d = index->file.data();
+  const size_t n = index->file.size();
   for (size_t at = 0; at + 16 <= n;) {
     const void* hit = memmem(d + at, n - at, "GCOL\x01\x00\x00\x00", 8);
     if (!hit) break;
     const size_t start = static_cast<size_t>(static_cast<const uint8_t*>(hit) - d);
     at = start + 1;
     if (start + 16 > n) break;
-    const uint64_t size = u64(start + 8);
+    const uint64_t size = le(d + start + 8, 8);
     if (size < 16 || size > n - start)
       fail("HDF5 file ", path, ": the global heap at byte ", start, " claims ", size, " bytes; the file is damaged");
     const size_t end = start + static_cast<size_t>(size);
+    auto& objects = index->objects[start];
     for (size_t p = start + 16; p < end;) {
       if (p + 16 > end) break;  // too small for an object header: free space, as HDF5 reads it
-      const uint64_t idx = u16(p), osize = u64(p + 8);
+      const uint64_t idx = le(d + p, 2), osize = le(d + p + 8, 8);
       const uint64_t need = idx ? 16 + ((osize + 7) & ~uint64_t{7}) : osize;
       if (need == 0 || osize > end - p || need > end - p)
         fail("HDF5 file ", path, ": global heap object ", idx, " at byte ", p, " has size ", osize,
              ", which does not fit its collection; the file is damaged");
+      if (idx) objects[idx] = osize;
       p += static_cast<size_t>(need);
     }
   }
+  return index;
+}
+
+// The messages of the version 1 object header at `addr` (type, first byte, size), continuation
+// chunks followed. Returns false when the file or the header is not one this reader knows
+// (version 2 headers, offsets or lengths other than 8 bytes, a chunk outside the file), in which
+// case the callers check nothing and HDF5 reads the object unchecked.
+template <class F>
+bool for_each_message(const HeapIndex& h, uint64_t addr, F&& f) {
+  const uint8_t* d = h.file.data();
+  const uint64_t n = h.file.size();
+  if (n < 16 || std::memcmp(d, "\x89HDF\r\n\x1a\n", 8) != 0) return false;
+  const int off = d[8] <= 1 ? 13 : 9;  // superblock v0/1: sizes of offsets and lengths at 13/14
+  if (d[off] != 8 || d[off + 1] != 8 || addr > n - 16 || d[addr] != 1) return false;
+  std::vector<std::pair<uint64_t, uint64_t>> chunks = {{addr + 16, le(d + addr + 8, 4)}};
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const uint64_t start = chunks[c].first, len = chunks[c].second;
+    if (c >= 64 || start > n || len > n - start) return false;
+    for (uint64_t p = start; p + 8 <= start + len;) {
+      const uint64_t type = le(d + p, 2), size = le(d + p + 2, 2), data = p + 8;
+      if (data + size > start + len) return false;
+      p = data + size;
+      if (type == 0x10 && size >= 16) chunks.emplace_back(le(d + data, 8), le(d + data + 8, 8));
+      if (!f(type, d + data, size)) return true;  // the callback found what it wanted
+    }
+  }
+  return true;
+}
+
+// HDF5 reads a variable-length string attribute through a reference stored in the object
+// header: (length u32, heap collection address u64, object index u32). HDF5 1.10 trusts the
+// index (a damaged one segfaults it), the length and the string type's element size (huge ones
+// hang it). This finds attribute `name` in the object header at `addr` and checks its type and
+// reference against the heaps. Returns what is wrong, or "" when it is sound or cannot be told.
+std::string check_vlen_reference(const HeapIndex& h, uint64_t addr, const char* name) {
+  const size_t name_len = std::strlen(name);
+  std::string why;
+  for_each_message(h, addr, [&](uint64_t type, const uint8_t* m, uint64_t size) {
+    if (type != 0x0C || size < 8) return true;
+    const uint8_t ver = m[0], flags = m[1];
+    if (ver < 1 || ver > 3 || (ver > 1 && (flags & 3))) return true;  // shared type or space: not read here
+    const uint64_t nsz = le(m + 2, 2), tsz = le(m + 4, 2), ssz = le(m + 6, 2);
+    auto pad = [&](uint64_t v) { return ver == 1 ? (v + 7) & ~uint64_t{7} : v; };
+    uint64_t q = ver == 3 ? 9 : 8;
+    if (nsz != name_len + 1 || q + nsz > size || std::memcmp(m + q, name, name_len) != 0) return true;
+    const uint64_t dt = q + pad(nsz);
+    q = dt + pad(tsz) + pad(ssz);
+    if (dt + 2 > size || (m[dt] & 0x0F) != 9 || (m[dt + 1] & 0x0F) != 1) return false;  // not a vlen string
+    if (tsz < 16 || dt + 16 > size || le(m + dt + 12, 4) != 1) {
+      why = "its string type is damaged";
+      return false;
+    }
+    if (q + 16 > size) {
+      why = "its stored reference is cut short";
+      return false;
+    }
+    const uint64_t slen = le(m + q, 4), heap = le(m + q + 4, 8), idx = le(m + q + 12, 4);
+    if (slen == 0) return false;
+    auto hc = h.objects.find(heap);
+    auto obj = hc == h.objects.end() ? decltype(hc->second.find(idx)){} : hc->second.find(idx);
+    if (hc == h.objects.end())
+      why = "it points to a global heap at byte " + std::to_string(heap) + " that the file does not have";
+    else if (obj == hc->second.end())
+      why = "it points to global heap object " + std::to_string(idx) + ", which does not exist";
+    else if (obj->second < slen)
+      why = "it claims " + std::to_string(slen) + " bytes, its global heap object holds " + std::to_string(obj->second);
+    return false;
+  });
+  return why;
+}
+
+// A dataset's layout message (version 1-3): a chunked layout needs a rank of at least 1 and no
+// chunk dimension of 0 -- HDF5 1.10 divides by them when it opens the dataset (SIGFPE).
+std::string check_layout(const HeapIndex& h, uint64_t addr) {
+  std::string why;
+  for_each_message(h, addr, [&](uint64_t type, const uint8_t* m, uint64_t size) {
+    if (type != 0x08 || size < 2) return true;
+    const uint8_t ver = m[0];
+    uint64_t ndims = 0, dims_at = 0;
+    if (ver == 3) {
+      if (size < 3 || m[1] != 2) return false;  // compact or contiguous: nothing to divide by
+      ndims = m[2];
+      dims_at = 3 + 8;
+    } else if (ver == 1 || ver == 2) {
+      if (size < 8 || m[2] != 2) return false;
+      ndims = m[1];
+      dims_at = 8 + 8;
+    } else {
+      return false;
+    }
+    if (ndims < 2) {
+      why = "its chunks have no dimensions";
+    } else if (dims_at + 4 * ndims > size) {
+      why = "its layout message is cut short";
+    } else {
+      for (uint64_t i = 0; i < ndims && why.empty(); ++i)
+        if (le(m + dims_at + 4 * i, 4) == 0) why = "a chunk dimension is 0";
+    }
+    return false;
+  });
+  return why;
 }
 }  // namespace
 
@@ -179,7 +290,7 @@ ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read
   const htri_t is = H5Fis_hdf5(path.c_str());
   h5_message();
   if (is <= 0) fail("HDF5 file ", path, ": not an HDF5 file (no HDF5 signature found)");
-  check_global_heaps(path);
+  heaps_ = check_global_heaps(path);
   Id fapl(file_access(), H5Pclose);
   file_ = H5Fopen(path.c_str(), read_only_ ? H5F_ACC_RDONLY : H5F_ACC_RDWR, fapl);
   QH5_CHECK(file_, "cannot open it ", read_only_ ? "for reading" : "for writing", " — damaged or truncated?");
@@ -213,6 +324,7 @@ std::string ResultStore::join(const std::vector<std::string>& parts) {
 void ResultStore::writable(const char* what) const {
   open_check();
   if (read_only_) fail("HDF5 file ", path_, ": opened read-only, cannot ", what);
+  wrote_ = true;  // the mapped copy of the file no longer matches it: heaps_ is not consulted
 }
 
 bool ResultStore::exists(const std::string& object) const {
@@ -252,7 +364,9 @@ std::vector<std::string> ResultStore::list(const std::string& group) const {
   hsize_t idx = 0;
   QH5_CHECK(H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx,
                       [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-                        static_cast<std::vector<std::string>*>(out)->push_back(name);
+                        // names and strings from the file are handed on as UTF-8 (a damaged
+                        // byte becomes \xNN), so that they print and convert to Python str
+                        static_cast<std::vector<std::string>*>(out)->push_back(detail::printable_utf8(name));
                         return 0;
                       },
                       &names),
@@ -331,7 +445,7 @@ bool sane_number_type(hid_t t) {
 // stored: exactly for contiguous and compact layouts, within deflate's ratio (at most ~1032:1)
 // for chunked ones.
 void check_extent(const std::string& path, hid_t ds, const std::string& dataset, const std::vector<hsize_t>& dims,
-                  size_t elem) {
+                  const std::vector<hsize_t>& maxdims, size_t elem) {
   uint64_t numel = 1;
   for (hsize_t d : dims)
     if (d && numel > (uint64_t{1} << 62) / d) fail("HDF5 file ", path, ": dataset '", dataset, "' has an impossible shape");
@@ -349,6 +463,18 @@ void check_extent(const std::string& path, hid_t ds, const std::string& dataset,
     for (int i = 0; ok && i < cr; ++i) ok = chunk[static_cast<size_t>(i)] > 0;
     if (!ok) fail("HDF5 file ", path, ": dataset '", dataset, "' has chunks of rank ", cr, " for a shape of rank ",
                   dims.size(), "; the file is damaged");
+    // HDF5 never writes a chunk longer than a fixed dimension (H5Dcreate refuses it), and 1.10
+    // reads one by copying a whole chunk's worth out of the shorter decompressed data. Along a
+    // growing dimension a chunk may be longer than the data (a dump grows into it).
+    for (int i = 0; i < cr; ++i)
+      if (maxdims[static_cast<size_t>(i)] != H5S_UNLIMITED && chunk[static_cast<size_t>(i)] > maxdims[static_cast<size_t>(i)])
+        fail("HDF5 file ", path, ": dataset '", dataset, "' has chunks of ", chunk[static_cast<size_t>(i)],
+             " along dimension ", i, ", which is fixed at ", maxdims[static_cast<size_t>(i)], "; the file is damaged");
+    long double chunk_bytes = static_cast<long double>(elem);
+    for (int i = 0; i < cr; ++i) chunk_bytes *= static_cast<long double>(chunk[static_cast<size_t>(i)]);
+    if (chunk_bytes > 2000.0L * stored + (1 << 20))
+      fail("HDF5 file ", path, ": dataset '", dataset, "' has chunks of ", static_cast<double>(chunk_bytes),
+           " bytes but stores ", H5Dget_storage_size(ds), " bytes in all; the file is damaged");
     if (bytes > 2000.0L * stored + (1 << 20))
       fail("HDF5 file ", path, ": dataset '", dataset, "' claims ", numel, " elements of ", elem,
            " bytes but stores only ", H5Dget_storage_size(ds), " bytes (compressed); the file is damaged");
@@ -363,11 +489,16 @@ Attrs ResultStore::attrs(const std::string& object) const {
   if (split(object).size() && !exists(object)) fail("HDF5 file ", path_, ": no object '", object, "'");
   Id obj(H5Oopen(file_, split(object).empty() ? "/" : ("/" + object).c_str(), H5P_DEFAULT), H5Oclose);
   QH5_CHECK(obj.id, "cannot open '", object, "'");
+  const HeapIndex* heaps = wrote_ ? nullptr : heaps_.get();
+  H5O_info_t info{};
+  if (heaps && H5Oget_info2(obj, &info, H5O_INFO_BASIC) < 0) heaps = nullptr;
   struct Ctx {
     const ResultStore* self;
     Attrs out;
-    std::string bad;  // the attribute that could not be read safely (errors cannot unwind through HDF5)
-  } ctx{this, {}, {}};
+    std::string bad, why;  // an attribute that cannot be read safely (errors cannot unwind through HDF5)
+    const HeapIndex* heaps;
+    uint64_t header;
+  } ctx{this, {}, {}, {}, heaps, static_cast<uint64_t>(info.addr)};
   hsize_t idx = 0;
   H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
               [](hid_t loc, const char* name, const H5A_info_t*, void* p) -> herr_t {
@@ -378,37 +509,47 @@ Attrs ResultStore::attrs(const std::string& object) const {
                 if (H5Sget_simple_extent_npoints(space) != 1) return 0;  // only scalars are ours
                 const H5T_class_t cls = H5Tget_class(t);
                 if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !sane_number_type(t)) {
-                  c->bad = std::string(name) + "' has a damaged number type (" + std::to_string(H5Tget_size(t)) + " bytes)";
+                  c->bad = name;
+                  c->why = "its number type is damaged (" + std::to_string(H5Tget_size(t)) + " bytes)";
                   return -1;
                 }
                 if (cls == H5T_STRING && H5Tis_variable_str(t) <= 0 && H5Tget_size(t) > (1u << 20)) {
-                  c->bad = std::string(name) + "' claims a string of " + std::to_string(H5Tget_size(t)) + " bytes";
+                  c->bad = name;
+                  c->why = "it claims a string of " + std::to_string(H5Tget_size(t)) + " bytes";
                   return -1;
                 }
                 switch (cls) {
                   case H5T_INTEGER: {
                     int64_t v = 0;
-                    if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) c->out[name] = v;
+                    if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) c->out[detail::printable_utf8(name)] = v;
                     break;
                   }
                   case H5T_FLOAT: {
                     double v = 0;
-                    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) >= 0) c->out[name] = v;
+                    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) >= 0) c->out[detail::printable_utf8(name)] = v;
                     break;
                   }
                   case H5T_STRING: {
                     if (H5Tis_variable_str(t) > 0) {
+                      if (c->heaps) {
+                        const std::string why = check_vlen_reference(*c->heaps, c->header, name);
+                        if (!why.empty()) {
+                          c->bad = name;
+                          c->why = why;
+                          return -1;
+                        }
+                      }
                       char* s = nullptr;
                       Id mt(H5Tcopy(H5T_C_S1), H5Tclose);
                       H5Tset_size(mt, H5T_VARIABLE);
                       H5Tset_cset(mt, H5Tget_cset(t));
                       if (H5Aread(a, mt, &s) >= 0 && s) {
-                        c->out[name] = std::string(s);
+                        c->out[detail::printable_utf8(name)] = detail::printable_utf8(s);
                         H5free_memory(s);
                       }
                     } else {
                       std::string s(H5Tget_size(t), '\0');
-                      if (H5Aread(a, t, s.data()) >= 0) c->out[name] = std::string(s.c_str());
+                      if (H5Aread(a, t, s.data()) >= 0) c->out[detail::printable_utf8(name)] = detail::printable_utf8(s.c_str());
                     }
                     break;
                   }
@@ -418,7 +559,9 @@ Attrs ResultStore::attrs(const std::string& object) const {
               },
               &ctx);
   h5_message();
-  if (!ctx.bad.empty()) fail("HDF5 file ", path_, ": attribute '", ctx.bad, " on '", object, "'; the file is damaged");
+  if (!ctx.bad.empty())
+    fail("HDF5 file ", path_, ": attribute '", ctx.bad, "' of '", object.empty() ? "/" : object, "': ", ctx.why,
+         "; the file is damaged");
   return ctx.out;
 }
 
@@ -460,14 +603,22 @@ void ResultStore::write(const std::string& dataset, const at::Tensor& t_in) {
 
 at::Tensor ResultStore::read(const std::string& dataset) const {
   if (!exists(dataset)) fail("HDF5 file ", path_, ": no dataset '", dataset, "'");
+  if (heaps_ && !wrote_) {  // HDF5 divides by the chunk dimensions as it opens the dataset
+    H5O_info_t info{};
+    if (H5Oget_info_by_name2(file_, ("/" + dataset).c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0) {
+      const std::string why = check_layout(*heaps_, static_cast<uint64_t>(info.addr));
+      if (!why.empty()) fail("HDF5 file ", path_, ": dataset '", dataset, "': ", why, "; the file is damaged");
+    }
+    h5_message();
+  }
   Id ds(H5Dopen2(file_, ("/" + dataset).c_str(), H5P_DEFAULT), H5Dclose);
   QH5_CHECK(ds.id, "'", dataset, "' is not a dataset");
   Id t(H5Dget_type(ds), H5Tclose);
   Id space(H5Dget_space(ds), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space);
   QH5_CHECK(rank, "cannot read the shape of '", dataset, "'");
-  std::vector<hsize_t> dims(static_cast<size_t>(rank));
-  if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  std::vector<hsize_t> dims(static_cast<size_t>(rank)), maxdims(static_cast<size_t>(rank));
+  if (rank) H5Sget_simple_extent_dims(space, dims.data(), maxdims.data());
   std::vector<int64_t> shape(dims.begin(), dims.end());
   const size_t size = H5Tget_size(t);
   const H5T_class_t cls = H5Tget_class(t);
@@ -484,7 +635,7 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
       break;
     default: fail("HDF5 file ", path_, ": dataset '", dataset, "' is not numeric");
   }
-  check_extent(path_, ds, dataset, dims, at::elementSize(st));
+  check_extent(path_, ds, dataset, dims, maxdims, at::elementSize(st));
   at::Tensor out;
   try {
     out = at::empty(shape, at::TensorOptions().dtype(st));

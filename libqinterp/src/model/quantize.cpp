@@ -135,10 +135,16 @@ void save_model(const Model& model, const std::string& dir) {
 // Used by the loader: a safetensors checkpoint written by save_model.
 std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io::SafetensorsCheckpoint& ck) {
   const auto meta = ck.metadata();
-  const quant::QuantSpec spec = quant::parse_quant_spec(meta.at("qinterp.quant"));
+  auto entry = [&](const std::string& key) -> const std::string& {
+    auto it = meta.find(key);
+    if (it == meta.end()) fail(path, ": a qinterp checkpoint's metadata lacks '", key, "'; the file is damaged");
+    return it->second;
+  };
+  const quant::QuantSpec spec = quant::parse_quant_spec(entry("qinterp.quant"));
   ModelConfig cfg;
+  const std::string& config = entry("qinterp.config");
   try {
-    const auto j = nlohmann::json::parse(meta.at("qinterp.config"));
+    const auto j = nlohmann::json::parse(config);
     cfg.arch = j.at("arch").get<std::string>();
     for (const auto& f : kIntFields) cfg.*(f.second) = j.at(f.first).get<int64_t>();
     for (const auto& f : kBoolFields) cfg.*(f.second) = j.at(f.first).get<bool>();

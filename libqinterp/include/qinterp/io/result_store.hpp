@@ -72,7 +72,9 @@ class ResultStore {
   static std::string join(const std::vector<std::string>& parts);
 
   bool exists(const std::string& object) const;
-  std::vector<std::string> list(const std::string& group) const;  // member names, sorted
+  // Member names, sorted. Names and string attributes come back as UTF-8: a byte that is not
+  // (only a damaged or foreign file has one) is written \xNN.
+  std::vector<std::string> list(const std::string& group) const;
 
   void set_attrs(const std::string& object, const Attrs& attrs);  // creates groups as needed
   Attrs attrs(const std::string& object) const;
@@ -100,6 +102,10 @@ class ResultStore {
   std::string path_;
   int64_t file_ = -1;  // hid_t
   bool read_only_ = false;
+  // The file as opened, mapped, and its global heap objects: string attributes are checked
+  // against them before HDF5 reads them (result_store.cpp says why). Only until the first write.
+  std::shared_ptr<const struct HeapIndex> heaps_;
+  mutable bool wrote_ = false;
   int64_t open_group(const std::string& group, bool create) const;
   void remove_if_exists(const std::string& object);
   void writable(const char* what) const;
