@@ -267,6 +267,10 @@ def test_malformed_files_raise_errors(tmp_path):
         # the JSON parser quotes what it last read, here a byte that is not UTF-8: the message must
         # still reach Python as qinterp.Error (it was a UnicodeDecodeError), the byte as \xff
         "utf8.json": (b'{"model": {"type": "BPE",\n  \xff', "\\xff"),
+        # one damaged id must not ask for a table of 2^40 entries (it raised MemoryError)
+        "bigid.json": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, '
+                       b'"added_tokens": [{"id": 1099511627776, "content": "x"}]}', "far beyond"),
+        "bigvocab.json": (b'{"model": {"type": "BPE", "vocab": {"a": 2000000000}, "merges": []}}', "far beyond"),
     }
     for name, (data, msg) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -284,3 +288,15 @@ def test_malformed_files_raise_errors(tmp_path):
     w.close()
     with pytest.raises(qinterp.Error, match="notok.gguf.*no tokenizer.ggml.model"):
         qinterp.load_tokenizer(tmp_path / "notok.gguf")
+
+
+def test_sentencepiece_piece_with_a_space_after_one_character_loads(tmp_path):
+    # A piece whose metaspace starts one byte in ("a▁bc", made from the first "▁▁" of the Llama-2
+    # model): the word-splitting check compared before the start of the piece and raised
+    # IndexError (found by fuzzing).
+    data = LLAMA2_MODEL.read_bytes()
+    assert b"\xe2\x96\x81\xe2\x96\x81" in data
+    (tmp_path / "odd.model").write_bytes(data.replace(b"\xe2\x96\x81\xe2\x96\x81", b"a\xe2\x96\x81bc", 1))
+    tok = qinterp.load_tokenizer(tmp_path / "odd.model")
+    ids = tok.encode("Once upon a time")
+    assert ids and tok.decode(ids).endswith("Once upon a time")

@@ -145,6 +145,11 @@ std::shared_ptr<const HeapIndex> check_global_heaps(const std::string& path) {
   auto index = std::make_shared<HeapIndex>(path);
   const uint8_t* d = index->file.data();
   const size_t n = index->file.size();
+  // Only for the files HDF5 (and h5py) write by default: superblock at byte 0 (no user block),
+  // 8-byte offsets and lengths. Others are left to HDF5.
+  if (n < 16 || std::memcmp(d, "\x89HDF\r\n\x1a\n", 8) != 0) return index;
+  const int sizes = d[8] <= 1 ? 13 : 9;
+  if (d[sizes] != 8 || d[sizes + 1] != 8) return index;
   for (size_t at = 0; at + 16 <= n;) {
     const void* hit = memmem(d + at, n - at, "GCOL\x01\x00\x00\x00", 8);
     if (!hit) break;
@@ -257,7 +262,7 @@ std::string check_layout(const HeapIndex& h, uint64_t addr) {
     } else {
       return false;
     }
-    if (ndims < 2) {
+    if (ndims < (ver == 3 ? 2u : 1u)) {  // version 3 counts the element size as a dimension
       why = "its chunks have no dimensions";
     } else if (dims_at + 4 * ndims > size) {
       why = "its layout message is cut short";

@@ -188,7 +188,7 @@ void SentencePieceTokenizer::init() {
   for (const auto& [p, id] : normal_) {
     (void)id;
     for (size_t k = p.find(ws, 1); k != std::string::npos && split_words_; k = p.find(ws, k + 1))
-      if (p.compare(k - ws.size(), ws.size(), ws) != 0) split_words_ = false;
+      if (k < ws.size() || p.compare(k - ws.size(), ws.size(), ws) != 0) split_words_ = false;
   }
   cache_ = std::make_shared<WordCache>();
   bos_ = m_.bos, eos_ = m_.eos, pad_ = m_.pad, unk_ = m_.unk;

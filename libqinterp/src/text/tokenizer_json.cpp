@@ -257,9 +257,15 @@ std::unique_ptr<Spec> read_tokenizer_json(const std::string& path) {
 
   const json& vocab = r.need(model, "vocab", "model");
   if (!vocab.is_object()) r.bad("model", "\"vocab\" is not an object");
+  // Ids index a table: they may leave gaps, but not so many that one damaged id asks for gigabytes.
+  const json& added_list = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"] : json::array();
+  const int64_t most_ids = 4 * static_cast<int64_t>(vocab.size() + added_list.size()) + 65536;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() >= (1LL << 31))
       r.bad("model vocab", "the id of \"" + it.key() + "\" is not a non-negative 32-bit integer");
+    if (it.value().get<int64_t>() >= most_ids)
+      r.bad("model vocab", "the id of \"" + it.key() + "\" is " + std::to_string(it.value().get<int64_t>()) +
+                               ", far beyond the " + std::to_string(vocab.size()) + " entries");
     const auto id = it.value().get<int64_t>();
     if (static_cast<size_t>(id) >= s->vocab.size()) s->vocab.resize(static_cast<size_t>(id) + 1);
     s->vocab[static_cast<size_t>(id)] = it.key();
@@ -299,6 +305,9 @@ std::unique_ptr<Spec> read_tokenizer_json(const std::string& path) {
       t.content = r.str(a, "content", "added_tokens");
       const json& id = r.need(a, "id", "added_tokens");
       if (!id.is_number_integer() || id.get<int64_t>() < 0) r.bad("added_tokens", "\"" + t.content + "\" has no valid id");
+      if (id.get<int64_t>() >= most_ids)
+        r.bad("added_tokens", "\"" + t.content + "\" has id " + std::to_string(id.get<int64_t>()) + ", far beyond the " +
+                                  std::to_string(vocab.size() + added_list.size()) + " tokens");
       t.id = id.get<int64_t>();
       t.special = r.flag(a, "special", false), t.lstrip = r.flag(a, "lstrip", false), t.rstrip = r.flag(a, "rstrip", false);
       t.single_word = r.flag(a, "single_word", false), t.normalized = r.flag(a, "normalized", !t.special);
