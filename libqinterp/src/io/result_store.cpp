@@ -661,8 +661,16 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
 void ResultStore::write_group(const std::string& group, const analysis::Tensors& ts, const Attrs& attrs) {
   writable("write results");
   if (split(group).empty()) fail("ResultStore: a result needs a group name");
-  const std::string tmp = group + ".partial";
-  remove_if_exists(tmp);
+  // A run killed while writing the copy can leave it with a half-written object header, which
+  // HDF5 cannot even unlink ("bad object header version number"): then the copy goes beside it,
+  // under the next free name, and the damaged one stays as an orphan.
+  std::string tmp = group + ".partial";
+  for (int k = 1; exists(tmp); ++k) {
+    if (H5Ldelete(file_, ("/" + tmp).c_str(), H5P_DEFAULT) >= 0) break;
+    h5_message();
+    if (k > 100) fail("HDF5 file ", path_, ": cannot replace '", group, ".partial' or any of 100 fresh names");
+    tmp = group + ".partial" + std::to_string(k);
+  }
   Id(open_group(tmp, true), H5Gclose);
   for (const auto& [name, t] : ts) {
     if (name.empty() || name.find('/') != std::string::npos) fail("ResultStore: '", name, "' cannot be a dataset name");
@@ -699,7 +707,19 @@ void ResultStore::save_state(const std::string& group, const analysis::State& s,
 
 analysis::State ResultStore::load_state(const std::string& group_in) const {
   std::string group = group_in;
-  if (!exists(group) && exists(group + ".partial")) group += ".partial";  // killed mid-swap
+  if (!exists(group)) {  // killed mid-swap: the complete copy is the one whose attributes read
+    for (int k = 0; k <= 100; ++k) {
+      const std::string tmp = group_in + ".partial" + (k ? std::to_string(k) : "");
+      if (!exists(tmp)) continue;
+      try {
+        if (attrs(tmp).count("kind")) {
+          group = tmp;
+          break;
+        }
+      } catch (const Error&) {  // a damaged leftover of an earlier kill
+      }
+    }
+  }
   Attrs a = attrs(group);
   auto it = a.find("kind");
   if (it == a.end() || !std::holds_alternative<std::string>(it->second))
