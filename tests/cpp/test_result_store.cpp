@@ -12,6 +12,18 @@
 using namespace qinterp;
 using io::ResultStore;
 
+namespace {
+// `d` with byte `offset` of every occurrence of `pattern` set to `value`; fails the test if there
+// is none.
+std::string patch_all(std::string d, const std::string& pattern, size_t offset, char value) {
+  int patched = 0;
+  for (size_t at = d.find(pattern); at != std::string::npos; at = d.find(pattern, at + 1), ++patched)
+    d[at + offset] = value;
+  EXPECT_GT(patched, 0) << "pattern not found in the file";
+  return d;
+}
+}  // namespace
+
 TEST(ResultStore, RoundTripsDtypesAttrsAndState) {
   qt::TempDir dir;
   const std::string path = dir.file("r.h5");
@@ -96,13 +108,9 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
   // A float64 whose stored size was damaged into 16,392 bytes (found by fuzzing): Debian's HDF5
   // 1.10 opens it and overran its buffers converting it; it must be refused before the read.
   {
-    std::string d = data;
     const std::string f64("\x11\x20\x3f\x00\x08\x00\x00\x00\x00\x00\x40\x00\x34\x0b\x00\x34", 16);
-    int patched = 0;
-    for (size_t at = d.find(f64); at != std::string::npos; at = d.find(f64, at + 1), ++patched) d[at + 5] = '\x40';
-    ASSERT_GT(patched, 0) << "no float64 datatype message found in the file";
-    const std::string bad = dir.file("bigfloat.h5");
-    std::ofstream(bad, std::ios::binary) << d;
+    const std::string d = patch_all(data, f64, 5, '\x40');  // the float64 type's size, 8 -> 16,392
+    const std::string bad = dir.write("bigfloat.h5", d);
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "damaged number type", "16392 bytes");
   }
   // The shape of 'a' damaged in its dataspace message (version 1, rank 1, then 100,000 as eight
@@ -122,8 +130,7 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     big[at + 3] = '\x80';
     rank0[at - 7] = 0;
     for (const auto& [name, d] : {std::pair<std::string, std::string>{"bigshape.h5", big}, {"rank0.h5", rank0}}) {
-      const std::string bad = dir.file(name);
-      std::ofstream(bad, std::ios::binary) << d;
+      const std::string bad = dir.write(name, d);
       EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", "the file is damaged");
     }
   }
@@ -139,20 +146,15 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     huge[at + 8 + 3 + 8 + 2] = '\x10';  // the first chunk dimension + 2^20
     for (const auto& [name, d, frag] : {std::tuple<std::string, std::string, std::string>{"chunk0.h5", rank0, "no dimensions"},
                                         {"chunkbig.h5", huge, "has chunks of"}}) {
-      const std::string bad = dir.file(name);
-      std::ofstream(bad, std::ios::binary) << d;
+      const std::string bad = dir.write(name, d);
       EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("a"), bad, "'a'", frag);
     }
   }
   // A string attribute's type whose element size (1 byte) was damaged: HDF5 1.10 hangs reading it.
   {
-    std::string d = data;
     const std::string vstr("\x19\x01\x01\x00\x10\x00\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00", 16);
-    int patched = 0;
-    for (size_t at = d.find(vstr); at != std::string::npos; at = d.find(vstr, at + 1), ++patched) d[at + 15] = '\x97';
-    ASSERT_GT(patched, 0) << "no variable-length string type found";
-    const std::string bad = dir.file("vstr.h5");
-    std::ofstream(bad, std::ios::binary) << d;
+    const std::string d = patch_all(data, vstr, 15, '\x97');  // the string's element size, 1 -> 0x97000001
+    const std::string bad = dir.write("vstr.h5", d);
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).attrs(""), bad, "string type is damaged");
   }
   // An attribute name with a byte that is not UTF-8 comes back escaped (so it converts to a Python
@@ -162,8 +164,7 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     const size_t at = d.find("qinterp_version");
     ASSERT_NE(at, std::string::npos);
     d[at + 7] = '\xff';
-    const std::string bad = dir.file("name.h5");
-    std::ofstream(bad, std::ios::binary) << d;
+    const std::string bad = dir.write("name.h5", d);
     const io::Attrs a = ResultStore(bad, ResultStore::Mode::Read).attrs("");
     EXPECT_EQ(a.count("qinterp\\xffversion"), 1u);
   }
@@ -183,8 +184,7 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
       p += 16 + ((u64(p + 8) + 7) & ~uint64_t{7});
     ASSERT_LE(p + 16, end) << "no free-space entry in the global heap";
     for (int k = 0; k < 8; ++k) d[p + 8 + static_cast<size_t>(k)] = '\0';
-    const std::string bad = dir.file("heap.h5");
-    std::ofstream(bad, std::ios::binary) << d;
+    const std::string bad = dir.write("heap.h5", d);
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read), bad, "global heap object 0", "has size 0");
     EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Append), bad, "global heap");
     // The reference to a string attribute's heap object (length u32, heap address u64, index u32,
@@ -200,8 +200,7 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
     len[r + 3] = '\x7f';   // length + 2^31 - 2^24
     for (const auto& [name, d2, frag] : {std::tuple<std::string, std::string, std::string>{"ref_idx.h5", idx, "does not exist"},
                                          {"ref_len.h5", len, "its global heap object holds"}}) {
-      const std::string bad2 = dir.file(name);
-      std::ofstream(bad2, std::ios::binary) << d2;
+      const std::string bad2 = dir.write(name, d2);
       EXPECT_QERROR(ResultStore(bad2, ResultStore::Mode::Read).attrs(""), bad2, "attribute 'qinterp_version'", frag);
     }
   }
