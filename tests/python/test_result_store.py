@@ -172,3 +172,17 @@ def test_damaged_files_raise_qinterp_error(tmp_path):
         qa.ResultStore(str(tmp_path / "absent.h5"), "r")
     with pytest.raises(qinterp.Error, match="cannot be a group name"):
         qa.ResultStore.join(["model", "a/b"])
+
+
+def test_reads_other_integer_widths_written_by_h5py(tmp_path):
+    # int16 and uint32 are widened on reading; the checks against damage compare the file's
+    # element size with its storage, not the widened one
+    path = tmp_path / "h5py.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("i16", data=np.arange(-5, 5, dtype=np.int16))
+        f.create_dataset("u32", data=np.arange(10, dtype=np.uint32) * 1000)
+        f.create_dataset("c16", data=np.arange(4000, dtype=np.int16), chunks=(1000,), compression="gzip")
+    s = qa.ResultStore(str(path), "r")
+    assert s.read("i16").tolist() == list(range(-5, 5))
+    assert s.read("u32").tolist() == [1000 * i for i in range(10)]
+    assert s.read("c16").tolist() == list(range(4000))

@@ -640,7 +640,7 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
       break;
     default: fail("HDF5 file ", path_, ": dataset '", dataset, "' is not numeric");
   }
-  check_extent(path_, ds, dataset, dims, maxdims, at::elementSize(st));
+  check_extent(path_, ds, dataset, dims, maxdims, size);  // the file's element size, not memory's
   at::Tensor out;
   try {
     out = at::empty(shape, at::TensorOptions().dtype(st));
