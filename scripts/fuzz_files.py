@@ -187,7 +187,6 @@ def main():
     a = ap.parse_args()
     if a.worker:
         return worker()
-    rng = random.Random(a.seed)
     tmp = tempfile.mkdtemp(prefix="qinterp-fuzz-")
     os.makedirs(a.keep, exist_ok=True)
     w = Worker(a.timeout)
@@ -195,6 +194,7 @@ def main():
     for name, kind, src, how in make_seeds(tmp):
         if a.only and not any(o in name for o in a.only.split(",")):
             continue
+        rng = random.Random(f"{a.seed}/{name}")  # per target, so that --only reproduces a case
         t0, counts = time.time(), {}
         whole = open(src, "rb").read() if how != "gguf" else None
         head = open(src, "rb").read(1 << 20) if how == "gguf" else None
@@ -238,8 +238,9 @@ def main():
                     shutil.copytree(target, kept)
                 elif target:
                     shutil.copy(target, kept)
-                else:
-                    kept = f"(gguf case {i}, seed {a.seed}: rerun with --only gguf)"
+                else:  # the GGUF is too big to keep: its mutated first MB instead
+                    kept = os.path.join(a.keep, f"gguf-{a.seed}-{i}.first-MB")
+                    open(kept, "wb").write(data)
                 found.append((name, what, kept, r[:300]))
         print(f"{name}: {a.cases} cases, {counts} ({time.time() - t0:.0f} s)", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
