@@ -76,14 +76,6 @@ const at::Tensor& need(const State& s, const std::string& kind, const std::strin
   return it->second;
 }
 
-namespace {
-std::string shape_str(at::IntArrayRef d) {
-  std::string r = "[";
-  for (size_t i = 0; i < d.size(); ++i) r += (i ? ", " : "") + std::to_string(d[i]);
-  return r + "]";
-}
-}  // namespace
-
 bool has_any(const State& s, std::initializer_list<const char*> names) {
   for (const char* n : names)
     if (s.tensors.count(n)) return true;
@@ -94,7 +86,7 @@ int64_t need_count(const State& s, const std::string& kind, const std::string& n
   const at::Tensor& t = need(s, kind, name);
   if (t.numel() != 1 || !at::isIntegralType(t.scalar_type(), /*includeBool=*/false))
     fail("saved ", kind, " state: '", name, "' must be one integer, got ", t.scalar_type(), " of shape ",
-         shape_str(t.sizes()));
+         t.sizes());
   const int64_t v = t.item<int64_t>();
   if (v < 0) fail("saved ", kind, " state: '", name, "' is ", v, ", a count cannot be negative");
   return v;
@@ -104,7 +96,7 @@ double need_number(const State& s, const std::string& kind, const std::string& n
   const at::Tensor& t = need(s, kind, name);
   if (t.numel() != 1 || t.scalar_type() == at::kBool || t.is_complex())
     fail("saved ", kind, " state: '", name, "' must be one number, got ", t.scalar_type(), " of shape ",
-         shape_str(t.sizes()));
+         t.sizes());
   return t.item<double>();
 }
 
@@ -116,7 +108,7 @@ at::Tensor need_array(const State& s, const std::string& kind, const std::string
   if (!ok) {
     std::string want = "[";
     for (size_t i = 0; i < dims.size(); ++i) want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
-    fail("saved ", kind, " state: '", name, "' has shape ", shape_str(t.sizes()), ", expected ", want, "]");
+    fail("saved ", kind, " state: '", name, "' has shape ", t.sizes(), ", expected ", want, "]");
   }
   const bool integral = at::isIntegralType(as, /*includeBool=*/true);
   const bool fits = integral ? at::isIntegralType(t.scalar_type(), /*includeBool=*/as == at::kBool)
