@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 
 #include "quant4.cuh"
 
@@ -371,27 +372,53 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_4bit_kernel(
 
 std::atomic<bool> g_programmatic_launch{false};
 
-cudaError_t init_bounds() {
-  static cudaError_t done = [] {
-    float b[2][15];
-    const unsigned char order[2][16] = {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-                                        {11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3}};
-    float code[2][16];
-    cudaError_t e = cudaMemcpyFromSymbol(code, kCode, sizeof(code));
-    if (e != cudaSuccess) return e;
-    for (int t = 0; t < 2; ++t)
-      for (int i = 0; i < 15; ++i) b[t][i] = (code[t][order[t][i]] + code[t][order[t][i + 1]]) / 2.0f;
-    return cudaMemcpyToSymbol(kBounds, b, sizeof(b));
-  }();
-  return done;
+// What belongs to one device: its __constant__ kBounds, the kernels' shared-memory opt-in, its SM
+// count and the occupancy answers. Kept per device (the current one at the call, which the glue
+// sets to the tensors' device), so that a second GPU never runs with the first one's setup.
+struct DeviceSetup {
+  bool bounds = false, gemv = false;
+  int sms = 0, major = 0;
+  size_t smem = 0;          // the staged width the occupancy answers below are for
+  int per_sm[2] = {1, 1};  // resident blocks per SM of the row and pair kernels
+};
+constexpr int kMaxDevices = 64;
+std::mutex g_setup_mutex;  // guards g_setup; held only for the setup, not for launches
+DeviceSetup g_setup[kMaxDevices];
+
+cudaError_t current_setup(DeviceSetup*& out, int& device) {
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  out = &g_setup[device];
+  return cudaSuccess;
+}
+
+// kBounds on the current device, once (the caller holds g_setup_mutex).
+cudaError_t init_bounds(DeviceSetup& dev) {
+  if (dev.bounds) return cudaSuccess;
+  float b[2][15];
+  const unsigned char order[2][16] = {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+                                      {11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3}};
+  float code[2][16];
+  if (cudaError_t e = cudaMemcpyFromSymbol(code, kCode, sizeof(code)); e != cudaSuccess) return e;
+  for (int t = 0; t < 2; ++t)
+    for (int i = 0; i < 15; ++i) b[t][i] = (code[t][order[t][i]] + code[t][order[t][i + 1]]) / 2.0f;
+  if (cudaError_t e = cudaMemcpyToSymbol(kBounds, b, sizeof(b)); e != cudaSuccess) return e;
+  dev.bounds = true;
+  return cudaSuccess;
 }
 
 }  // namespace
 
 cudaError_t quantize_4bit(const void* x, InDType in, int64_t n, int block, int type, uint8_t* packed,
                           float* absmax, cudaStream_t stream) {
-  if (cudaError_t e = init_bounds(); e != cudaSuccess) return e;
   if (n == 0) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(g_setup_mutex);
+    DeviceSetup* dev = nullptr;
+    int device = 0;
+    if (cudaError_t e = current_setup(dev, device); e != cudaSuccess) return e;
+    if (cudaError_t e = init_bounds(*dev); e != cudaSuccess) return e;
+  }
   const int64_t nb = (n + block - 1) / block;
   const int threads = 256;
   const unsigned grid = static_cast<unsigned>((nb * 32 + threads - 1) / threads);
@@ -425,24 +452,34 @@ cudaError_t gemv_4bit(const uint8_t* packed, const float* absmax, const uint8_t*
   if (rows == 0 || batch == 0) return cudaSuccess;
   if (io == kF16 && cols <= kMaxCols2 && cols % 32 == 0) {
     const size_t smem2 = 256 * 32 * 4 + (cols / 32) * kPad * sizeof(__half);
-    static int per_sm[2] = {0, 0};  // resident blocks per SM of the row and pair kernels, once
-    static int sms = 0, major = 0;
-    if (!sms) {
-      if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) major = 0;
-      const size_t most = 256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2;  // opt in beyond 48 KiB
-      for (auto k : {gemv_4bit_f16_row_kernel, gemv_4bit_f16_pair_kernel}) {
-        cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
-        if (e != cudaSuccess) return e;
+    int sms = 0, major = 0, r0 = 1, r1 = 1;
+    {
+      std::lock_guard<std::mutex> lock(g_setup_mutex);
+      DeviceSetup* dev = nullptr;
+      int device = 0;
+      if (cudaError_t e = current_setup(dev, device); e != cudaSuccess) return e;
+      if (!dev->gemv) {
+        if (cudaDeviceGetAttribute(&dev->major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+          dev->major = 0;
+        const size_t most = 256 * 32 * 4 + (kMaxCols2 / 32) * kPad * 2;  // opt in beyond 48 KiB
+        for (auto k : {gemv_4bit_f16_row_kernel, gemv_4bit_f16_pair_kernel}) {
+          cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
+          if (e != cudaSuccess) return e;
+        }
+        if (cudaDeviceGetAttribute(&dev->sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) dev->sms = 132;
+        dev->gemv = true;
       }
-      if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
-    }
-    static size_t cached_smem = 0;  // the occupancy answer depends on the staged x: ask once per width
-    int& r0 = per_sm[0];
-    int& r1 = per_sm[1];
-    if (cached_smem != smem2) {
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r0, gemv_4bit_f16_row_kernel, kWarps2 * 32, smem2) != cudaSuccess || r0 < 1) r0 = 1;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r1, gemv_4bit_f16_pair_kernel, kWarps2 * 32, smem2) != cudaSuccess || r1 < 1) r1 = 1;
-      cached_smem = smem2;
+      if (dev->smem != smem2) {  // the occupancy answer depends on the staged x: ask once per width
+        int& a = dev->per_sm[0];
+        int& b = dev->per_sm[1];
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, gemv_4bit_f16_row_kernel, kWarps2 * 32, smem2) != cudaSuccess || a < 1) a = 1;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, gemv_4bit_f16_pair_kernel, kWarps2 * 32, smem2) != cudaSuccess || b < 1) b = 1;
+        dev->smem = smem2;
+      }
+      sms = dev->sms;
+      major = dev->major;
+      r0 = dev->per_sm[0];
+      r1 = dev->per_sm[1];
     }
     // Pairs when every resident warp gets at least one pair, single rows otherwise.
     const bool pairs = rows >= 2 * static_cast<int64_t>(sms) * r1 * kWarps2;

@@ -265,3 +265,31 @@ TEST(QuantCuda, TensorsOnGpuMatchCpu) {
   go.max_new_tokens = 20;
   EXPECT_EQ(mg->generate(prompt(), go).sizes(), mc->generate(prompt(), go).sizes());
 }
+
+// Constant tables, the shared-memory opt-in and occupancy are per device: a kernel set up on the
+// first GPU must still be right on the second. Needs two GPUs.
+TEST(QuantCuda, SecondDeviceGetsItsOwnSetup) {
+  if (!quant::cuda_built() || !at::hasCUDA() || at::getNumGPUs() < 2)
+    GTEST_SKIP() << "SKIPPED: needs two CUDA devices; runs on a multi-GPU machine";
+  at::manual_seed(10);
+  // 8192 columns: the staged x and the code table need more than 48 KiB of shared memory
+  const at::Tensor w = (at::randn({256, 8192}) * 0.1).to(at::kHalf);
+  const at::Tensor x = at::randn({1, 8192}).to(at::kHalf);
+  const auto spec = parse_quant_spec("nf4");
+  const auto qc = quant::quantize(w, spec);
+  const at::Tensor ref = at::matmul(x.to(at::kFloat), quant::dequantize(qc, at::kFloat).t());
+  for (const char* dev : {"cuda:0", "cuda:1"}) {  // device 0 first, so that a once-only setup would be its
+    const auto qg = quant::quantize(w.to(at::Device(dev)), spec);
+    EXPECT_TRUE(at::equal(qc.data, qg.data.cpu())) << dev;
+    EXPECT_TRUE(at::equal(qc.absmax, qg.absmax.cpu())) << dev;
+    const at::Tensor y = quant::gemv_4bit(x.to(at::Device(dev)), qg).cpu().to(at::kFloat);
+    EXPECT_LT((y - ref).norm().item<double>() / ref.norm().item<double>(), 1e-2) << dev;
+  }
+  const auto q1 = quant::quantize(w.to(at::Device("cuda:1")), spec);
+  try {
+    quant::gemv_4bit(x.to(at::Device("cuda:0")), q1);
+    ADD_FAILURE() << "a weight on another device was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:1"), std::string::npos) << e.what();
+  }
+}

@@ -3,6 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <utility>
+
 #include "../../cuda/quant4.cuh"
 #include "qinterp/error.hpp"
 
@@ -51,7 +53,15 @@ at::Tensor gemv_4bit_cuda(const at::Tensor& x, const at::Tensor& packed, const a
                           const at::Tensor& qabs, const at::Tensor& absmax2, float offset, const at::Tensor& code2,
                           int type, int64_t rows, int64_t cols, int64_t block) {
   c10::cuda::CUDAGuard guard(x.device());
-  if (!packed.is_cuda()) fail("gemv_4bit: the weight is on the CPU and the input on CUDA; move the model");
+  // The kernel reads every table through raw pointers on x's device: all must live there.
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{packed, "packed weight"}, {absmax, "absmax"},
+                                {qabs, "quantized absmax"}, {absmax2, "absmax scales"}, {code2, "absmax code"}}) {
+    if (!t.defined()) continue;
+    if (!t.is_cuda()) fail("gemv_4bit: the ", name, " is on the CPU and the input on CUDA; move the model");
+    if (t.device() != x.device())
+      fail("gemv_4bit: the ", name, " is on ", t.device().str(), " and the input on ", x.device().str(),
+           "; move the input or the model so that both are on one device");
+  }
   at::Tensor y = at::empty({x.size(0), rows}, x.options());
   check(cuda::gemv_4bit(packed.data_ptr<uint8_t>(), absmax.defined() ? absmax.data_ptr<float>() : nullptr,
                         qabs.defined() ? qabs.data_ptr<uint8_t>() : nullptr,
