@@ -59,6 +59,12 @@ TEST(DeadNeurons, BandIsStrictAndMaskSkipsPadding) {
   EXPECT_TRUE(at::equal(r["outside"], at::tensor({int64_t{1}, int64_t{0}, int64_t{1}})));
   EXPECT_DOUBLE_EQ(r["max"][0].item<double>(), 0.1f);
   EXPECT_QERROR(DeadNeurons(0.1, -0.1), "empty");
+  // an activation without neurons is refused by name, not left to a torch reshape error
+  NeuronStats s;
+  Correlation c;
+  EXPECT_QERROR(d.update(at::zeros({3, 0})), "DeadNeurons", "no neurons");
+  EXPECT_QERROR(s.update(at::zeros({2, 3, 0})), "NeuronStats", "no neurons");
+  EXPECT_QERROR(c.update(at::zeros({0, 0})), "Correlation", "no neurons");
 }
 
 TEST(DeadNeurons, NonFiniteIsRefusedWithHookAndToken) {
@@ -186,6 +192,45 @@ TEST(AccumulatorState, RestoreRefusesDamagedStatesAndKeepsItsOwn) {
     }
     EXPECT_GE(cases, 5) << acc->kind();  // Perplexity has two entries, the others more
     acc->restore(good);  // and a good state still restores
+  }
+}
+
+// Float32 products lose neurons whose values are tiny (their squares underflow near 1e-38) or huge
+// (overflow near 3e38). Scaling a neuron by a power of two must leave |r| bit for bit unchanged,
+// on both paths; values of every magnitude must match float64.
+TEST(Correlation, NeuronsOfAnyMagnitude) {
+  at::manual_seed(12);
+  const int64_t n = 45, tokens = 1300;  // three panels of 16, the last ragged
+  at::Tensor base = at::randn({tokens, n}) + at::randn({tokens, 3}).mm(at::randn({3, n})) * 2 + at::randn({1, n}) * 3;
+  base.select(1, 5).fill_(0.75f);  // constant: excluded with or without scaling
+  const int exps[] = {-80, -60, -45, 0, 45, 60, 80};
+  at::Tensor pow2 = at::empty({n});
+  for (int64_t j = 0; j < n; ++j) pow2[j] = std::ldexp(1.0f, exps[j % 7]);
+  const at::Tensor scaled = base * pow2;  // exact: every value stays a normal float
+  ASSERT_TRUE(at::equal(scaled / pow2, base));
+  for (bool kernel : {true, false}) {
+    SCOPED_TRACE(kernel ? "cpu kernel" : "ATen path");
+    Correlation::Options o;
+    o.tile = 16;
+    o.chunk = 300;
+    o.cpu_kernel = kernel;
+    Correlation plain(o), big(o);
+    for (const auto& part : base.split(450)) plain.update(part);
+    for (const auto& part : scaled.split(450)) big.update(part);
+    EXPECT_TRUE(at::equal(plain.matrix().nan_to_num(7), big.matrix().nan_to_num(7)));
+    auto rp = plain.finalize(), rb = big.finalize();
+    EXPECT_TRUE(at::equal(rp["histogram"], rb["histogram"]));
+    EXPECT_EQ(rb["pairs_excluded"].item<int64_t>(), n - 1);
+    // powers of ten, and a neuron whose centred values overflow float32 (float64 for that chunk)
+    at::Tensor tens = at::empty({n});
+    for (int64_t j = 0; j < n; ++j) tens[j] = std::pow(10.0f, static_cast<float>(exps[j % 7]) * 0.37f);
+    at::Tensor wide = base * tens;
+    wide.select(1, 7).copy_(at::where(at::arange(tokens) % 4 == 0, -3.0e38, 3.0e38).to(at::kFloat));
+    Correlation any(o);
+    for (const auto& part : wide.split(450)) any.update(part);
+    const at::Tensor ref = direct_corr(wide.to(at::kDouble));
+    EXPECT_LT((any.matrix() - ref).abs().nan_to_num(0).max().item<double>(), 1e-6);
+    EXPECT_EQ(any.finalize()["pairs_excluded"].item<int64_t>(), n - 1);
   }
 }
 

@@ -239,6 +239,23 @@ def test_non_finite_activation_names_hook_and_token():
         qa.Drift().update(torch.zeros(3, 2), torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [0.0, 0.0]]))
 
 
+def test_inputs_that_are_mistakes_are_refused():
+    # each would otherwise be read silently (0.5 as "correct", 0.7 truncated to token 0) or end in
+    # a torch reshape error
+    cal = qa.Calibration()
+    with pytest.raises(qinterp.Error, match=r"correct must be bool or 0/1, got 0.5 for example 1"):
+        cal.update(torch.tensor([0.9, 0.6]), torch.tensor([1.0, 0.5]))
+    cal.update(torch.tensor([0.9, 0.6]), torch.tensor([1, 0]))  # 0/1 integers are fine
+    assert cal.result()["accuracy"] == 0.5
+    with pytest.raises(qinterp.Error, match="targets must be integer token ids"):
+        qa.Perplexity().update(torch.randn(1, 3, 8), torch.rand(1, 3))
+    for acc in [qa.DeadNeurons(), qa.NeuronStats(), qa.Correlation()]:
+        with pytest.raises(qinterp.Error, match="no neurons"):
+            acc.update(torch.zeros(5, 0))
+    with pytest.raises(qinterp.Error, match="Drift.*no neurons"):
+        qa.Drift().update(torch.zeros(5, 0), torch.zeros(5, 0))
+
+
 def test_zero_variance_neurons_reported_not_nan():
     torch.manual_seed(0)
     x = torch.randn(400, 6, dtype=torch.float64)
@@ -251,6 +268,25 @@ def test_zero_variance_neurons_reported_not_nan():
     with np.errstate(invalid="ignore", divide="ignore"):
         ref = np.corrcoef(x.numpy().T)
     np.testing.assert_allclose(c.matrix().numpy(), ref, rtol=0, atol=1e-12)  # NaN row/column as numpy
+
+
+@pytest.mark.parametrize("cpu_kernel", [True, False])
+def test_correlation_of_tiny_and_huge_neurons_matches_numpy(cpu_kernel):
+    # float32 activations from 1e-30 to 1e30: squares beyond float32's range must not turn a
+    # neuron into "zero variance" or its |r| into noise (float64 numpy is the oracle)
+    torch.manual_seed(3)
+    z = torch.randn(2000, 3)
+    base = z @ torch.randn(3, 40) + 0.7 * torch.randn(2000, 40) + 2.0
+    x = (base * torch.logspace(-30, 30, 40)).to(torch.float32)
+    c = qa.Correlation(cpu_kernel=cpu_kernel, chunk=512)
+    for part in x.split(600):
+        c.update(part)
+    res = c.result()
+    assert res["pairs_excluded"] == 0
+    check_histogram(res, x.double().numpy(), f"magnitudes 1e-30..1e30 (cpu_kernel={cpu_kernel})")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.corrcoef(x.double().numpy().T)
+    np.testing.assert_allclose(c.matrix().numpy(), ref, rtol=0, atol=1e-6)
 
 
 def test_clustering_matches_scipy(stories_model, stories_batches):

@@ -34,7 +34,15 @@ void Calibration::update(const at::Tensor& confidence, const at::Tensor& correct
     fail("Calibration", label_.empty() ? "" : " on '" + label_ + "'", ": confidence ", c[bad[0][0]].item<double>(),
          " of example ", examples() + bad[0][0].item<int64_t>(), " is not a probability in [0, 1]");
   at::Tensor k = correct.to(at::kCPU);
-  k = k.scalar_type() == at::kBool ? k.clone() : k.ne(0);
+  if (k.scalar_type() != at::kBool) {  // 0/1 numbers are accepted as well; anything else is a mistake
+    const at::Tensor odd = (k.ne(0) & k.ne(1)).nonzero();
+    if (odd.size(0))
+      fail("Calibration", label_.empty() ? "" : " on '" + label_ + "'", ": correct must be bool or 0/1, got ",
+           k[odd[0][0]].item<double>(), " for example ", examples() + odd[0][0].item<int64_t>());
+    k = k.ne(0);
+  } else {
+    k = k.clone();
+  }
   conf_.push_back(c.clone());
   correct_.push_back(k);
 }
@@ -158,6 +166,9 @@ void Perplexity::update(const at::Tensor& logits, const at::Tensor& targets, con
   if (mask.defined() && mask.sizes() != targets.sizes())
     fail("Perplexity: mask ", mask.sizes(), " does not match targets ", targets.sizes());
   const int64_t v = logits.size(2);
+  if (at::isFloatingType(targets.scalar_type()) || at::isComplexType(targets.scalar_type()) ||
+      targets.scalar_type() == at::kBool)
+    fail("Perplexity: targets must be integer token ids, got ", targets.scalar_type());
   at::Tensor t = targets.to(logits.device()).to(at::kLong);
   at::Tensor m = mask.defined() ? mask.to(logits.device()).ne(0) : at::ones_like(t, t.options().dtype(at::kBool));
   at::Tensor tt = t.masked_select(m);

@@ -3,6 +3,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace qinterp::analysis::detail {
 
@@ -54,12 +56,15 @@ __attribute__((target("avx2,fma"))) void micro_tile(int64_t kc, const float* a, 
     }
 }
 
-// m[j] += tile[j] + ai·u[j] + bi·v[j] for 16 columns in float64 (v may be null).
+// m[j] += tile[j] (· si · sc[j]) + ai·u[j] + bi·v[j] for 16 columns in float64 (v, sc may be null;
+// si · sc[j] is a power of two, so the product is exact and the sum rounds once, as without it).
 __attribute__((target("avx2,fma"))) void add_row16(double* m, const float* tile, double ai, const double* u,
-                                                   double bi, const double* v) {
-  const __m256d va = _mm256_set1_pd(ai), vb = _mm256_set1_pd(bi);
+                                                   double bi, const double* v, double si, const double* sc) {
+  const __m256d va = _mm256_set1_pd(ai), vb = _mm256_set1_pd(bi), vs = _mm256_set1_pd(si);
   for (int64_t q = 0; q < P; q += 4) {
-    __m256d s = _mm256_add_pd(_mm256_loadu_pd(m + q), _mm256_cvtps_pd(_mm_loadu_ps(tile + q)));
+    const __m256d t = _mm256_cvtps_pd(_mm_loadu_ps(tile + q));
+    __m256d s = sc ? _mm256_fmadd_pd(t, _mm256_mul_pd(vs, _mm256_loadu_pd(sc + q)), _mm256_loadu_pd(m + q))
+                   : _mm256_add_pd(_mm256_loadu_pd(m + q), t);
     s = _mm256_fmadd_pd(va, _mm256_loadu_pd(u + q), s);
     if (v) s = _mm256_fmadd_pd(vb, _mm256_loadu_pd(v + q), s);
     _mm256_storeu_pd(m + q, s);
@@ -72,22 +77,29 @@ __attribute__((target("avx2,fma"))) void copy6_strided(const float* src, float* 
   for (int64_t k = 0; k < kc; ++k) _mm256_storeu_ps(dst + k * MR, _mm256_loadu_ps(src + k * P));
 }
 
-// One full panel: out[t][l] = x[t * ldx + l] − shift[l], colsum[l] += Σ_t out[t][l] in float64.
+// One full panel: out[t][l] = x[t * ldx + l] − shift[l], colsum[l] += Σ_t out[t][l] in float64,
+// colmax[l] = max_t |out[t][l]|.
 __attribute__((target("avx2,fma"))) void pack_panel(const float* x, int64_t nb, int64_t ldx, const float* shift,
-                                                    float* out, double* colsum) {
+                                                    float* out, double* colsum, float* colmax) {
   const __m256 s0 = _mm256_loadu_ps(shift), s1 = _mm256_loadu_ps(shift + 8);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 mx0 = _mm256_setzero_ps(), mx1 = mx0;
   __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
   for (int64_t t = 0; t < nb; ++t) {
     const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t * ldx), s0);
     const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(x + t * ldx + 8), s1);
     _mm256_store_ps(out + t * P, v0);
     _mm256_store_ps(out + t * P + 8, v1);
+    mx0 = _mm256_max_ps(mx0, _mm256_andnot_ps(sign, v0));
+    mx1 = _mm256_max_ps(mx1, _mm256_andnot_ps(sign, v1));
     acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(v0)));
     acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(v0, 1)));
     acc[2] = _mm256_add_pd(acc[2], _mm256_cvtps_pd(_mm256_castps256_ps128(v1)));
     acc[3] = _mm256_add_pd(acc[3], _mm256_cvtps_pd(_mm256_extractf128_ps(v1, 1)));
   }
   for (int q = 0; q < 4; ++q) _mm256_storeu_pd(colsum + 4 * q, _mm256_add_pd(_mm256_loadu_pd(colsum + 4 * q), acc[q]));
+  _mm256_storeu_ps(colmax, mx0);
+  _mm256_storeu_ps(colmax + 8, mx1);
 }
 
 }  // namespace
@@ -98,25 +110,69 @@ bool comoment_kernel_available() {
 }
 
 void comoment_pack(const float* x, int64_t nb, int64_t n, const float* shift, float* packed, double* colsum,
-                   int64_t g0, int64_t g1) {
+                   float* colmax, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t c0 = g * P, cn = std::min(P, n - c0);
     float* out = packed + g * nb * P;
     if (cn == P) {
-      pack_panel(x + c0, nb, n, shift + c0, out, colsum + c0);
+      pack_panel(x + c0, nb, n, shift + c0, out, colsum + c0, colmax + c0);
       continue;
     }
     double s[P] = {};
+    float mx[P] = {};
     for (int64_t t = 0; t < nb; ++t) {
       const float* row = x + t * n + c0;
       float* o = out + t * P;
       for (int64_t l = 0; l < cn; ++l) {
         o[l] = row[l] - shift[c0 + l];
         s[l] += o[l];
+        mx[l] = std::max(mx[l], std::abs(o[l]));
       }
       for (int64_t l = cn; l < P; ++l) o[l] = 0.f;
     }
-    for (int64_t l = 0; l < P; ++l) colsum[c0 + l] += s[l];
+    for (int64_t l = 0; l < P; ++l) {
+      colsum[c0 + l] += s[l];
+      colmax[c0 + l] = mx[l];
+    }
+  }
+}
+
+RangeScales range_scales(const float* absmax, int64_t n) {
+  constexpr float lo = 0x1p-40f, hi = 0x1p40f;
+  RangeScales r;
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = absmax[j];
+    if (!(a <= std::numeric_limits<float>::max())) {  // inf (NaN was refused before)
+      r.overflow = true;
+      continue;
+    }
+    if (a == 0.0f || (a >= lo && a <= hi)) continue;
+    if (!r.any) {
+      r.scale.assign(static_cast<size_t>(n), 1.0f);
+      r.unscale.assign(static_cast<size_t>(n), 1.0);
+      r.any = true;
+    }
+    // a = m · 2^e with m in [1, 2); 2^-e must itself be a float (e ≤ 126 keeps it normal)
+    const int e = std::min(std::max(std::ilogb(a), -127), 126);
+    r.scale[static_cast<size_t>(j)] = std::ldexp(1.0f, -e);
+    r.unscale[static_cast<size_t>(j)] = std::ldexp(1.0, e);
+  }
+  return r;
+}
+
+void comoment_rescale(float* packed, int64_t nb, int64_t n, const float* scale, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t c0 = g * P, cn = std::min(P, n - c0);
+    float s[P];
+    bool any = false;
+    for (int64_t l = 0; l < P; ++l) {
+      s[l] = l < cn ? scale[c0 + l] : 1.0f;
+      any = any || s[l] != 1.0f;
+    }
+    if (!any) continue;
+    float* out = packed + g * nb * P;
+    for (int64_t t = 0; t < nb; ++t)
+      for (int64_t l = 0; l < P; ++l) out[t * P + l] *= s[l];
   }
 }
 
@@ -181,14 +237,17 @@ void comoment_row(const float* packed, int64_t nb, const ComomentRow& row, float
           const int64_t i = i0 + r;
           double* m = row.m2 + i * w;
           const double ai = row.alpha * row.u[a0 + i], bi = row.v ? row.beta * row.v[a0 + i] : 0.0;
+          const double si = row.unscale ? row.unscale[a0 + i] : 1.0;
           if (j0 >= 0 && j0 + P <= w) {
-            add_row16(m + j0, tile + r * P, ai, row.u + a0 + j0, bi, row.v ? row.v + a0 + j0 : nullptr);
+            add_row16(m + j0, tile + r * P, ai, row.u + a0 + j0, bi, row.v ? row.v + a0 + j0 : nullptr, si,
+                      row.unscale ? row.unscale + a0 + j0 : nullptr);
             continue;
           }
           for (int64_t l = 0; l < P; ++l) {  // a ragged panel: the row's first or last
             const int64_t j = j0 + l;
             if (j < 0 || j >= w) continue;
-            double s = m[j] + static_cast<double>(tile[r * P + l]) + ai * row.u[a0 + j];
+            const double t = static_cast<double>(tile[r * P + l]) * (row.unscale ? si * row.unscale[a0 + j] : 1.0);
+            double s = m[j] + t + ai * row.u[a0 + j];
             if (row.v) s += bi * row.v[a0 + j];
             m[j] = s;
           }

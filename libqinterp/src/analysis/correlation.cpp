@@ -129,26 +129,51 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
   x = x.contiguous();
   // Every chunk is centred on this update's mean, rounded to x's precision: Chan's correction
   // (below) restores exactness, so it only has to be close.
-  const at::Tensor centre = (sums / static_cast<double>(x.size(0))).to(x.scalar_type()).contiguous();
+  at::Tensor centre = (sums / static_cast<double>(x.size(0))).to(x.scalar_type()).contiguous();
   if (o_.cpu_kernel && x.device().is_cpu() && x.scalar_type() == at::kFloat && comoment_kernel_available())
     return add_chunks_kernel(x, centre);
+  // Float32 products: neurons whose centred range float32 cannot square are scaled (see
+  // RangeScales); one look at each neuron's range per update.
+  at::Tensor scale, unscale;
+  if (x.scalar_type() == at::kFloat) {
+    const auto mm = at::aminmax(x, 0);
+    const at::Tensor c = centre.to(at::kDouble);
+    const at::Tensor span =
+        at::maximum(std::get<1>(mm).to(at::kDouble) - c, c - std::get<0>(mm).to(at::kDouble)).to(at::kFloat).cpu();
+    const RangeScales rs = range_scales(span.data_ptr<float>(), neurons_);
+    if (rs.overflow) {  // x − centre itself is beyond float32
+      x = x.to(at::kDouble);
+      centre = centre.to(at::kDouble);
+    } else if (rs.any) {
+      scale = at::tensor(rs.scale).to(x.device());
+      unscale = at::tensor(rs.unscale).to(x.device());
+    }
+  }
   for (int64_t s = 0; s < x.size(0); s += o_.chunk)
-    add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)), centre);
+    add_chunk(x.narrow(0, s, std::min(o_.chunk, x.size(0) - s)), centre, scale, unscale);
 }
 
-// One chunk: centre on m1, float32 tile products, then Chan's merge into M2.
-void Correlation::add_chunk(const at::Tensor& x, const at::Tensor& m1) {
+// One chunk: centre on m1, float32 tile products, then Chan's merge into M2. scale / unscale
+// (optional, [N]): powers of two applied to the centred values for the products and undone in
+// float64.
+void Correlation::add_chunk(const at::Tensor& x, const at::Tensor& m1, const at::Tensor& scale,
+                            const at::Tensor& unscale) {
   const int64_t nb = x.size(0), t = ntiles();
   // Centred on an approximate mean m1 (exactness is restored below); with s = Σ(x−m1):
   // the chunk mean is m1 + s/nb and Σ(x−m)(x−m)ᵀ = Σ(x−m1)(x−m1)ᵀ − s sᵀ/nb.
   at::Tensor xc = x - m1;
   at::Tensor sc = colsum64(xc);
+  if (scale.defined()) xc.mul_(scale);
   const MeanShift sh = mean_shift(n_, nb, mean_, m1.to(at::kDouble) + sc / static_cast<double>(nb));
   // One product per block row (rows a0.., columns a0..N): wide GEMMs run near full speed.
   for (int64_t a = 0; a < t; ++a) {
     const int64_t a0 = a * o_.tile, ra = std::min(o_.tile, neurons_ - a0), w = neurons_ - a0;
     at::Tensor& m2 = tiles_[a];
-    m2.add_(at::mm(xc.narrow(1, a0, ra).t(), xc.narrow(1, a0, w)));
+    const at::Tensor p = at::mm(xc.narrow(1, a0, ra).t(), xc.narrow(1, a0, w));
+    if (unscale.defined())
+      m2.add_(p.to(at::kDouble).mul_(unscale.narrow(0, a0, ra).unsqueeze(1)).mul_(unscale.narrow(0, a0, w)));
+    else
+      m2.add_(p);
     m2.addr_(sc.narrow(0, a0, ra), sc.narrow(0, a0, w), 1.0, -1.0 / static_cast<double>(nb));
     if (n_ > 0) m2.addr_(sh.delta.narrow(0, a0, ra), sh.delta.narrow(0, a0, w), 1.0, sh.f);
   }
@@ -168,21 +193,36 @@ void Correlation::add_chunks_kernel(const at::Tensor& x, const at::Tensor& m1) {
   at::Tensor scratch = at::empty({static_cast<int64_t>(comoment_scratch_floats(0, rows0, n, most))}, x.options());
   at::Tensor apack = at::empty({parts * apack_n}, x.options());
   at::Tensor colsum = at::empty({groups * kComomentPanel}, x.options().dtype(at::kDouble));
+  std::vector<float> colmax(static_cast<size_t>(groups * kComomentPanel));
   const float* shift = m1.data_ptr<float>();
   for (int64_t s0 = 0; s0 < x.size(0); s0 += o_.chunk) {
     const int64_t nb = std::min(o_.chunk, x.size(0) - s0);
     const float* xp = x.data_ptr<float>() + s0 * n;
     float* pp = packed.data_ptr<float>();
     double* cs = colsum.zero_().data_ptr<double>();
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) { comoment_pack(xp, nb, n, shift, pp, cs, g0, g1); });
+    at::parallel_for(0, groups, 1,
+                     [&](int64_t g0, int64_t g1) { comoment_pack(xp, nb, n, shift, pp, cs, colmax.data(), g0, g1); });
+    // Neurons beyond float32's comfortable range are scaled by powers of two (RangeScales); a
+    // chunk whose centred values overflow float32 goes through the ATen path in float64.
+    const RangeScales rs = range_scales(colmax.data(), n);
+    if (rs.overflow) {
+      add_chunk(x.narrow(0, s0, nb).to(at::kDouble), m1.to(at::kDouble));
+      continue;
+    }
+    if (rs.any)
+      at::parallel_for(0, groups, 1,
+                       [&](int64_t g0, int64_t g1) { comoment_rescale(pp, nb, n, rs.scale.data(), g0, g1); });
     at::Tensor sc = colsum.narrow(0, 0, n);
     const MeanShift sh = mean_shift(n_, nb, mean_, m1.to(at::kDouble) + sc / static_cast<double>(nb));
     float* scr = comoment_scratch_floats(0, rows0, n, nb) ? scratch.data_ptr<float>() : nullptr;
     for (int64_t a = 0; a < t; ++a) {
       at::Tensor& m2 = tiles_[a];
       if (!m2.is_contiguous()) m2 = m2.contiguous();
-      const ComomentRow row{a * o_.tile, m2.size(0), m2.size(1), m2.data_ptr<double>(), sc.data_ptr<double>(),
-                            -1.0 / static_cast<double>(nb), n_ > 0 ? sh.delta.data_ptr<double>() : nullptr, sh.f};
+      const ComomentRow row{a * o_.tile,        m2.size(0),
+                            m2.size(1),         m2.data_ptr<double>(),
+                            sc.data_ptr<double>(), -1.0 / static_cast<double>(nb),
+                            n_ > 0 ? sh.delta.data_ptr<double>() : nullptr, sh.f,
+                            rs.any ? rs.unscale.data() : nullptr};
       at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q)
           comoment_row(pp, nb, row, scr, apack.data_ptr<float>() + q * apack_n, q, parts);

@@ -14,6 +14,7 @@ at::Tensor real_tokens(const at::Tensor& act, const at::Tensor& mask, const std:
   if (act.dim() != 2 && act.dim() != 3)
     fail(who, ": activations must be [tokens, neurons] or [batch, seq, neurons], got ", act.sizes());
   const int64_t n = act.size(-1);
+  if (n == 0) fail(who, ": activations have no neurons (last dimension 0), shape ", act.sizes());
   at::Tensor x = act.reshape({-1, n});
   if (!mask.defined()) return x;
   const auto lead = act.sizes().slice(0, act.dim() - 1);

@@ -60,7 +60,8 @@ class Correlation : public Accumulator {
   at::Tensor mean_;                 // [N] float64
   std::vector<at::Tensor> tiles_;   // block row a: M2[a0 : a0 + tile, a0 : N], a0 = a * tile
   int64_t ntiles() const { return (neurons_ + o_.tile - 1) / o_.tile; }
-  void add_chunk(const at::Tensor& x, const at::Tensor& centre);
+  void add_chunk(const at::Tensor& x, const at::Tensor& centre, const at::Tensor& scale = {},
+                 const at::Tensor& unscale = {});
   void add_chunks_kernel(const at::Tensor& x, const at::Tensor& centre);
   void merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b);
 };
