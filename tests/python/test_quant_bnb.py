@@ -114,3 +114,15 @@ def test_bad_spec_lists_valid_specs():
         Q.quantize(torch.randn(4, 4), "nf3")
     with pytest.raises(qinterp.Error, match="block"):
         Q.quantize(torch.randn(4, 4), "nf4:block=100")
+
+
+@pytest.mark.parametrize("spec", ["nf4", "fp4:double_quant=0", "int8", "rtn8", "rtn4", "rtn4:group=32"])
+def test_empty_and_degenerate_weights(spec):
+    # a weight with no rows round-trips; one with no input columns is refused by name
+    q = Q.quantize(torch.randn(0, 64), spec)
+    assert Q.dequantize(q).shape == (0, 64)
+    if spec.startswith(("int8", "rtn")):
+        with pytest.raises(qinterp.Error, match="column"):
+            Q.quantize(torch.randn(4, 0), spec)
+    with pytest.raises(qinterp.Error, match="floating point"):
+        Q.gemv_4bit(torch.ones(1, 64, dtype=torch.long), Q.quantize(torch.randn(8, 64), "nf4"))

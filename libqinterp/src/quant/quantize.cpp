@@ -402,6 +402,8 @@ at::Tensor absmax_f32(const QuantizedTensor& q) {
 
 Int8Rows int8_vectorwise_quant(const at::Tensor& x_in, double threshold) {
   check_float(x_in, "int8_vectorwise_quant");
+  if (x_in.dim() == 0 || x_in.size(-1) == 0)
+    fail("int8_vectorwise_quant: needs rows with at least one column, got ", x_in.sizes());
   at::Tensor x = x_in.dim() == 2 ? x_in : x_in.reshape({-1, x_in.size(-1)});
   Int8Rows r;
   r.outlier_cols = at::empty({0}, x.options().dtype(at::kLong));
@@ -480,7 +482,7 @@ at::Tensor pack_codes(const at::Tensor& codes, int bits) {  // [rows, cols] uint
 at::Tensor unpack_codes(const at::Tensor& data, int bits, int64_t cols) {
   if (bits > 4) return data;
   const at::Tensor hi = data.bitwise_right_shift(4), lo = data.bitwise_and(15);
-  return at::stack({hi, lo}, 2).reshape({data.size(0), -1}).narrow(1, 0, cols);
+  return at::stack({hi, lo}, 2).reshape({data.size(0), data.size(1) * 2}).narrow(1, 0, cols);
 }
 
 }  // namespace
@@ -523,6 +525,7 @@ namespace {
 
 QuantizedTensor quantize_rtn(const at::Tensor& x, const QuantSpec& spec) {
   if (x.dim() != 2) fail("quantize ", spec.str(), ": needs a 2-D weight [out, in], got ", x.dim(), " dims");
+  if (x.size(1) == 0) fail("quantize ", spec.str(), ": the weight ", x.sizes(), " has no input columns");
   const at::Tensor w = x.to(at::kFloat);
   const int64_t rows = w.size(0), cols = w.size(1), gs = spec.group > 0 ? spec.group : cols;
   const int64_t g = groups_of(spec, cols);
@@ -605,7 +608,8 @@ at::Tensor dequantize(const QuantizedTensor& q, at::ScalarType dtype) {
 
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
   if (w.spec.method != Method::NF4 && w.spec.method != Method::FP4) fail("gemv_4bit: weight is not 4-bit");
-  if (w.shape.size() != 2 || x.size(-1) != w.shape[1])
+  if (!at::isFloatingType(x.scalar_type())) fail("gemv_4bit: the input must be floating point, got ", x.scalar_type());
+  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
     fail("gemv_4bit: input with ", x.size(-1), " features does not fit the weight");
 #ifdef QINTERP_HAVE_CUDA
   if (x.is_cuda() && w.shape[1] % w.spec.block == 0 && w.shape[1] % 32 == 0) {
