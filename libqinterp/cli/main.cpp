@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <cmath>
 #include <iostream>
 #include <map>
 #include <vector>
@@ -61,6 +62,15 @@ double to_double(const std::string& s, const char* what) {
   qinterp::fail("--", what, " expects a number, got '", s, "'");
 }
 
+// A whole number in [lo, hi] (the options are counts and seeds: a fraction or an overflow is a
+// typo, not something to round).
+int64_t to_int(const std::string& s, const char* what, int64_t lo, int64_t hi) {
+  const double v = to_double(s, what);
+  if (!(v == std::floor(v)) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
+    qinterp::fail("--", what, " expects a whole number from ", lo, " to ", hi, ", got '", s, "'");
+  return static_cast<int64_t>(v);
+}
+
 // The tokenizer for a model: --tokenizer, else the GGUF's own vocabulary, else the model
 // directory, else tokenizer.json / tokenizer.model / tokenizer.bin / tok512.bin beside the model.
 std::string find_tokenizer(const Args& a, const std::string& model) {
@@ -84,10 +94,10 @@ int cmd_generate(const Args& a) {
   const std::string prompt = a.get("prompt");
   std::vector<int64_t> ids = tok->encode(prompt);  // BOS as the model's files ask
   qinterp::model::GenerateOptions go;
-  go.max_new_tokens = static_cast<int64_t>(to_double(a.get("max-new-tokens", "32"), "max-new-tokens"));
+  go.max_new_tokens = to_int(a.get("max-new-tokens", "32"), "max-new-tokens", 0, int64_t{1} << 40);
   go.temperature = to_double(a.get("temperature", "0"), "temperature");
   go.top_p = to_double(a.get("top-p", "1"), "top-p");
-  go.seed = static_cast<uint64_t>(to_double(a.get("seed", "42"), "seed"));
+  go.seed = static_cast<uint64_t>(to_int(a.get("seed", "42"), "seed", 0, int64_t{1} << 53));
   go.stop_tokens = {tok->bos_id()};  // llama2.c models delimit stories with BOS
   const at::Tensor in = at::tensor(ids, at::kLong).unsqueeze(0);
   const at::Tensor out = model->generate(in, go);
@@ -225,6 +235,8 @@ int cmd_quantize(const Args& a) {
     qinterp::fail("quantize needs --model, --quant and --out\n", kUsage);
   const auto spec = qinterp::quant::parse_quant_spec(a.get("quant"));
   if (!spec.quantized()) qinterp::fail("quantize: '", spec.str(), "' is not a quantized format");
+  // Make the output folder first: an unwritable --out should fail now, not after the work.
+  qinterp::io::paths::make_dirs(a.get("out"));
   qinterp::LoadOptions lo;
   lo.device = a.get("device", "cpu");
   auto model = qinterp::load_model(a.get("model"), lo);

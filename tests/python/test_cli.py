@@ -41,6 +41,24 @@ def test_errors():
     assert r.returncode == 2 and b"unknown command" in r.stderr
     r = run("generate", "--model", str(STORIES / "stories260K.bin"), "--prompt", "x", "--temperature", "hot")
     assert r.returncode == 1 and b"--temperature expects a number" in r.stderr
+    model = ["--model", str(STORIES / "stories260K.bin"), "--prompt", "x"]
+    for opt, value, says in [("--temperature", "-1", b"temperature must be a finite number >= 0"),
+                             ("--temperature", "inf", b"temperature must be a finite number >= 0"),
+                             ("--top-p", "2", b"top_p must be in (0, 1]"),
+                             ("--top-p", "nan", b"top_p must be in (0, 1]"),
+                             ("--max-new-tokens", "2.5", b"--max-new-tokens expects a whole number"),
+                             ("--max-new-tokens", "99999999999999999999", b"--max-new-tokens expects a whole number"),
+                             ("--seed", "-1", b"--seed expects a whole number")]:
+        r = run("generate", *model, opt, value)
+        assert r.returncode == 1 and says in r.stderr, (opt, value, r.stderr)
+
+
+def test_quantize_refuses_an_unwritable_out_before_the_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf4", "--out", str(blocker / "q"))
+    assert r.returncode == 1 and b"cannot create directory" in r.stderr, r.stderr
+    assert b"[quantize] layer" not in r.stderr  # refused before any layer was quantized
 
 
 def test_quantize_save_inspect_generate(tmp_path):

@@ -7,8 +7,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include <stdexcept>
 #include <string>
+
+#include "qinterp/error.hpp"
 
 namespace qinterp::io::paths {
 
@@ -33,13 +34,13 @@ inline bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
-// mkdir -p; throws Error (declared in qinterp/error.hpp by the includer) on failure.
+// mkdir -p; throws qinterp::Error on failure.
 inline void make_dirs(const std::string& p) {
   if (p.empty() || is_dir(p)) return;
   const std::string up = parent(p);
   if (up != p && up != "." && up != "/") make_dirs(up);
   if (::mkdir(p.c_str(), 0777) != 0 && errno != EEXIST)
-    throw std::runtime_error("cannot create directory " + p + ": " + std::strerror(errno));
+    throw Error("cannot create directory " + p + ": " + std::strerror(errno));
 }
 
 }  // namespace qinterp::io::paths

@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -440,6 +441,9 @@ at::Tensor Model::generate(const at::Tensor& ids_in, const GenerateOptions& opts
   c10::NoGradGuard no_grad;
   if (!ids_in.defined() || ids_in.dim() != 2) fail("Model::generate: ids must be [batch, seq]");
   if (opts.max_new_tokens < 0) fail("Model::generate: max_new_tokens must be >= 0");
+  if (!(opts.temperature >= 0) || std::isinf(opts.temperature))
+    fail("Model::generate: temperature must be a finite number >= 0 (0 = greedy), got ", opts.temperature);
+  if (!(opts.top_p > 0 && opts.top_p <= 1)) fail("Model::generate: top_p must be in (0, 1], got ", opts.top_p);
   const int64_t B = ids_in.size(0), T = ids_in.size(1);
   at::Tensor ids = ids_in.to(at::kCPU, at::kLong);
   at::Tensor mask = mask_in.defined() ? mask_in.to(at::kCPU).ne(0) : at::ones({B, T}, at::kBool);
