@@ -46,7 +46,13 @@ io::Attrs to_attrs(const py::dict& d) {
   io::Attrs a;
   for (auto& [k, v] : d) {
     const std::string key = py::str(k);
-    if (py::isinstance<py::bool_>(v) || py::isinstance<py::int_>(v)) a[key] = v.cast<int64_t>();
+    if (py::isinstance<py::bool_>(v) || py::isinstance<py::int_>(v)) {
+      // beyond int64 pybind11 would raise a bare "Unable to cast"
+      const py::int_ i = py::reinterpret_borrow<py::int_>(v);
+      if (i < py::int_(INT64_MIN) || i > py::int_(INT64_MAX))
+        fail("ResultStore: attribute '", key, "' = ", std::string(py::str(v)), " does not fit in int64; store it as a str");
+      a[key] = v.cast<int64_t>();
+    }
     else if (py::isinstance<py::float_>(v)) a[key] = v.cast<double>();
     else if (py::isinstance<py::str>(v)) a[key] = v.cast<std::string>();
     else fail("ResultStore: attribute '", key, "' must be int, float or str, got ", std::string(py::str(py::type::of(v).attr("__name__"))));

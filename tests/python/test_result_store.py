@@ -186,3 +186,31 @@ def test_reads_other_integer_widths_written_by_h5py(tmp_path):
     assert s.read("i16").tolist() == list(range(-5, 5))
     assert s.read("u32").tolist() == [1000 * i for i in range(10)]
     assert s.read("c16").tolist() == list(range(4000))
+
+
+def test_writes_that_would_lose_data_are_refused(tmp_path):
+    path = tmp_path / "r.h5"
+    with qa.ResultStore(str(path), "w") as s:
+        s.write("run/layer0/hist", torch.arange(4))
+        c = qa.Correlation()
+        c.update(torch.randn(50, 3))
+        s.save("run/state", c)
+        # a dataset over a group would delete the group's contents
+        with pytest.raises(qinterp.Error, match="'run/layer0' is a group; a dataset cannot replace it"):
+            s.write("run/layer0", torch.zeros(2))
+        with pytest.raises(qinterp.Error, match="'/run/layer0/hist' is a dataset, not a group"):
+            s.write("run/layer0/hist/x", torch.zeros(2))
+        with pytest.raises(qinterp.Error, match="'run/layer0/hist' is a dataset; a result cannot replace it"):
+            s.save("run/layer0/hist", c)
+        with pytest.raises(qinterp.Error, match="a dataset needs a name"):
+            s.write("/", torch.zeros(2))
+        with pytest.raises(qinterp.Error, match="does not fit in int64"):
+            s.set_attrs("run", {"big": 2 ** 70})
+        with pytest.raises(TypeError, match="expected an accumulator or a State"):
+            s.save("run/other", 42)
+        s.write("run/layer0/hist", torch.arange(5))  # a dataset over a dataset is a plain rewrite
+    with h5py.File(path, "r") as f:  # nothing was lost or left half-made
+        assert f["run/layer0/hist"][()].tolist() == [0, 1, 2, 3, 4]
+        assert sorted(f["run"].keys()) == ["layer0", "state"]
+        assert sorted(f["run/layer0"].keys()) == ["hist"]
+        assert "big" not in f["run"].attrs

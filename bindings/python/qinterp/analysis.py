@@ -77,6 +77,8 @@ def _read_result(self, group: str):
 def _save(self, group: str, acc, attrs: Optional[dict] = None) -> None:
     """Save an accumulator's state (or a State) under `group`, with optional attributes
     (e.g. {"examples_done": 1200}) for resuming."""
+    if not isinstance(acc, State) and not callable(getattr(acc, "state", None)):
+        raise TypeError(f"ResultStore.save: expected an accumulator or a State, got {type(acc).__name__}")
     st = acc if isinstance(acc, State) else acc.state()
     self.save_state(group, st, attrs or {})
 

@@ -350,6 +350,18 @@ bool ResultStore::exists(const std::string& object) const {
   return true;
 }
 
+namespace {
+// What the link at `path` (absolute, existing) points to; H5O_TYPE_UNKNOWN if HDF5 cannot say.
+H5O_type_t object_type(hid_t file, const std::string& path) {
+  H5O_info_t info;
+  if (H5Oget_info_by_name2(file, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
+    h5_message();
+    return H5O_TYPE_UNKNOWN;
+  }
+  return info.type;
+}
+}  // namespace
+
 int64_t ResultStore::open_group(const std::string& group, bool create) const {
   open_check();
   std::string cur;
@@ -360,6 +372,8 @@ int64_t ResultStore::open_group(const std::string& group, bool create) const {
       hid_t g = H5Gcreate2(file_, cur.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
       QH5_CHECK(g, "cannot create group '", cur, "'");
       H5Gclose(g);
+    } else if (object_type(file_, cur) == H5O_TYPE_DATASET) {
+      fail("HDF5 file ", path_, ": '", cur, "' is a dataset, not a group");
     }
   }
   hid_t g = H5Gopen2(file_, cur.empty() ? "/" : cur.c_str(), H5P_DEFAULT);
@@ -582,6 +596,10 @@ void ResultStore::write(const std::string& dataset, const at::Tensor& t_in) {
   at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
   if (t.scalar_type() == at::kBFloat16) t = t.to(at::kFloat);  // HDF5 has no bfloat16 readers know
   const hid_t type = h5_type(t.scalar_type());
+  if (split(dataset).empty()) fail("ResultStore: a dataset needs a name");
+  // Replacing a dataset is what a second write means; replacing a group would delete its contents.
+  if (exists(dataset) && object_type(file_, "/" + dataset) == H5O_TYPE_GROUP)
+    fail("HDF5 file ", path_, ": '", dataset, "' is a group; a dataset cannot replace it (its contents would be lost)");
   remove_if_exists(dataset);
   Id parent(open_group(parent_of(dataset), true), H5Gclose);
   std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
@@ -674,6 +692,8 @@ std::string partial_name(const std::string& group, int k) {
 void ResultStore::write_group(const std::string& group, const analysis::Tensors& ts, const Attrs& attrs) {
   writable("write results");
   if (split(group).empty()) fail("ResultStore: a result needs a group name");
+  if (exists(group) && object_type(file_, "/" + group) == H5O_TYPE_DATASET)
+    fail("HDF5 file ", path_, ": '", group, "' is a dataset; a result cannot replace it");
   // A run killed while writing the copy can leave it with a half-written object header, which
   // HDF5 cannot even unlink ("bad object header version number"): then the copy goes beside it,
   // under the next free name, and the damaged one stays as an orphan.
