@@ -204,6 +204,25 @@ TEST(ResultStore, DamagedFilesGiveErrors) {
       EXPECT_QERROR(ResultStore(bad2, ResultStore::Mode::Read).attrs(""), bad2, "attribute 'qinterp_version'", frag);
     }
   }
+  // A group's symbol table message (type 0x11, 16 bytes: B-tree address, local heap address) with
+  // an address of all ones: HDF5 1.10 copies the "heap" from there (SIGSEGV; found by fuzzing).
+  // Each of the three groups on the way to g/h/x is damaged in turn.
+  {
+    const std::string nested = dir.file("nested.h5");
+    { ResultStore(nested, ResultStore::Mode::Create).write("g/h/x", at::arange(10)); }
+    const std::string nd = qt::read_file(nested);
+    const std::string stab("\x11\x00\x10\x00\x00\x00\x00\x00", 8);
+    int groups = 0;
+    for (size_t p = nd.find(stab); p != std::string::npos; p = nd.find(stab, p + 1), ++groups) {
+      for (const auto& [field, frag] : {std::pair<size_t, std::string>{8, "B-tree"}, {16, "local heap"}}) {
+        std::string d = nd;
+        for (size_t k = 0; k < 8; ++k) d[p + field + k] = '\xff';
+        const std::string bad = dir.write("stab" + std::to_string(groups) + "_" + std::to_string(field) + ".h5", d);
+        EXPECT_QERROR(ResultStore(bad, ResultStore::Mode::Read).read("g/h/x"), bad, "group '", frag, "the file is damaged");
+      }
+    }
+    EXPECT_EQ(groups, 3) << "one symbol table message per group: /, g, g/h";
+  }
   EXPECT_QERROR(ResultStore(dir.file("absent.h5"), ResultStore::Mode::Read), "no such file");
   EXPECT_QERROR(ResultStore::join({"a", ".."}), "cannot be a group name");
 }

@@ -278,7 +278,50 @@ std::string check_layout(const HeapIndex& h, uint64_t addr) {
   });
   return why;
 }
+
+// A group's symbol table message (old-style groups, what HDF5 1.8-compatible files use): the
+// addresses of its B-tree ("TREE") and local heap ("HEAP": the link names). HDF5 1.10 reads the
+// heap wherever the message says, even past the end of the file (memcpy out of bounds: found by
+// fuzzing, an address of all ones). Returns what is wrong, or "".
+std::string check_symbol_table(const HeapIndex& h, uint64_t addr) {
+  const uint8_t* d = h.file.data();
+  const uint64_t n = h.file.size();
+  std::string why;
+  for_each_message(h, addr, [&](uint64_t type, const uint8_t* m, uint64_t size) {
+    if (type != 0x11) return true;
+    if (size < 16) {
+      why = "its symbol table message is cut short";
+      return false;
+    }
+    const uint64_t tree = le(m, 8), heap = le(m + 8, 8);
+    if (tree > n - 8 || std::memcmp(d + tree, "TREE", 4) != 0) {
+      why = "its link index (B-tree) address " + std::to_string(tree) + " does not point to one";
+    } else if (heap > n - 32 || std::memcmp(d + heap, "HEAP", 4) != 0) {
+      why = "its link names (local heap) address " + std::to_string(heap) + " does not point to one";
+    } else {
+      const uint64_t seg_size = le(d + heap + 8, 8), seg = le(d + heap + 24, 8);
+      if (seg > n || seg_size > n - seg) why = "its local heap's data lies outside the file";
+    }
+    return false;
+  });
+  return why;
+}
 }  // namespace
+
+// Before HDF5 walks a group's links: its symbol table must point inside the file (see
+// check_symbol_table). Only while the mapped copy matches the file (nothing written yet).
+void ResultStore::check_group(const std::string& group) const {
+  if (!heaps_ || wrote_) return;
+  const std::string at = group.empty() ? "/" : group;
+  H5O_info_t info;
+  if (H5Oget_info_by_name2(file_, at.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
+    h5_message();
+    return;  // HDF5 will say what it cannot read
+  }
+  if (info.type != H5O_TYPE_GROUP) return;
+  const std::string why = check_symbol_table(*heaps_, static_cast<uint64_t>(info.addr));
+  if (!why.empty()) fail("HDF5 file ", path_, ": group '", at, "': ", why, "; the file is damaged");
+}
 
 ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read_only_(mode == Mode::Read) {
   silence_hdf5();
@@ -340,6 +383,7 @@ bool ResultStore::exists(const std::string& object) const {
   open_check();
   std::string cur;
   for (const auto& part : split(object)) {
+    check_group(cur);  // HDF5 is about to look the name up in it
     cur += "/" + part;
     const htri_t e = H5Lexists(file_, cur.c_str(), H5P_DEFAULT);
     if (e <= 0) {
@@ -383,6 +427,7 @@ int64_t ResultStore::open_group(const std::string& group, bool create) const {
 
 std::vector<std::string> ResultStore::list(const std::string& group) const {
   Id g(open_group(group, false), H5Gclose);
+  check_group(group);
   std::vector<std::string> names;
   hsize_t idx = 0;
   QH5_CHECK(H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx,

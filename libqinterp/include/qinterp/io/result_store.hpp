@@ -105,6 +105,7 @@ class ResultStore {
   // The file as opened, mapped, and its global heap objects: string attributes are checked
   // against them before HDF5 reads them (result_store.cpp says why). Only until the first write.
   std::shared_ptr<const struct HeapIndex> heaps_;
+  void check_group(const std::string& group) const;
   mutable bool wrote_ = false;
   int64_t open_group(const std::string& group, bool create) const;
   void remove_if_exists(const std::string& object);
