@@ -136,10 +136,9 @@ void Correlation::update(const at::Tensor& act, const at::Tensor& mask) {
   // RangeScales); one look at each neuron's range per update.
   at::Tensor scale, unscale;
   if (x.scalar_type() == at::kFloat) {
-    const auto mm = at::aminmax(x, 0);
+    const auto [lo, hi] = at::aminmax(x, 0);
     const at::Tensor c = centre.to(at::kDouble);
-    const at::Tensor span =
-        at::maximum(std::get<1>(mm).to(at::kDouble) - c, c - std::get<0>(mm).to(at::kDouble)).to(at::kFloat).cpu();
+    const at::Tensor span = at::maximum(hi.to(at::kDouble) - c, c - lo.to(at::kDouble)).to(at::kFloat).cpu();
     const RangeScales rs = range_scales(span.data_ptr<float>(), neurons_);
     if (rs.overflow) {  // x − centre itself is beyond float32
       x = x.to(at::kDouble);
