@@ -306,6 +306,20 @@ std::string check_symbol_table(const HeapIndex& h, uint64_t addr) {
   });
   return why;
 }
+
+// The object header of `path` (absolute): its address and type. False (HDF5's message cleared)
+// when HDF5 cannot read it.
+bool object_info(hid_t file, const std::string& path, H5O_info_t& info) {
+  if (H5Oget_info_by_name2(file, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0) return true;
+  h5_message();
+  return false;
+}
+
+// What the link at `path` (absolute, existing) points to; H5O_TYPE_UNKNOWN if HDF5 cannot say.
+H5O_type_t object_type(hid_t file, const std::string& path) {
+  H5O_info_t info;
+  return object_info(file, path, info) ? info.type : H5O_TYPE_UNKNOWN;
+}
 }  // namespace
 
 // Before HDF5 walks a group's links: its symbol table must point inside the file (see
@@ -314,11 +328,7 @@ void ResultStore::check_group(const std::string& group) const {
   if (!heaps_ || wrote_) return;
   const std::string at = group.empty() ? "/" : group;
   H5O_info_t info;
-  if (H5Oget_info_by_name2(file_, at.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
-    h5_message();
-    return;  // HDF5 will say what it cannot read
-  }
-  if (info.type != H5O_TYPE_GROUP) return;
+  if (!object_info(file_, at, info) || info.type != H5O_TYPE_GROUP) return;  // HDF5 will say what it cannot read
   const std::string why = check_symbol_table(*heaps_, static_cast<uint64_t>(info.addr));
   if (!why.empty()) fail("HDF5 file ", path_, ": group '", at, "': ", why, "; the file is damaged");
 }
@@ -393,18 +403,6 @@ bool ResultStore::exists(const std::string& object) const {
   }
   return true;
 }
-
-namespace {
-// What the link at `path` (absolute, existing) points to; H5O_TYPE_UNKNOWN if HDF5 cannot say.
-H5O_type_t object_type(hid_t file, const std::string& path) {
-  H5O_info_t info;
-  if (H5Oget_info_by_name2(file, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
-    h5_message();
-    return H5O_TYPE_UNKNOWN;
-  }
-  return info.type;
-}
-}  // namespace
 
 int64_t ResultStore::open_group(const std::string& group, bool create) const {
   open_check();
@@ -679,11 +677,10 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
   if (!exists(dataset)) fail("HDF5 file ", path_, ": no dataset '", dataset, "'");
   if (heaps_ && !wrote_) {  // HDF5 divides by the chunk dimensions as it opens the dataset
     H5O_info_t info{};
-    if (H5Oget_info_by_name2(file_, ("/" + dataset).c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0) {
+    if (object_info(file_, "/" + dataset, info)) {
       const std::string why = check_layout(*heaps_, static_cast<uint64_t>(info.addr));
       if (!why.empty()) fail("HDF5 file ", path_, ": dataset '", dataset, "': ", why, "; the file is damaged");
     }
-    h5_message();
   }
   Id ds(H5Dopen2(file_, ("/" + dataset).c_str(), H5P_DEFAULT), H5Dclose);
   QH5_CHECK(ds.id, "'", dataset, "' is not a dataset");
