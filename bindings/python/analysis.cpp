@@ -8,9 +8,13 @@
 #include "qinterp/analysis/calibration.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/analysis/correlation.hpp"
+#include "qinterp/analysis/integrated_gradients.hpp"
+#include "qinterp/analysis/salient.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/io/result_store.hpp"
 #include "qinterp/model/model.hpp"
+#include "qinterp/text/tokenizer.hpp"
+#include "py_model.hpp"
 
 namespace py = pybind11;
 using namespace qinterp;
@@ -147,6 +151,25 @@ void bind_analysis(py::module_& m) {
       .def_property_readonly("tokens", &Perplexity::tokens);
   common<Perplexity>(pp);
 
+  py::class_<SalientNeurons> sn(m, "SalientNeurons",
+      "Salient neurons from IG attributions: four scores per example, |s|/max|s| > threshold, union over examples.");
+  sn.def(py::init<std::string, double>(), py::arg("mode") = "paper", py::arg("threshold") = 0.7)
+      .def("update", &SalientNeurons::update, py::arg("attributions"), py::arg("input_keys") = std::vector<std::string>{},
+           py::arg("target_keys") = std::vector<std::string>{}, Release(),
+           "attributions: one [positions, neurons] tensor per target token; input_keys: the prompt's token strings "
+           "(paper mode); target_keys: the targets' decoded strings (paper mode, optional).")
+      .def("example_scores", &SalientNeurons::example_scores, py::arg("attributions"),
+           py::arg("input_keys") = std::vector<std::string>{}, py::arg("target_keys") = std::vector<std::string>{},
+           Release(), "[4, neurons] bool: the salient sets of one example by best, sum, avg, max (nothing folded in).")
+      .def("skip", &SalientNeurons::skip, "Count an example that has nothing to attribute (empty answer).")
+      .def_property_readonly("examples", &SalientNeurons::examples)
+      .def_property_readonly("skipped", &SalientNeurons::skipped)
+      .def_property_readonly("mode", &SalientNeurons::mode);
+  common<SalientNeurons>(sn);
+  m.def("answer_targets", &answer_targets, py::arg("tokenizer"), py::arg("answer_id"), py::arg("mode") = "retokenized",
+        "The tokens IG attributes for an answer token: 'generated' ([answer_id]) or 'retokenized' (decoded, stripped, "
+        "encoded again without special tokens, as the authors' scripts; may be empty).");
+
   py::class_<io::ActivationDump>(m, "ActivationDump", "A growable [tokens, neurons] dataset with its token table.")
       .def("append", &io::ActivationDump::append, py::arg("act"), py::arg("example"), py::arg("position"))
       .def("append_masked", &io::ActivationDump::append_masked, py::arg("act"), py::arg("mask"), py::arg("first_example"))
@@ -190,4 +213,60 @@ py::dict perplexity_result(model::Model& model, const at::Tensor& ids, int64_t c
   py::dict d;
   for (auto& [k, v] : acc.finalize()) d[py::str(k)] = v;
   return d;
+}
+
+namespace {
+py::dict ig_result_dict(const IgResult& r) {
+  py::dict d;
+  d["attributions"] = r.attributions;
+  d["delta"] = r.delta;
+  d["completeness_gap"] = r.completeness_gap;
+  d["f_input"] = r.f_input;
+  d["f_baseline"] = r.f_baseline;
+  d["f_hook_baseline"] = r.f_hook_baseline;
+  d["sum"] = r.sum;
+  return d;
+}
+}  // namespace
+
+void bind_ig(py::module_& m) {
+  m.def("ig_quadrature", [](const std::string& method, int64_t n) {
+          std::vector<double> a, w;
+          ig_quadrature(method, n, &a, &w);
+          return py::make_tuple(a, w);
+        }, py::arg("method"), py::arg("n_steps"), "Captum's (alphas, step sizes) for a method and n_steps.");
+  py::class_<IntegratedGradients>(m, "IntegratedGradients")
+      .def(py::init([](const PyModel& pm, const std::vector<std::string>& hooks, int64_t n_steps, const std::string& method,
+                       const std::string& baseline, int64_t baseline_id, const std::map<std::string, at::Tensor>& acts,
+                       int64_t internal_batch_size, int64_t memory_budget, bool completeness) {
+             IgOptions o;
+             o.n_steps = n_steps;
+             o.method = method;
+             o.baseline = baseline;
+             o.baseline_id = baseline_id;
+             o.baseline_acts = acts;
+             o.internal_batch_size = internal_batch_size;
+             o.memory_budget = memory_budget;
+             o.completeness = completeness;
+             return IntegratedGradients(pm.m, hooks, o);
+           }),
+           py::arg("model"), py::arg("hooks"), py::arg("n_steps"), py::arg("method"), py::arg("baseline"),
+           py::arg("baseline_id"), py::arg("baseline_acts"), py::arg("internal_batch_size"), py::arg("memory_budget"),
+           py::arg("completeness"))
+      .def("attribute_all", [](const IntegratedGradients& ig, const at::Tensor& ids, const std::vector<int64_t>& targets) {
+             std::vector<IgResults> rs;
+             {
+               py::gil_scoped_release nogil;
+               rs = ig.attribute(ids, targets);
+             }
+             py::list out;
+             for (const auto& r : rs) {
+               py::dict d;
+               for (const auto& [h, v] : r) d[py::str(h)] = ig_result_dict(v);
+               out.append(d);
+             }
+             return out;
+           }, py::arg("ids"), py::arg("targets"))
+      .def("chunk_steps", &IntegratedGradients::chunk_steps, py::arg("hook"), py::arg("positions"))
+      .def_property_readonly("hooks", &IntegratedGradients::hooks);
 }

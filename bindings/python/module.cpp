@@ -7,20 +7,16 @@
 #include <pybind11/stl.h>
 
 #include "qinterp/qinterp.hpp"
+#include "py_model.hpp"
 
 namespace py = pybind11;
 using namespace qinterp;
 
 void bind_analysis(py::module_& m);  // analysis.cpp
+void bind_ig(py::module_& m);        // analysis.cpp (needs Model)
 py::dict perplexity_result(model::Model& model, const at::Tensor& ids, int64_t context, int64_t stride, bool progress);
 
 namespace {
-
-// A model as Python sees it: the C++ model plus the hooks attached to it.
-struct PyModel {
-  std::shared_ptr<model::Model> m;
-  std::shared_ptr<model::Hooks> hooks = std::make_shared<model::Hooks>();
-};
 
 py::dict config_dict(const model::ModelConfig& c) {
   py::dict d;
@@ -127,6 +123,8 @@ PYBIND11_MODULE(_C, m) {
                if (name == model::linear_name(k)) return p.m->linear_weight(layer, k);
              throw Error("linear_weight: no linear '" + name + "' (self_attn.q_proj ... mlp.down_proj)");
            }, py::arg("layer"), py::arg("name"), "Dense (dequantized) weight of a block's linear layer.");
+
+  bind_ig(m);
 
   m.def("perplexity", [](const PyModel& p, const at::Tensor& ids, int64_t context, int64_t stride, bool progress) {
           return perplexity_result(*p.m, ids, context, stride, progress);

@@ -1,12 +1,11 @@
 """stories260K through the Python API: llama2.c's reference outputs, transformers as an oracle
 for the Hugging Face layout, Python hooks."""
-import json
 
 import pytest
 import torch
 
 import qinterp
-from conftest import STORIES, hooked_gradient, reference_logits
+from conftest import STORIES, hooked_gradient, reference_logits, write_hf_checkpoint
 
 PROMPT_IDS = [1, 403, 407, 261, 378]
 
@@ -30,28 +29,9 @@ def test_greedy_200_matches_llama2c(stories_model, stories_tok):
     assert text + b"\n" == (STORIES / "greedy_200.txt").read_bytes()
 
 
-def _write_hf_checkpoint(model, path):
-    """stories260K in Hugging Face layout: q/k rows permuted for half-split RoPE."""
-    from safetensors.torch import save_file
-    c = model.config
-    tensors = {}
-    for name, t in model.named_parameters().items():
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = c["num_heads"] if "q_proj" in name else c["num_kv_heads"]
-            t = t.view(heads, c["head_dim"] // 2, 2, c["hidden_size"]).transpose(1, 2).reshape(-1, c["hidden_size"])
-        tensors[name] = t.contiguous()
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512, "hidden_size": 64,
-        "intermediate_size": 172, "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 4,
-        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": True, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-        "torch_dtype": "float32"}))
-
-
 def test_hf_layout_against_transformers(stories_model, tmp_path):
     from transformers import LlamaForCausalLM
-    _write_hf_checkpoint(stories_model, tmp_path)
+    write_hf_checkpoint(stories_model, tmp_path)
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     ours = qinterp.load_model(tmp_path)
     ids = torch.tensor([PROMPT_IDS + [432, 290, 317]])

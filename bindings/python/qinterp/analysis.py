@@ -24,10 +24,11 @@ import torch
 
 from . import _C
 from ._C import (ActivationDump, Calibration, Correlation, DeadNeurons, Drift, NeuronStats, Perplexity,
-                 ResultStore, State, average_linkage_clusters)
+                 ResultStore, SalientNeurons, State, answer_targets, average_linkage_clusters, ig_quadrature)
 
-__all__ = ["DeadNeurons", "NeuronStats", "Correlation", "Drift", "Calibration", "Perplexity", "State",
-           "ResultStore", "ActivationDump", "perplexity", "average_linkage_clusters"]
+__all__ = ["DeadNeurons", "NeuronStats", "Correlation", "Drift", "Calibration", "Perplexity", "SalientNeurons",
+           "IntegratedGradients", "State", "ResultStore", "ActivationDump", "perplexity", "average_linkage_clusters",
+           "ig_quadrature", "answer_targets"]
 
 
 def _plain(d: Dict[str, torch.Tensor]) -> Dict[str, Union[torch.Tensor, int, float, bool]]:
@@ -39,8 +40,82 @@ def _result(self) -> Dict[str, Union[torch.Tensor, int, float, bool]]:
     return _plain(self.finalize())
 
 
-for _cls in (DeadNeurons, NeuronStats, Correlation, Drift, Calibration, Perplexity):
+for _cls in (DeadNeurons, NeuronStats, Correlation, Drift, Calibration, Perplexity, SalientNeurons):
     _cls.result = _result
+
+
+class IntegratedGradients:
+    """Integrated gradients on hooked activations, as Captum's LayerIntegratedGradients computes
+    them (same points, weights, baseline and target), layer-aware and in bounded memory.
+
+        ig = IntegratedGradients(model, "blocks.2.mlp.hook_act")            # one hook
+        attr, delta = ig.attribute(ids, target=token_id)                     # attr [T, width] float32
+        ig = IntegratedGradients(model, ["blocks.0.mlp.hook_act", "blocks.4.mlp.hook_act"])
+        by_hook = ig.attribute(ids, target)                                  # {hook: (attr, delta)}
+        ig.attribute(ids, [t0, t1])                                          # a list: one result per target
+
+    ids: [T] or [1, T] token ids of one example. target: the token whose log-probability at the last
+    position is attributed; a list attributes each in turn with the earlier ones appended (the
+    authors' llm_attr). delta is Captum's convergence delta, sum(attr) - (f(ids) - f(baseline ids)),
+    which for a layer does not vanish; attribute_full() also gives the completeness gap that does,
+    sum(attr) - (f(ids) - f(ids with only the hooked activation at its baseline)).
+
+    baseline: None (the hooked activation on the ids with every token replaced by baseline_id),
+    "zeros", or a tensor [P, width] (a dict hook -> tensor for several hooks). method: gausslegendre,
+    riemann_left, riemann_right, riemann_middle, riemann_trapezoid. internal_batch_size: steps per
+    forward/backward (None: as many as fit in memory_budget bytes of saved activations).
+    The model's own hooks (model.hooks) do not run during attribution.
+    """
+
+    def __init__(self, model, hooks, n_steps: int = 50, method: str = "gausslegendre", baseline_id: int = 0,
+                 internal_batch_size: Optional[int] = None, baseline=None, memory_budget: int = 1 << 30,
+                 completeness: bool = True):
+        self._single = isinstance(hooks, str)
+        self.hooks = [hooks] if self._single else list(hooks)
+        acts = {}
+        if baseline is None or (isinstance(baseline, str) and baseline == "token"):
+            kind = "token"
+        elif isinstance(baseline, str) and baseline == "zeros":
+            kind = "zeros"
+        elif isinstance(baseline, torch.Tensor):
+            if len(self.hooks) != 1:
+                raise _C.Error("IntegratedGradients: a baseline tensor for several hooks must be a dict hook -> tensor")
+            kind, acts = "tensor", {self.hooks[0]: baseline}
+        elif isinstance(baseline, dict):
+            kind, acts = "tensor", dict(baseline)
+        else:
+            raise _C.Error(f"IntegratedGradients: baseline must be None, 'zeros', a tensor or a dict, got {baseline!r}")
+        if internal_batch_size is not None and int(internal_batch_size) < 1:
+            raise _C.Error(f"IntegratedGradients: internal_batch_size must be >= 1 or None, got {internal_batch_size}")
+        self._ig = _C.IntegratedGradients(model, self.hooks, int(n_steps), str(method), kind, int(baseline_id), acts,
+                                          int(internal_batch_size or 0), int(memory_budget), bool(completeness))
+
+    def _run(self, ids, target):
+        many = not isinstance(target, int) and not (isinstance(target, torch.Tensor) and target.dim() == 0)
+        targets = [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)] if many \
+            else [int(target)]
+        return many, self._ig.attribute_all(torch.as_tensor(ids), targets)
+
+    def attribute(self, ids, target):
+        """(attributions, delta) for one hook, {hook: (attributions, delta)} for several; a list of
+        those when target is a list."""
+        many, rs = self._run(ids, target)
+        out = []
+        for r in rs:
+            pairs = {h: (v["attributions"], v["delta"]) for h, v in r.items()}
+            out.append(pairs[self.hooks[0]] if self._single else pairs)
+        return out if many else out[0]
+
+    def attribute_full(self, ids, target):
+        """Like attribute(), with a dict per hook: attributions, delta, completeness_gap, f_input,
+        f_baseline, f_hook_baseline, sum."""
+        many, rs = self._run(ids, target)
+        out = [r[self.hooks[0]] if self._single else r for r in rs]
+        return out if many else out[0]
+
+    def chunk_steps(self, hook: str, positions: int) -> int:
+        """Steps per forward/backward for a prompt of `positions` tokens."""
+        return self._ig.chunk_steps(hook, int(positions))
 
 
 def perplexity(model, ids: torch.Tensor, context: int, stride: Optional[int] = None, progress: bool = False):

@@ -93,7 +93,9 @@ at::Tensor Hooks::run(const std::string& name, int64_t layer, at::Tensor act, co
     if (e.name != name) continue;
     std::optional<at::Tensor> r = e.fn(act, ctx);
     if (r && r->defined()) {
-      if (r->sizes() != act.sizes())
+      const bool expands = batch_expansion_ && act.dim() > 0 && act.size(0) == 1 && r->dim() == act.dim() &&
+                           r->sizes().slice(1) == act.sizes().slice(1);
+      if (r->sizes() != act.sizes() && !expands)
         fail("hook at '", name, "' returned shape ", r->sizes(), " but the activation has shape ", act.sizes());
       act = r->to(act.device(), act.scalar_type());
     }

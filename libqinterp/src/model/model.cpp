@@ -304,19 +304,27 @@ at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t
   return dense(x, *L.weight(which), b ? *b : at::Tensor());
 }
 
-at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs) const {
+at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs,
+                            bool last_only) const {
   if (l < 0 || l >= cfg_.num_layers) fail("Model::run_layer: no layer ", l);
-  const int64_t B = p.B, T = p.T, past = p.past, S = past + T;
+  if (last_only && p.cache) fail("Model::run_layer: last_only cannot fill a KV cache");
+  const int64_t T = p.T, past = p.past, S = past + T;
   const int64_t H = cfg_.num_heads, KV = cfg_.num_kv_heads, hd = cfg_.head_dim;
-  auto hook = [&](const std::string& name, int64_t layer, at::Tensor x) {
-    return p.hooks ? p.hooks->run(name, layer, std::move(x), p.mask) : x;
+  // Queries (and everything after attention) at positions [q0, T).
+  const int64_t q0 = last_only ? T - 1 : 0, Tq = T - q0;
+  const at::Tensor qmask = last_only ? p.mask.narrow(1, q0, 1) : p.mask;
+  auto hook = [&](const std::string& name, const at::Tensor& mask, at::Tensor x) {
+    return p.hooks ? p.hooks->run(name, l, std::move(x), mask) : x;
   };
   KVCache* cache = p.cache;
   const Layer& L = layers_[l];
   const auto& hn = hook_names_[l];
-  at::Tensor x = hook(hn[0], l, x_in);
+  at::Tensor x = hook(hn[0], p.mask, x_in);
+  const int64_t B = x.size(0);  // a hook may have expanded one row into several (Hooks::set_batch_expansion)
   at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
-  at::Tensor q = apply_rope(linear(L, kQ, h, l, obs).view({B, T, H, hd}), p.cos, p.sin, cfg_.rope_layout).transpose(1, 2);
+  const at::Tensor hq = last_only ? h.narrow(1, q0, 1) : h;
+  const at::Tensor cq = last_only ? p.cos.narrow(1, q0, 1) : p.cos, sq = last_only ? p.sin.narrow(1, q0, 1) : p.sin;
+  at::Tensor q = apply_rope(linear(L, kQ, hq, l, obs).view({B, Tq, H, hd}), cq, sq, cfg_.rope_layout).transpose(1, 2);
   at::Tensor k = apply_rope(linear(L, kK, h, l, obs).view({B, T, KV, hd}), p.cos, p.sin, cfg_.rope_layout).transpose(1, 2);
   at::Tensor v = linear(L, kV, h, l, obs).view({B, T, KV, hd}).transpose(1, 2);
   if (cache) {
@@ -329,21 +337,23 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  at::Tensor a = at::scaled_dot_product_attention(q, k, v, p.attn_mask);
-  a = a.transpose(1, 2).reshape({B, T, H * hd});
-  at::Tensor o = hook(hn[1], l, linear(L, kO, a, l, obs));
-  x = hook(hn[2], l, x + o);
+  const at::Tensor amask = last_only ? p.attn_mask.narrow(2, q0, 1) : p.attn_mask;
+  at::Tensor a = at::scaled_dot_product_attention(q, k, v, amask);
+  a = a.transpose(1, 2).reshape({B, Tq, H * hd});
+  at::Tensor o = hook(hn[1], qmask, linear(L, kO, a, l, obs));
+  x = hook(hn[2], qmask, (last_only ? x.narrow(1, q0, 1) : x) + o);
   h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
-  at::Tensor pre = hook(hn[3], l, linear(L, kGate, h, l, obs));
-  at::Tensor act = hook(hn[4], l, activate(pre, cfg_.activation));
-  at::Tensor post = hook(hn[5], l, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
-  return hook(hn[6], l, x + linear(L, kDown, post, l, obs));
+  at::Tensor pre = hook(hn[3], qmask, linear(L, kGate, h, l, obs));
+  at::Tensor act = hook(hn[4], qmask, activate(pre, cfg_.activation));
+  at::Tensor post = hook(hn[5], qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+  return hook(hn[6], qmask, x + linear(L, kDown, post, l, obs));
 }
 
 at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
   const at::Tensor x = rms_norm(x_in, final_norm_, cfg_.rms_norm_eps);
   at::Tensor logits = dense(x, lm_head_).to(at::kFloat);
-  if (p.hooks) logits = p.hooks->run(kLogitsHook, -1, std::move(logits), p.mask);
+  const at::Tensor mask = x_in.size(1) == p.T ? p.mask : p.mask.narrow(1, p.T - x_in.size(1), x_in.size(1));
+  if (p.hooks) logits = p.hooks->run(kLogitsHook, -1, std::move(logits), mask);
   if (p.cache) {
     p.cache->key_valid.narrow(1, p.past, p.T).copy_(p.mask);
     p.cache->next_pos.add_(p.mask.to(at::kLong).sum(1));

@@ -44,6 +44,11 @@ class Hooks {
   // Throws Error if a registered name refers to a layer the model does not have.
   void check_layers(int64_t num_layers) const;
 
+  // Off by default: a replacement must have the activation's shape. On: a replacement for a
+  // one-row activation [1, ...] may hold several rows [S, ...] — variants of one sequence — and
+  // the rest of the pass runs on all of them (integrated gradients' steps use this).
+  void set_batch_expansion(bool on) { batch_expansion_ = on; }
+
   // Runs the functions registered at `name` in registration order, each seeing the previous
   // one's replacement. Cheap when nothing is registered there.
   at::Tensor run(const std::string& name, int64_t layer, at::Tensor act, const at::Tensor& mask) const;
@@ -61,6 +66,7 @@ class Hooks {
   std::vector<Entry> fns_;
   std::map<std::string, int> by_name_;  // name -> number registered
   int next_ = 1;
+  bool batch_expansion_ = false;
 };
 
 }  // namespace qinterp::model

@@ -109,10 +109,17 @@ class Model {
   const quant::QuantSpec& quant_spec() const { return quant_; }  // method None when dense
 
   // --- layer by layer: forward() == finish(run_layer(L-1, ... run_layer(0, embed(p), p) ...), p)
+  // x may hold more rows than p.ids (p.B) when p's tensors have batch size 1: they broadcast, so
+  // one Pass serves a batch of variants of one sequence (integrated gradients' steps).
   Pass begin(const at::Tensor& ids, const at::Tensor& mask = {}, const Hooks* hooks = nullptr,
              KVCache* cache = nullptr) const;
   at::Tensor embed(const Pass& p) const;
-  at::Tensor run_layer(int64_t l, const at::Tensor& x, const Pass& p, const LinearObserver& observe = {}) const;
+  // last_only: the block's output only at the last position, [B, 1, D] (keys and values still
+  // come from every position; hooks from attn.hook_out on see the last position only). This is
+  // all a target at the last position needs from the final block. Not with a KV cache.
+  at::Tensor run_layer(int64_t l, const at::Tensor& x, const Pass& p, const LinearObserver& observe = {},
+                       bool last_only = false) const;
+  // x [B, T', D] -> logits [B, T', vocab] (T' = 1 after a last_only block).
   at::Tensor finish(const at::Tensor& x, const Pass& p) const;
 
  private:
