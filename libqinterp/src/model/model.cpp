@@ -333,12 +333,9 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
     k = cache->k[l].narrow(2, 0, S);
     v = cache->v[l].narrow(2, 0, S);
   }
-  if (KV != H) {  // grouped-query attention: kv head j serves query heads j*g .. j*g+g-1
-    k = k.repeat_interleave(H / KV, 1);
-    v = v.repeat_interleave(H / KV, 1);
-  }
   const at::Tensor amask = last_only ? p.attn_mask.narrow(2, q0, 1) : p.attn_mask;
-  at::Tensor a = at::scaled_dot_product_attention(q, k, v, amask);
+  // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.
+  at::Tensor a = at::scaled_dot_product_attention(q, k, v, amask, 0.0, false, std::nullopt, KV != H);
   a = a.transpose(1, 2).reshape({B, Tq, H * hd});
   at::Tensor o = hook(hn[1], qmask, linear(L, kO, a, l, obs));
   x = hook(hn[2], qmask, (last_only ? x.narrow(1, q0, 1) : x) + o);
