@@ -1,23 +1,20 @@
-"""The foundation demo (until the paper-reproduction runner exists):
+"""`make demo`: the paper-1 protocol (Singh & Sajjad; ../shared/PROTOCOLS.md §1) on
+SmolLM2-135M-Instruct for fp32, int8 and nf4 — predictions and calibration, dead neurons,
+activation statistics, neuron correlation, drift from fp32, and integrated-gradient salience on a
+smaller slice — with progress, ending in tables and the paper's four figures under results/paper1/.
 
-1. load the default real model — SmolLM2-135M-Instruct (GGUF Q4_1) when scripts/setup.sh has
-   fetched it, else stories260K from ../shared;
-2. generate from a prompt;
-3. run a few hundred of the paper's BoolQ prompts (raw CSV text, as the paper's activation pass)
-   through it with hooks on every layer's `blocks.L.mlp.hook_act`, and count per layer the MLP
-   neurons whose activation stayed strictly inside (-0.1, 0.1) on every real token;
-4. write results/demo_dead_neurons.csv and results/demo_dead_neurons.png.
+The paper scores the greedy next token on raw prompts. On SmolLM2 that says little for BoolQ
+(the greedy token is <|im_end|> on most prompts), so the demo also runs BoolQ with the prediction
+restricted to the label words and with the model's chat template, and prints those numbers beside.
 
-Usage: python examples/demo.py [--prompts N] [--batch B] [--model PATH] [--out DIR]
+Usage: python examples/demo.py [--limit N] [--ig-limit N] [--batch B] [--model PATH] [--out DIR]
+Resumable: run it again and finished work is skipped (--restart to start over).
 """
 import argparse
-import csv
 import os
 import pathlib
 import sys
 import time
-
-import torch
 
 import qinterp
 
@@ -25,108 +22,62 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("QINTERP_SHARED", ROOT.parent / "shared"))
 MODELS = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".cache/qinterp/models"))
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-STORIES = SHARED / "fixtures/stories260K"
-
-
-class QTokenizer:
-    def __init__(self, path):
-        self.t = qinterp.load_tokenizer(path)
-        self.bos_id, self.eos_id = self.t.bos_id, self.t.eos_id
-
-    def encode(self, text, bos=True):
-        return self.t.encode(text, bos)
-
-    def decode(self, ids):
-        return self.t.decode(ids)
-
-
-def batches(rows, tok, size, bos):
-    for i in range(0, len(rows), size):
-        yield (i, *qinterp.encode_batch(tok.t, rows[i:i + size], bos))  # left-padded (pad, else eos)
+STORIES = SHARED / "fixtures/stories260K/stories260K.bin"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model path (default: SmolLM2 if cached, else stories260K)")
-    ap.add_argument("--prompts", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument("--limit", type=int, default=0,
+                    help="examples per task (default: 300 BoolQ, 80 Toxicity: its prompts are 4x longer)")
+    ap.add_argument("--ig-limit", type=int, default=2, help="examples per task and precision for IG (2)")
+    ap.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    ap.add_argument("--tasks", default="boolq,toxicity", help="comma-separated tasks (boolq,toxicity)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "paper1"))
+    ap.add_argument("--restart", action="store_true")
     args = ap.parse_args()
+    if args.limit < 0:
+        ap.error(f"--limit must be >= 0, got {args.limit}")
+    for name in ("batch",):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    if args.ig_limit < 0:
+        ap.error(f"--ig-limit must be >= 0, got {args.ig_limit}")
 
-    if args.model:
-        path = pathlib.Path(args.model)
-    else:
-        path = SMOLLM2 if SMOLLM2.exists() else STORIES / "stories260K.bin"
-        if path != SMOLLM2:
-            print(f"[demo] {SMOLLM2} not found (run scripts/setup.sh); using stories260K", flush=True)
+    model = pathlib.Path(args.model) if args.model else (SMOLLM2 if SMOLLM2.exists() else STORIES)
+    if not args.model and model != SMOLLM2:
+        print(f"[demo] {SMOLLM2} not found (scripts/setup.sh fetches it); using stories260K", flush=True)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [t for t in args.tasks.split(",") if t]
+    limits = {t: args.limit or {"boolq": 300, "toxicity": 80}.get(t, 80) for t in tasks}
+    common = dict(data=str(SHARED / "datasets/paper1"), batch=args.batch, restart=args.restart)
     t0 = time.time()
-    model = qinterp.load_model(path)
-    cfg = model.config
-    print(f"[demo] loaded {path.name} in {time.time() - t0:.1f}s: {cfg['num_layers']} layers, "
-          f"{cfg['intermediate_size']} MLP neurons per layer, {model.num_parameters():,} parameters", flush=True)
-    if cfg["format"] == "gguf":  # the GGUF's own vocabulary; SmolLM2 adds no BOS
-        tok, bos, prompt = QTokenizer(path), False, "The three primary colors are"
-    else:
-        tok, bos, prompt = QTokenizer(path.parent / "tok512.bin"), True, "Once upon a time"
+    print(f"[demo] {model.name}: fp32, int8, nf4 on " + ", ".join(f"{t} ({n} examples)" for t, n in limits.items()) +
+          f"; IG on {args.ig_limit} per task and precision", flush=True)
+    for t in tasks:
+        qinterp.run(model, quant=["fp32", "int8", "nf4"], task=t, out=out / "run.h5", ig_limit=args.ig_limit,
+                    limit=limits[t], **common)
+    extra = {}
+    if "boolq" in tasks:
+        print("[demo] BoolQ again: prediction over the label words, and with the chat template", flush=True)
+        qinterp.run(model, quant=["fp32", "int8", "nf4"], task=["boolq"], out=out / "labels.h5", scoring="labels",
+                    analyses="predictions", limit=limits["boolq"], **common)
+        extra["labels"] = out / "labels.h5"
+        if qinterp._C.chat_template_of(str(model)):
+            qinterp.run(model, quant=["fp32", "int8", "nf4"], task=["boolq"], out=out / "chat.h5", chat="auto",
+                        scoring="labels", analyses="predictions", limit=limits["boolq"], **common)
+            extra["chat"] = out / "chat.h5"
 
-    t0 = time.time()
-    ids = torch.tensor([tok.encode(prompt, bos)])
-    out = model.generate(ids, max_new_tokens=40, temperature=0.0)
-    print(f"[demo] generate ({time.time() - t0:.1f}s): {tok.decode(out[0, ids.shape[1]:].tolist())!r}\n"
-          f"       after prompt {prompt!r}", flush=True)
-
-    with open(SHARED / "datasets/paper1/boolq.csv", newline="") as f:
-        rows = [r["prompt"] for _, r in zip(range(args.prompts), csv.DictReader(f))]
-    L, width = cfg["num_layers"], cfg["intermediate_size"]
-    alive = torch.zeros(L, width, dtype=torch.bool)  # some real token had |a| >= 0.1
-    tokens = 0
-
-    def make_hook(layer):
-        def hook(act, mask):
-            outside = (act.abs() >= 0.1) & mask.unsqueeze(-1)
-            alive[layer] |= outside.flatten(0, 1).any(0).cpu()
-        return hook
-
-    handles = [model.hooks.add(f"blocks.{l}.mlp.hook_act", make_hook(l)) for l in range(L)]
-    t0 = time.time()
-    with torch.inference_mode():
-        for i, ids, mask in batches(rows, tok, args.batch, bos):
-            model.forward(ids, mask)
-            tokens += int(mask.sum())
-            done = min(i + args.batch, len(rows))
-            print(f"\r[demo] BoolQ prompts {done}/{len(rows)}  tokens {tokens:,}  "
-                  f"{tokens / (time.time() - t0):,.0f} tok/s", end="", flush=True)
-    print(flush=True)
-    for h in handles:
-        model.hooks.remove(h)
-
-    dead = (~alive).sum(1).tolist()
-    out_dir = pathlib.Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "demo_dead_neurons.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "layer", "dead", "total", "prompts", "tokens"])
-        for l in range(L):
-            w.writerow([path.name, l, dead[l], width, len(rows), tokens])
-    print(f"\nDead MLP neurons (|act| < 0.1 on every real token) — {path.name}, {len(rows)} BoolQ prompts, "
-          f"{tokens:,} tokens")
-    print(f"{'layer':>5} {'dead':>6} / {'total':<6} {'%':>6}")
-    for l in range(L):
-        print(f"{l:>5} {dead[l]:>6} / {width:<6} {100 * dead[l] / width:>5.1f}%")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.bar(range(L), dead, color="#4477aa")
-        ax.set_xlabel("layer")
-        ax.set_ylabel(f"dead neurons (of {width})")
-        ax.set_title(f"{path.name}: MLP neurons inside (-0.1, 0.1) on {len(rows)} BoolQ prompts")
-        fig.tight_layout()
-        fig.savefig(out_dir / "demo_dead_neurons.png", dpi=120)
-        print(f"\n[demo] wrote {out_dir / 'demo_dead_neurons.csv'} and {out_dir / 'demo_dead_neurons.png'}")
-    except ImportError:
-        print(f"\n[demo] wrote {out_dir / 'demo_dead_neurons.csv'} (matplotlib missing: no figure)")
+    print(f"\n[demo] finished in {time.time() - t0:.0f} s\n")
+    print(qinterp.report(out / "run.h5", out=str(out), figures=True))
+    for name, path in extra.items():
+        title = {"labels": "BoolQ scored over the label words (True/False; probabilities renormalised over them)",
+                 "chat": "BoolQ in the model's chat template, scored over the label words"}[name]
+        md = qinterp.report(path, out=str(out / name))
+        table = md.split("### ", 2)[1].split("\n", 1)[1]
+        print(f"### {title}\n{table}")
+    print(f"[demo] tables, figures (accuracy.png, confidence.png, ace.png, correlation.png) and the HDF5 files are in {out}")
     return 0
 
 

@@ -14,6 +14,7 @@ using namespace qinterp;
 
 void bind_analysis(py::module_& m);  // analysis.cpp
 void bind_ig(py::module_& m);        // analysis.cpp (needs Model)
+void bind_experiment(py::module_& m);  // experiment.cpp
 py::dict perplexity_result(model::Model& model, const at::Tensor& ids, int64_t context, int64_t stride, bool progress);
 
 namespace {
@@ -68,6 +69,16 @@ PYBIND11_MODULE(_C, m) {
                return THPVariable_Unpack(r.ptr());
              });
            }, py::arg("name"), py::arg("fn"), "Attach fn at a hook point; returns a handle for remove().")
+      .def("_add_named", [](model::Hooks& h, const std::string& name, py::function fn) {
+             return h.add(name, [fn](const at::Tensor& act, const model::HookContext& ctx) -> std::optional<at::Tensor> {
+               py::object r = fn(act, ctx.mask, ctx.name);
+               if (r.is_none()) return std::nullopt;
+               if (!THPVariable_Check(r.ptr()))
+                 fail("hook at '", ctx.name, "' returned a ", std::string(py::str(py::type::of(r).attr("__name__"))),
+                      "; a hook returns None (observe) or a tensor of the activation's shape (replace)");
+               return THPVariable_Unpack(r.ptr());
+             });
+           }, py::arg("name"), py::arg("fn"))
       .def("remove", &model::Hooks::remove, py::arg("handle"))
       .def("clear", &model::Hooks::clear)
       .def("active", &model::Hooks::names, "Hook points that have functions attached.")
@@ -125,6 +136,7 @@ PYBIND11_MODULE(_C, m) {
            }, py::arg("layer"), py::arg("name"), "Dense (dequantized) weight of a block's linear layer.");
 
   bind_ig(m);
+  bind_experiment(m);
 
   m.def("perplexity", [](const PyModel& p, const at::Tensor& ids, int64_t context, int64_t stride, bool progress) {
           return perplexity_result(*p.m, ids, context, stride, progress);

@@ -1,6 +1,7 @@
-# cmake -P script: install the build into a scratch prefix, configure and build the consumer
-# against it with find_package(qinterp), run it, and check its answer (stories260K after BOS:
-# token 403, from llama2.c's reference logits).
+# cmake -P script: install the build into a scratch prefix, configure and build a consumer project
+# against it with find_package(qinterp), run it with ARGS (;-list) and check its output against the
+# regular expression EXPECT (default: the consumer's "argmax 403", stories260K after BOS from
+# llama2.c's reference logits). EXE names the program (default consumer).
 file(REMOVE_RECURSE "${WORK_DIR}")
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -13,8 +14,17 @@ run(${CMAKE_COMMAND} --install "${QINTERP_BUILD_DIR}" --prefix "${WORK_DIR}/pref
 run(${CMAKE_COMMAND} -S "${CONSUMER_SRC}" -B "${WORK_DIR}/build" -G "${GENERATOR}"
     "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix" "-DTorch_DIR=${TORCH_DIR}" -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
-run("${WORK_DIR}/build/consumer" "${MODEL}")
-if(NOT LAST_OUT MATCHES "argmax 403")
-  message(FATAL_ERROR "consumer printed '${LAST_OUT}', expected 'argmax 403'")
+if(NOT DEFINED EXE)
+  set(EXE consumer)
+endif()
+if(NOT DEFINED ARGS)
+  set(ARGS "${MODEL}")
+endif()
+if(NOT DEFINED EXPECT)
+  set(EXPECT "argmax 403")
+endif()
+run("${WORK_DIR}/build/${EXE}" ${ARGS})
+if(NOT LAST_OUT MATCHES "${EXPECT}")
+  message(FATAL_ERROR "${EXE} printed '${LAST_OUT}', expected a match of '${EXPECT}'")
 endif()
 message(STATUS "consumer: ${LAST_OUT}")

@@ -91,3 +91,49 @@ def test_quantize_gptq_needs_calibration(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf7", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and b"valid specs" in r.stderr
+
+
+def test_every_command_has_help_and_errors_are_one_line(tmp_path):
+    for cmd in ("generate", "inspect", "quantize", "run", "report", "version"):
+        for flag in ("--help", "-h"):
+            r = run(cmd, flag)
+            assert r.returncode == 0 and r.stdout.startswith(b"usage: qinterp " + cmd.encode()), (cmd, r.stdout)
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith(b"qinterp 0.")
+    cases = [(("inspect", "--model"), b"option --model needs a value"),
+             (("inspect", "--modle", "x"), b"unknown option --modle"),
+             (("inspect", "--model", "a", "--model", "b"), b"--model is given twice"),
+             (("report",), b"report needs the run's file"),
+             (("report", str(tmp_path / "none.h5")), b"none.h5"),
+             (("generate", "--model", str(SMOLLM2), "--prompt", ""), b"the prompt encodes to no tokens"),
+             (("generate", "--model", str(STORIES / "stories260K.bin"), "--tokenizer",
+               str(STORIES.parent / "llama2-tokenizer" / "tokenizer.model"), "--prompt", "x"),
+              b"does not belong to model")]
+    for args, says in cases:
+        r = run(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and says in lines[0], (args, r.stderr)
+
+
+def test_quantize_leaves_nothing_on_failure_and_refuses_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf4", "--out", str(f))
+    assert r.returncode == 1 and b"is a file" in r.stderr and b"[quantize] layer" not in r.stderr
+    out = tmp_path / "q"
+    r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf4", "--out", str(out),
+            "--tokenizer", str(STORIES.parent / "llama2-tokenizer" / "tokenizer.model"))
+    assert r.returncode == 1 and b"does not belong" in r.stderr
+    assert not out.exists()  # the folder made for the output is removed again
+
+
+def test_quantized_model_carries_its_tokenizer(tmp_path):
+    for model, name, prompt in ((STORIES / "stories260K.bin", "tokenizer.bin", "Once upon a time"),
+                                (SMOLLM2, "tokenizer.gguf", "The capital of France is")):
+        out = tmp_path / model.stem
+        r = run("quantize", "--model", str(model), "--quant", "nf4", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert (out / name).exists()
+        a = run("generate", "--model", str(out), "--prompt", prompt, "--max-new-tokens", "8")
+        b = run("generate", "--model", str(model), "--quant", "nf4", "--prompt", prompt, "--max-new-tokens", "8")
+        assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith(prompt.encode()), (a.stderr, a.stdout)

@@ -18,6 +18,8 @@ from . import _C
 from . import analysis  # noqa: F401  (qinterp.analysis)
 from . import quant  # noqa: F401  (qinterp.quant)
 from ._C import Error, Hooks, Model, ResultStore, Tokenizer, cuda_built
+from .attach import attach
+from .experiment import load_task, report, run
 
 __version__ = _C.__version__
 
@@ -68,5 +70,23 @@ def dequantize_gguf(raw: torch.Tensor, ggml_type: Union[str, int], shape: Sequen
     return _C.dequantize_gguf(raw, t, n).view(*shape)
 
 
+def _hooks_add(self, name: str, fn):
+    """Attach fn at a hook point: fn(activation, mask), or fn(activation, mask, name) when it takes
+    three positional arguments without defaults (or *args); it returns
+    None to observe or a tensor of the activation's shape to replace it. Returns a handle for remove()."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+        required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        named = len(required) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    except (TypeError, ValueError):  # builtins without a signature
+        named = False
+    return self._add_named(name, fn) if named else _C.Hooks.add_plain(self, name, fn)
+
+
+_C.Hooks.add_plain = _C.Hooks.add
+Hooks.add = _hooks_add
+
 __all__ = ["Error", "Hooks", "Model", "Tokenizer", "load_model", "load_tokenizer", "encode_batch",
-           "dequantize_gguf", "cuda_built", "GGML_TYPES", "quant", "__version__"]
+           "dequantize_gguf", "cuda_built", "GGML_TYPES", "quant", "run", "report", "attach", "load_task",
+           "__version__"]

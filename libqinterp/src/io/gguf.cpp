@@ -1,5 +1,7 @@
 #include "qinterp/io/gguf.hpp"
 
+#include <cstdio>
+
 namespace qinterp::io {
 
 namespace {
@@ -201,6 +203,55 @@ const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
   for (const auto& t : tensors_)
     if (t.name == name) return &t;
   return nullptr;
+}
+
+namespace {
+template <class T>
+void put_le(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));  // x86-64 and aarch64 are little-endian
+}
+void put_value(std::string& out, const GgufValue& v, GgufValue::Type type) {
+  switch (type) {
+    case GgufValue::UINT8: put_le<uint8_t>(out, static_cast<uint8_t>(v.i)); break;
+    case GgufValue::INT8: put_le<int8_t>(out, static_cast<int8_t>(v.i)); break;
+    case GgufValue::UINT16: put_le<uint16_t>(out, static_cast<uint16_t>(v.i)); break;
+    case GgufValue::INT16: put_le<int16_t>(out, static_cast<int16_t>(v.i)); break;
+    case GgufValue::UINT32: put_le<uint32_t>(out, static_cast<uint32_t>(v.i)); break;
+    case GgufValue::INT32: put_le<int32_t>(out, static_cast<int32_t>(v.i)); break;
+    case GgufValue::FLOAT32: put_le<float>(out, static_cast<float>(v.f)); break;
+    case GgufValue::BOOL: put_le<uint8_t>(out, v.i ? 1 : 0); break;
+    case GgufValue::STRING:
+      put_le<uint64_t>(out, v.s.size());
+      out += v.s;
+      break;
+    case GgufValue::ARRAY:
+      put_le<uint32_t>(out, v.elem_type);
+      put_le<uint64_t>(out, v.array.size());
+      for (const auto& e : v.array) put_value(out, e, v.elem_type);
+      break;
+    case GgufValue::UINT64: put_le<uint64_t>(out, v.u); break;
+    case GgufValue::INT64: put_le<int64_t>(out, v.i); break;
+    case GgufValue::FLOAT64: put_le<double>(out, v.f); break;
+  }
+}
+}  // namespace
+
+void write_gguf_metadata(const std::string& path, const std::map<std::string, GgufValue>& kv) {
+  std::string out = "GGUF";
+  put_le<uint32_t>(out, 3);
+  put_le<uint64_t>(out, 0);
+  put_le<uint64_t>(out, kv.size());
+  for (const auto& [key, v] : kv) {
+    put_le<uint64_t>(out, key.size());
+    out += key;
+    put_le<uint32_t>(out, v.type);
+    put_value(out, v, v.type);
+  }
+  out.append((32 - out.size() % 32) % 32, '\0');
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) fail("cannot write ", path);
+  const bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
+  if (std::fclose(f) != 0 || !ok) fail("cannot write ", path);
 }
 
 }  // namespace qinterp::io

@@ -774,6 +774,19 @@ analysis::Tensors ResultStore::read_tensors(const std::string& group) const {
   return out;
 }
 
+void ResultStore::remove(const std::string& object) {
+  writable("remove objects");
+  remove_if_exists(object);
+  for (int k = 0; k <= 100; ++k) {  // copies a killed save left beside it
+    const std::string tmp = partial_name(object, k);
+    try {
+      remove_if_exists(tmp);
+    } catch (const Error&) {  // damaged beyond unlinking: left as an orphan, as save_state does
+    }
+  }
+  flush();
+}
+
 void ResultStore::save_state(const std::string& group, const analysis::State& s, const Attrs& extra) {
   Attrs a = extra;
   a["kind"] = s.kind;

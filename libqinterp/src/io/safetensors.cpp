@@ -7,7 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "paths.hpp"
+#include "qinterp/io/paths.hpp"
 
 using nlohmann::json;
 

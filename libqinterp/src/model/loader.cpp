@@ -9,7 +9,7 @@
 #include "qinterp/model/model.hpp"
 #include "qinterp/model/quantize.hpp"
 #include "qinterp/quant/dequantize.hpp"
-#include "../io/paths.hpp"
+#include "qinterp/io/paths.hpp"
 #include "../io/torch_dtype.hpp"
 
 namespace qinterp::model {

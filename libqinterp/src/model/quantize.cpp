@@ -7,7 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "../io/paths.hpp"
+#include "qinterp/io/paths.hpp"
 #include "../io/torch_dtype.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/safetensors.hpp"

@@ -10,7 +10,7 @@
 #include "qinterp/io/gguf.hpp"
 #include "qinterp/io/mapped_file.hpp"
 #include "qinterp/text/batch.hpp"
-#include "../io/paths.hpp"
+#include "qinterp/io/paths.hpp"
 
 namespace qinterp::text {
 
@@ -196,6 +196,29 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   if (ends_with(path, ".bin")) return std::make_unique<Llama2cTokenizer>(path);
   fail(path, ": unknown tokenizer format (expected a directory, tokenizer.json, a SentencePiece .model, "
        "a .gguf or a llama2.c tokenizer.bin)");
+}
+
+std::string find_tokenizer(const std::string& model) {
+  namespace paths = io::paths;
+  if (paths::ends_with(model, ".gguf") || paths::is_dir(model)) return model;
+  const std::string dir = paths::parent(model);
+  for (const char* n : {"tokenizer.json", "tokenizer.model", "tokenizer.bin", "tok512.bin"})
+    if (paths::exists(paths::join(dir, n))) return paths::join(dir, n);
+  fail("no tokenizer found beside ", model, " (looked for tokenizer.json, tokenizer.model, tokenizer.bin, tok512.bin); "
+       "pass one (--tokenizer PATH)");
+}
+
+void check_tokenizer(const Tokenizer& tok, int64_t model_vocab, const std::string& model_path) {
+  const int64_t v = tok.vocab_size();
+  const auto mismatch = [&](const std::string& why) {
+    fail("tokenizer ", tok.source(), " does not belong to model ", model_path, ": ", why,
+         " (pass the model's own tokenizer with --tokenizer)");
+  };
+  if (v > model_vocab) mismatch(std::to_string(v) + " token ids, the model has " + std::to_string(model_vocab));
+  for (const auto& [name, id] : {std::pair<const char*, int64_t>{"BOS", tok.bos_id()}, {"EOS", tok.eos_id()}, {"pad", tok.pad_id()}})
+    if (id >= model_vocab) mismatch(std::string(name) + " id " + std::to_string(id) + " is beyond the model's " + std::to_string(model_vocab));
+  if (model_vocab - v > std::max<int64_t>(256, model_vocab / 64))
+    mismatch(std::to_string(v) + " token ids against the model's " + std::to_string(model_vocab));
 }
 
 }  // namespace qinterp::text

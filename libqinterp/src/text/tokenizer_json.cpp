@@ -5,7 +5,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "../io/paths.hpp"
+#include "qinterp/io/paths.hpp"
 #include "bpe.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/mapped_file.hpp"

@@ -73,4 +73,8 @@ class GgufFile {
   std::vector<GgufTensorInfo> tensors_;
 };
 
+// Writes a GGUF v3 file holding only metadata (no tensors): a saved quantized model keeps the
+// tokenizer of the GGUF it came from this way (its tokenizer.* keys and general.architecture).
+void write_gguf_metadata(const std::string& path, const std::map<std::string, GgufValue>& kv);
+
 }  // namespace qinterp::io

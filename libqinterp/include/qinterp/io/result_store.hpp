@@ -90,6 +90,9 @@ class ResultStore {
   void save_state(const std::string& group, const analysis::State& s, const Attrs& extra = {});
   analysis::State load_state(const std::string& group) const;
 
+  // Removes a group or dataset (and copies of it a killed save left); nothing when it is absent.
+  void remove(const std::string& object);
+
   // Opens (or creates) the raw activation dump `group`/activations + `group`/tokens.
   ActivationDump dump(const std::string& group, int64_t neurons, bool fp16 = true);
 

@@ -155,6 +155,17 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& file);
 // naming the file for anything unreadable or malformed.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
+// The tokenizer that goes with a model file: a GGUF's own vocabulary, a model directory's files,
+// else tokenizer.json / tokenizer.model / tokenizer.bin / tok512.bin beside the model file.
+// Throws Error when there is none (pass a tokenizer explicitly then).
+std::string find_tokenizer(const std::string& model_path);
+
+// Throws Error when a tokenizer cannot belong to a model with `model_vocab` embedding rows: ids
+// beyond the model's vocabulary (a larger tokenizer, or BOS/EOS/pad beyond it), or a vocabulary
+// much smaller than the model's (more than max(256, model_vocab / 64) rows short: models pad their
+// embedding to a round size, not by thousands).
+void check_tokenizer(const Tokenizer& tok, int64_t model_vocab, const std::string& model_path);
+
 }  // namespace qinterp::text
 
 namespace qinterp {

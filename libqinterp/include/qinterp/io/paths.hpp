@@ -1,8 +1,9 @@
-// Private path helpers on POSIX calls. The library avoids std::filesystem because the PyPI
-// torch wheels export their own, older std::filesystem symbols from libtorch*.so; a binary that
-// binds to those instead of libstdc++'s crashes (seen with remove_all, torch 2.11).
+// Path helpers on POSIX calls, public so that the CLI and C++ users need no std::filesystem: the
+// PyPI torch wheels export their own, older std::filesystem symbols from libtorch*.so, and a
+// binary that binds to those instead of libstdc++'s crashes (seen with remove_all, torch 2.11).
 #pragma once
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -42,5 +43,8 @@ inline void make_dirs(const std::string& p) {
   if (::mkdir(p.c_str(), 0777) != 0 && errno != EEXIST)
     throw Error("cannot create directory " + p + ": " + std::strerror(errno));
 }
+
+// Removes an empty directory; false when it is not empty or cannot be removed.
+inline bool remove_empty_dir(const std::string& p) { return ::rmdir(p.c_str()) == 0; }
 
 }  // namespace qinterp::io::paths

@@ -1,0 +1,215 @@
+#include "qinterp/experiment/report.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "qinterp/error.hpp"
+#include "qinterp/io/paths.hpp"
+#include "qinterp/io/result_store.hpp"
+
+namespace qinterp::experiment {
+
+namespace {
+
+using Row = std::vector<std::string>;
+
+struct Table {
+  std::string name, title;
+  Row header;
+  std::vector<Row> rows;
+};
+
+std::string num(double v, int digits = 4) {
+  if (std::isnan(v)) return "nan";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.*f", digits, v);
+  return b;
+}
+
+std::string md(const Table& t) {
+  std::ostringstream os;
+  os << "### " << t.title << "\n\n|";
+  for (const auto& h : t.header) os << " " << h << " |";
+  os << "\n|";
+  for (size_t i = 0; i < t.header.size(); ++i) os << (i < 3 ? "---|" : "---:|");
+  os << "\n";
+  for (const auto& r : t.rows) {
+    os << "|";
+    for (const auto& c : r) os << " " << c << " |";
+    os << "\n";
+  }
+  return os.str() + "\n";
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+std::string csv(const Table& t) {
+  std::ostringstream os;
+  for (size_t i = 0; i < t.header.size(); ++i) os << (i ? "," : "") << csv_field(t.header[i]);
+  os << "\n";
+  for (const auto& r : t.rows) {
+    for (size_t i = 0; i < r.size(); ++i) os << (i ? "," : "") << csv_field(r[i]);
+    os << "\n";
+  }
+  return os.str();
+}
+
+std::string tex_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '_' || c == '%' || c == '&' || c == '#' || c == '$' || c == '{' || c == '}') o += '\\';
+    o += c;
+  }
+  return o;
+}
+
+std::string tex(const Table& t) {
+  std::ostringstream os;
+  os << "% " << t.title << "\n\\begin{tabular}{" << std::string(t.header.size(), 'l') << "}\n\\hline\n";
+  for (size_t i = 0; i < t.header.size(); ++i) os << (i ? " & " : "") << tex_escape(t.header[i]);
+  os << " \\\\\n\\hline\n";
+  for (const auto& r : t.rows) {
+    for (size_t i = 0; i < r.size(); ++i) os << (i ? " & " : "") << tex_escape(r[i]);
+    os << " \\\\\n";
+  }
+  return os.str() + "\\hline\n\\end{tabular}\n";
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+template <class T>
+T attr_or(const io::Attrs& a, const std::string& k, T d) {
+  auto it = a.find(k);
+  if (it == a.end()) return d;
+  if (auto* v = std::get_if<T>(&it->second)) return *v;
+  return d;
+}
+
+}  // namespace
+
+Report make_report(const std::string& path, const ReportOptions& o) {
+  io::ResultStore store(path, io::ResultStore::Mode::Read);
+  Table acc{"accuracy", "Accuracy, average confidence, ECE and ACE", {"model", "task", "precision", "examples", "accuracy", "confidence", "ECE", "ACE", "empty answers"}, {}};
+  Table dead{"dead_neurons", "Dead neurons per hooked layer (activation strictly inside (-0.1, 0.1) on every real token)", {"model", "task", "precision"}, {}};
+  Table sal{"salient_neurons", "Salient neurons per hooked layer (union over the four IG scores and the examples)", {"model", "task", "precision"}, {}};
+  Table corr{"correlation", "Neuron pairs per |Pearson r| bin, hooked layers pooled", {"model", "task", "precision"}, {}};
+  Table drift{"drift", "Drift from the reference precision, per hooked layer (means over neurons)", {"model", "task", "precision", "layer", "reference", "cosine", "correlation", "mse", "dead agreement", "dead Jaccard"}, {}};
+  bool any = false, any_sal = false, any_dead = false, any_corr = false;
+  std::vector<std::string> dead_layers;
+  for (const auto& model : store.list("")) {
+    const io::Attrs ma = store.attrs(model);
+    if (!ma.count("layers")) continue;  // not a run's model group
+    std::vector<std::string> precs = split(attr_or<std::string>(ma, "precisions", ""), ',');
+    if (precs.empty())
+      for (const auto& p : store.list(model))
+        if (p.rfind("_", 0) != 0) precs.push_back(p);
+    for (const auto& prec : precs) {
+      if (!store.exists(model + "/" + prec)) continue;
+      for (const auto& task : store.list(model + "/" + prec)) {
+        const std::string g = model + "/" + prec + "/" + task;
+        const io::Attrs ta = store.attrs(g);
+        if (!ta.count("hooks")) continue;
+        any = true;
+        const auto hooks = split(attr_or<std::string>(ta, "hooks", ""), ',');
+        if (store.exists(g + "/calibration")) {
+          const io::Attrs ca = store.attrs(g + "/calibration");
+          const int64_t empty = store.exists(g + "/predictions") ? attr_or<int64_t>(store.attrs(g + "/predictions"), "empty_answers", 0) : 0;
+          acc.rows.push_back({model, task, prec, std::to_string(attr_or<int64_t>(ca, "examples", 0)),
+                              num(attr_or<double>(ca, "accuracy", NAN)), num(attr_or<double>(ca, "confidence", NAN)),
+                              num(attr_or<double>(ca, "ece", NAN)), num(attr_or<double>(ca, "ace", NAN)), std::to_string(empty)});
+        }
+        Row dr{model, task, prec}, sr{model, task, prec};
+        at::Tensor hist;
+        for (const auto& h : hooks) {
+          const std::string layer = h.substr(7, h.find('.', 7) - 7);
+          if (store.exists(g + "/" + h + "/dead")) {
+            any_dead = true;
+            const auto d = store.read_tensors(g + "/" + h + "/dead");
+            dr.push_back(std::to_string(d.at("count").item<int64_t>()) + " / " + std::to_string(d.at("dead").numel()));
+          }
+          if (store.exists(g + "/" + h + "/salient")) {
+            any_sal = true;
+            sr.push_back(std::to_string(store.read(g + "/" + h + "/salient/count").item<int64_t>()));
+          }
+          if (store.exists(g + "/" + h + "/correlation")) {
+            any_corr = true;
+            const at::Tensor hh = store.read(g + "/" + h + "/correlation/histogram").to(at::kLong);
+            hist = hist.defined() ? hist + hh : hh;
+          }
+          if (store.exists(g + "/drift/" + h)) {
+            const auto d = store.read_tensors(g + "/drift/" + h);
+            const std::string ref = attr_or<std::string>(store.attrs(g + "/drift"), "reference", "");
+            drift.rows.push_back({model, task, prec, layer, ref, num(at::nanmean(d.at("cosine").to(at::kDouble)).item<double>()),
+                                  num(at::nanmean(d.at("correlation").to(at::kDouble)).item<double>()),
+                                  num(d.at("mse").to(at::kDouble).mean().item<double>(), 6),
+                                  num(d.at("dead_agreement").item<double>()), num(d.at("dead_jaccard").item<double>())});
+          }
+        }
+        if (dead.header.size() == 3)
+          for (const auto& h : hooks) dead.header.push_back("layer " + h.substr(7, h.find('.', 7) - 7));
+        if (sal.header.size() == 3)
+          for (const auto& h : hooks) sal.header.push_back("layer " + h.substr(7, h.find('.', 7) - 7));
+        if (dr.size() > 3) dead.rows.push_back(dr);
+        if (sr.size() > 3) sal.rows.push_back(sr);
+        if (hist.defined()) {
+          const int64_t bins = hist.numel();
+          if (corr.header.size() == 3)
+            for (int64_t b = 0; b < bins; ++b) corr.header.push_back(num(double(b) / bins, 1) + "-" + num(double(b + 1) / bins, 1));
+          Row r{model, task, prec};
+          for (int64_t b = 0; b < bins; ++b) r.push_back(std::to_string(hist[b].item<int64_t>()));
+          corr.rows.push_back(r);
+        }
+      }
+    }
+  }
+  if (!any) fail(path, ": holds no run results (expected groups written by `qinterp run`)");
+  std::vector<const Table*> tables{&acc};
+  if (any_dead) tables.push_back(&dead);
+  if (any_sal) tables.push_back(&sal);
+  if (any_corr) tables.push_back(&corr);
+  if (!drift.rows.empty()) tables.push_back(&drift);
+  Report r;
+  r.markdown = "# qinterp report: " + path + "\n\n";
+  for (const Table* t : tables) r.markdown += md(*t);
+  if (!o.out_dir.empty()) {
+    io::paths::make_dirs(o.out_dir);
+    auto write = [&](const std::string& name, const std::string& text) {
+      const std::string p = io::paths::join(o.out_dir, name);
+      std::ofstream f(p, std::ios::binary);
+      f << text;
+      if (!f) fail("report: cannot write ", p);
+      r.files.push_back(p);
+    };
+    write("report.md", r.markdown);
+    for (const Table* t : tables) {
+      write(t->name + ".csv", csv(*t));
+      if (o.latex) write(t->name + ".tex", tex(*t));
+    }
+  }
+  return r;
+}
+
+}  // namespace qinterp::experiment

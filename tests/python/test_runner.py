@@ -1,0 +1,341 @@
+"""The main job (qinterp run / qinterp.run) end to end on stories260K: the file's layout, the
+prediction numbers against transformers on the same weights and prompts, report = file, resume
+after kills, torchrun with two processes, attach() on a transformers model, bad input."""
+import csv
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import qinterp
+from qinterp.analysis import ResultStore
+from conftest import ROOT, SHARED, STORIES, write_hf_checkpoint
+
+CLI = pathlib.Path(os.environ.get("QINTERP_CLI", ROOT / "build" / "qinterp"))
+MODEL = STORIES / "stories260K.bin"
+DATA = SHARED / "datasets" / "paper1"
+PRECS = ["fp32", "int8", "nf4"]
+HOOKS = ["blocks.0.mlp.hook_act", "blocks.2.mlp.hook_act", "blocks.4.mlp.hook_act"]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "build" / "python"), QINTERP_DATA=str(DATA), OMP_NUM_THREADS="1")
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, timeout=timeout, env=ENV)
+
+
+def small_run(out, **kw):
+    args = dict(quant=PRECS, task=["boolq", "piqa"], out=str(out), limit=24, ig_limit=3, batch=8, data=str(DATA),
+                progress=False)
+    args.update(kw)
+    return qinterp.run(MODEL, **args)
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run.h5"
+    small_run(out)
+    return out
+
+
+def dump(path):
+    """Every dataset and attribute of a file, for exact comparison."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if "_checkpoints" in name:
+                return
+            for k, v in obj.attrs.items():
+                out[f"{name}@{k}"] = v
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+        f.visititems(visit)
+    return out
+
+
+def test_layout(run_file):
+    with ResultStore(str(run_file), "r") as s:
+        assert s.list("") == ["stories260K"]
+        assert set(s.list("stories260K")) == set(PRECS)
+        for p in PRECS:
+            for t in ("boolq", "piqa"):
+                g = f"stories260K/{p}/{t}"
+                assert set(s.list(g + "/predictions")) == {"predicted_id", "confidence", "correct", "gold"}
+                assert s.read(g + "/predictions/confidence").shape == (24,)
+                a = s.attrs(g + "/calibration")
+                assert {"accuracy", "confidence", "ece", "ace"} <= set(a)
+                assert "ace_count" in s.list(g + "/calibration")
+                for h in HOOKS:
+                    assert {"dead", "stats", "correlation", "salient"} <= set(s.list(f"{g}/{h}"))
+                    assert s.read(f"{g}/{h}/salient/examples").item() + s.read(f"{g}/{h}/salient/skipped").item() == 3
+                    assert s.read(f"{g}/{h}/dead/tokens").item() > 0
+                if p == "fp32":
+                    assert not s.exists(g + "/drift")
+                else:
+                    assert set(s.list(g + "/drift")) == set(HOOKS)
+                    assert s.attrs(g + "/drift")["reference"] == "fp32"
+                ta = s.attrs(g)
+                assert ta["mode"] == "clean" and ta["model_file"] == str(MODEL) and ta["seed"] == 42
+                assert "qinterp_version" in ta and ta["precision"] == p
+        assert not s.exists("stories260K/_checkpoints") or s.list("stories260K/_checkpoints/boolq") == []
+
+
+def authors_ace(conf, correct, bins=10):
+    """analysis_and_viz/ace.py, with ties in confidence broken by correctness (docs/runner.md)."""
+    order = sorted(range(len(conf)), key=lambda i: (conf[i], correct[i]))
+    n, per, ace, start = len(conf), len(conf) // bins, 0.0, 0
+    for b in range(bins):
+        end = start + per + (1 if b < n % bins else 0)
+        idx = order[start:end]
+        if idx:
+            ace += abs(np.mean([correct[i] for i in idx]) - np.mean([conf[i] for i in idx]))
+        start = end
+    return ace / bins
+
+
+def test_predictions_match_transformers(run_file, tmp_path, stories_tok):
+    """fp32: the paper's prediction (greedy next token after the left-padded prompt, pad = eos,
+    softmax over the vocabulary) computed with transformers on the same weights and prompts."""
+    from transformers import LlamaForCausalLM
+    write_hf_checkpoint(qinterp.load_model(MODEL), tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    for name in ("boolq", "piqa"):
+        task = qinterp.load_task(name, str(DATA))
+        prompts = [task.prompt(i) for i in range(24)]
+        preds, confs, correct = [], [], []
+        for b0 in range(0, 24, 8):
+            rows = [stories_tok.encode(p)[:512] for p in prompts[b0:b0 + 8]]
+            width = max(map(len, rows))
+            ids = torch.tensor([[2] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            with torch.no_grad():
+                probs = torch.softmax(hf(ids, attention_mask=mask).logits[:, -1].float(), -1)
+            c, i = probs.max(-1)
+            for k in range(len(rows)):
+                preds.append(int(i[k]))
+                confs.append(float(c[k]))
+                text = stories_tok.decode([int(i[k])]) or stories_tok.piece(int(i[k])).decode()
+                correct.append(int(task.golds[b0 + k].strip().lower() in text.strip().lower()))
+        with ResultStore(str(run_file), "r") as s:
+            g = f"stories260K/fp32/{name}"
+            assert s.read(g + "/predictions/predicted_id").tolist() == preds
+            np.testing.assert_allclose(s.read(g + "/predictions/confidence").numpy(), confs, rtol=0, atol=2e-6)
+            assert s.read(g + "/predictions/correct").long().tolist() == correct
+            a = s.attrs(g + "/calibration")
+            assert a["accuracy"] == pytest.approx(np.mean(correct), abs=1e-12)
+            assert a["confidence"] == pytest.approx(np.mean(confs), abs=2e-6)
+            assert a["ace"] == pytest.approx(authors_ace(confs, correct), abs=2e-6)
+
+
+def test_report_matches_file(run_file, tmp_path):
+    r = cli("report", run_file, "--out", tmp_path / "rep", "--latex")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "rep" / "accuracy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    with ResultStore(str(run_file), "r") as s:
+        for row in rows:
+            a = s.attrs(f"stories260K/{row['precision']}/{row['task']}/calibration")
+            for k, col in (("accuracy", "accuracy"), ("confidence", "confidence"), ("ace", "ACE"), ("ece", "ECE")):
+                assert float(row[col]) == pytest.approx(a[k], abs=5e-5)
+        with open(tmp_path / "rep" / "dead_neurons.csv") as f:
+            for row in csv.DictReader(f):
+                for h in HOOKS:
+                    L = h.split(".")[1]
+                    d = s.read_result(f"stories260K/{row['precision']}/{row['task']}/{h}/dead")
+                    assert row[f"layer {L}"] == f"{d['count']} / {d['dead'].numel()}"
+        with open(tmp_path / "rep" / "correlation.csv") as f:
+            for row in csv.DictReader(f):
+                pooled = sum(s.read(f"stories260K/{row['precision']}/{row['task']}/{h}/correlation/histogram")
+                             for h in HOOKS)
+                assert [int(row[k]) for k in list(row)[3:]] == pooled.tolist()
+    assert (tmp_path / "rep" / "report.md").read_text().startswith("# qinterp report")
+    assert (tmp_path / "rep" / "accuracy.tex").exists()
+
+
+def test_rerun_skips_finished_work_and_refuses_other_settings(run_file, tmp_path):
+    before = dump(run_file)
+    r = small_run(run_file)
+    assert r["stages_run"] == 0 and r["stages_skipped"] == 2 + 2 * 3
+    assert dump(run_file).keys() == before.keys()
+    with pytest.raises(qinterp.Error, match="other settings"):
+        small_run(run_file, limit=20)
+
+
+def test_killed_runs_resume_to_the_same_file(tmp_path):
+    """`qinterp run` killed at random points (a checkpoint after every batch) and started again
+    with the same command ends with the file an uninterrupted run writes."""
+    args = ["run", "--model", MODEL, "--quant", "fp32", "--quant", "nf4", "--task", "boolq", "--limit", "40",
+            "--ig-limit", "4", "--batch", "4", "--checkpoint-seconds", "0", "--quiet"]
+    ref = tmp_path / "ref.h5"
+    r = cli(*args, "--out", ref)
+    assert r.returncode == 0, r.stderr
+    expected = dump(ref)
+    for seed in (1, 2, 3):
+        out = tmp_path / f"killed{seed}.h5"
+        rng = random.Random(seed)
+        kills = 0
+        for attempt in range(12):
+            p = subprocess.Popen([str(CLI), *map(str, args), "--out", str(out)], env=ENV,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                p.wait(timeout=rng.uniform(0.3, 2.5))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                kills += 1
+                continue
+            assert p.returncode == 0, p.stderr.read()
+            break
+        else:
+            r = cli(*args, "--out", out)
+            assert r.returncode == 0, r.stderr
+        got = dump(out)
+        assert got.keys() == expected.keys(), seed
+        for k in expected:
+            e, g = expected[k], got[k]
+            if isinstance(e, np.ndarray):
+                assert np.array_equal(e, g, equal_nan=True), (seed, k)
+            else:
+                assert e == g, (seed, k)
+        print(f"seed {seed}: {kills} kills, then identical")
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    args = ["run", "--model", MODEL, "--quant", "fp32", "--quant", "int8", "--task", "piqa", "--limit", "20",
+            "--ig-limit", "4", "--batch", "4", "--quiet"]
+    one = tmp_path / "one.h5"
+    r = subprocess.run([sys.executable, "-m", "qinterp", *map(str, args), "--out", str(one)], env=ENV,
+                       capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    two = tmp_path / "two.h5"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(29500 + os.getpid() % 1000), "-m", "qinterp", *map(str, args), "--out", str(two)],
+                       env=ENV, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    a, b = dump(one), dump(two)
+    assert a.keys() == b.keys()
+    assert not any(p.name.startswith("two.h5.rank") for p in tmp_path.iterdir())
+    moments = ("mean", "variance", "std", "mse", "cosine", "correlation", "top_values")
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and any(k.endswith("/" + m) for m in moments):
+            np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-15, err_msg=k)
+        elif isinstance(x, np.ndarray):
+            assert np.array_equal(x, y, equal_nan=True), k
+        elif isinstance(x, float):
+            assert y == pytest.approx(x, rel=1e-12), k
+        else:
+            assert x == y, k
+
+
+def test_attach_on_transformers_equals_qinterp(tmp_path, stories_tok):
+    from transformers import LlamaForCausalLM
+    from qinterp.analysis import Correlation, DeadNeurons
+    ours = qinterp.load_model(MODEL)
+    write_hf_checkpoint(ours, tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    task = qinterp.load_task("piqa", str(DATA))
+    ids, mask = qinterp.encode_batch(stories_tok, task.prompts[:6], pad_id=2)
+    res = {}
+    for which, model in (("qinterp", ours), ("hf", hf)):
+        accs = {h: [DeadNeurons(), DeadNeurons(-0.05, 0.05), Correlation()] for h in HOOKS}
+        with qinterp.attach(model, accs):
+            with torch.no_grad():
+                model.forward(ids, mask) if which == "qinterp" else model(ids, attention_mask=mask.long())
+        res[which] = {h: [a.result() for a in accs[h]] for h in HOOKS}
+    for h in HOOKS:
+        q, t = res["qinterp"][h], res["hf"][h]
+        for k in (0, 1):
+            assert q[k]["tokens"] == t[k]["tokens"] == int(mask.sum())
+            assert torch.equal(q[k]["dead"], t[k]["dead"]), h
+        assert q[2]["pairs_total"] == t[2]["pairs_total"]
+        diff = (q[2]["histogram"] - t[2]["histogram"]).abs().sum().item()
+        assert diff <= 4, (h, q[2]["histogram"], t[2]["histogram"])  # |r| within ~1e-6: a pair may sit on an edge
+    # detached: nothing is fed any more
+    d = DeadNeurons()
+    with qinterp.attach(hf, {"blocks.1.mlp.hook_act": d}):
+        pass
+    hf(ids[:1])
+    assert d.tokens == 0
+
+
+def test_python_hooks_receive_their_name():
+    m = qinterp.load_model(MODEL)
+    seen = []
+    h1 = m.hooks.add("blocks.1.mlp.hook_act", lambda a, mask, name: seen.append(name))
+    h2 = m.hooks.add("blocks.3.hook_resid_post", lambda a, mask: seen.append("plain"))
+    m.forward(torch.tensor([[1, 403, 407]]))
+    m.hooks.remove(h1)
+    m.hooks.remove(h2)
+    assert seen == ["blocks.1.mlp.hook_act", "plain"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--task", "nosuchtask"], b"unknown task 'nosuchtask'"),
+    (["--task", "{bad}"], b"bad.csv:3: a quoted field is never closed"),
+    (["--quant", "nf5"], b"nf5"),
+    (["--model", "/nonexistent.bin"], b"/nonexistent.bin: no such file"),
+    (["--out", "/nonexistent-dir/x/run.h5"], b"does not exist"),
+    (["--mode", "fast"], b"--mode must be clean or paper"),
+    (["--analyses", "dead,corr"], b"unknown analysis 'corr'"),
+    (["--layers", "0,7"], b"the model has layers 0..4, not 7"),
+    (["--limit", "-1"], b"--limit expects a whole number"),
+    (["--bogus", "1"], b"unknown option --bogus"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, says):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('prompt,gold\n"ok",True\n"never closed,False\n')
+    args = [str(bad) if a == "{bad}" else a for a in args]
+    base = {"--model": str(MODEL), "--task": "boolq", "--quant": "fp32", "--out": str(tmp_path / "out.h5")}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    flat = [x for kv in base.items() for x in kv]
+    r = cli("run", *flat, "--quiet")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(b"qinterp: error: ") and says in lines[0], r.stderr
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_chat_template_matches_transformers():
+    from transformers import AutoTokenizer
+    from conftest import SMOLLM2
+    hf = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
+    tpl = qinterp._C.chat_template_of(str(SMOLLM2))
+    for prompt in ("Respond with True or False only.\nis the sky blue\nAnswer:", "  two spaces, ünïcode  "):
+        want = hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        assert qinterp._C.apply_chat_template(tpl, prompt) == want
+    with pytest.raises(qinterp.Error, match="not one of the families"):
+        qinterp._C.apply_chat_template("{{ messages }}", "x")
+
+
+def test_user_task_csv_with_template_and_labels(tmp_path):
+    csvf = tmp_path / "mytask.csv"
+    csvf.write_text('text,answer\n"Is the cat, ""Tom"", happy?\nSecond line",yes\nIs it raining?,no\n"x",yes\n')
+    with pytest.raises(qinterp.Error, match="no column 'prompt'"):
+        qinterp.load_task(str(csvf))
+    out = tmp_path / "u.h5"
+    qinterp.run(MODEL, quant="fp32", task=str(csvf), out=out, template="Q: {}\nA:", labels=["yes", "no"],
+                prompt_column="text", gold_column="answer", analyses="predictions", scoring="labels", progress=False)
+    with ResultStore(str(out), "r") as s:
+        g = "stories260K/fp32/mytask"
+        assert s.attrs(g)["prompt_template"] == "Q: {}\nA:"
+        assert s.read(g + "/predictions/gold").tolist() == [0, 1, 0]
+        assert s.attrs(g + "/predictions")["labels"] == '["yes", "no"]'
+    task = qinterp.load_task(str(csvf), prompt_template="Q: {}\nA:", prompt_column="text", gold_column="answer")
+    assert task.prompt(0) == 'Q: Is the cat, "Tom", happy?\nSecond line\nA:' and task.labels == ["yes", "no"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,gold\na,yes\nb,no,extra\n")
+    with pytest.raises(qinterp.Error, match="bad.csv:3: a record with 3 fields where the header has 2"):
+        qinterp.load_task(str(bad))
+    bad.write_text("prompt,gold\na,maybe\n")
+    with pytest.raises(qinterp.Error, match="bad.csv:2: gold 'maybe' is not one of the labels"):
+        qinterp.load_task(str(bad), labels=["yes", "no"])
