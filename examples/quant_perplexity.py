@@ -42,14 +42,15 @@ class Encoder:
             self.encode = lambda texts: qinterp.encode_batch(tok, texts)
             self.max_len = 512
         elif name == "smollm2":
-            from transformers import AutoTokenizer  # qinterp reads GGUF vocabularies once issue 3 lands
             self.path = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-            tok = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
-            tok.padding_side, tok.pad_token = "left", tok.eos_token
+            tok = qinterp.load_tokenizer(self.path)  # the GGUF's own vocabulary (ids equal transformers')
 
-            def enc(texts):
-                e = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
-                return e["input_ids"], e["attention_mask"].bool()
+            def enc(texts):  # the first 256 tokens of each prompt, left-padded with EOS
+                rows = [r[:256] for r in tok.encode_many(texts)]
+                width = max(map(len, rows))
+                ids = torch.tensor([[tok.eos_id] * (width - len(r)) + r for r in rows])
+                mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+                return ids, mask
             self.encode = enc
             self.max_len = 256
         else:
@@ -63,8 +64,7 @@ def perplexity(model, enc, texts, batch):
             ids, mask = enc.encode(texts[i:i + batch])
             ids, mask = ids[:, -enc.max_len:], mask[:, -enc.max_len:]
             logp = torch.log_softmax(model.forward(ids, mask)[:, :-1].double(), -1)
-            tgt = ids[:, 1:]
-            keep = mask[:, 1:] & mask[:, :-1]
+            tgt, keep = qinterp.analysis.next_token_targets(ids, mask)
             nll -= logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)[keep].sum().item()
             count += int(keep.sum())
     return nll / count, count

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "qinterp/analysis/calibration.hpp"
+#include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/analysis/correlation.hpp"
 #include "qinterp/analysis/integrated_gradients.hpp"
@@ -34,7 +35,7 @@ void common(C& c) {
       .def("state", &T::state, "Everything needed to continue later (see restore and ResultStore.save_state).")
       .def("restore", &T::restore, py::arg("state"))
       .def("finalize", &T::finalize, Release(), "The result as a dict of tensors (0-dim for scalars).")
-      .def("to", [](T& self, const std::string& d) { self.to(at::Device(d)); }, py::arg("device"))
+      .def("to", [](T& self, const std::string& d) { self.to(parse_device(d)); }, py::arg("device"))
       .def_property("label", &T::label, &T::set_label, "Name used in error messages (the hook point).")
       .def_property_readonly("kind", &T::kind);
 }
@@ -143,6 +144,12 @@ void bind_analysis(py::module_& m) {
       .def_property_readonly("examples", &Calibration::examples);
   common<Calibration>(ca);
 
+  m.def("next_token_targets", [](const at::Tensor& ids, const std::optional<at::Tensor>& mask) {
+          auto [t, k] = next_token_targets(ids, opt(mask));
+          return py::make_tuple(t, k);
+        }, py::arg("ids"), py::arg("mask") = py::none(),
+        "(targets [B, T-1], mask [B, T-1]) of a left-padded batch: a position counts when it and the token it "
+        "predicts are both real. Use with Perplexity.update(logits[:, :-1], targets, mask).");
   py::class_<Perplexity> pp(m, "Perplexity", "Mean negative log-likelihood and perplexity of predicted tokens.");
   pp.def(py::init<>())
       .def("update", [](Perplexity& a, const at::Tensor& l, const at::Tensor& t, const std::optional<at::Tensor>& mask) {

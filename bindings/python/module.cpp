@@ -111,7 +111,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("device", [](const PyModel& p) { return p.m->device().str(); })
       .def_property_readonly("dtype", [](const PyModel& p) { return std::string(c10::toString(p.m->dtype())); })
       .def("to", [](PyModel& p, const std::string& device, const std::string& dtype) {
-             p.m->to(at::Device(device), dtype.empty() ? p.m->dtype() : model::parse_dtype(dtype));
+             p.m->to(parse_device(device), dtype.empty() ? p.m->dtype() : model::parse_dtype(dtype));
            }, py::arg("device"), py::arg("dtype") = "")
       .def("named_parameters", [](const PyModel& p) {
              py::dict d;
@@ -165,7 +165,7 @@ PYBIND11_MODULE(_C, m) {
              for (const auto& p : q.parts()) d[py::str(p.first)] = p.second;
              return d;
            }, "Storage tensors by name: qdata, absmax, absmax2, offset, code2, scale, zero, g_idx.")
-      .def("to", [](const quant::QuantizedTensor& q, const std::string& dev) { return q.to(at::Device(dev)); })
+      .def("to", [](const quant::QuantizedTensor& q, const std::string& dev) { return q.to(parse_device(dev)); })
       .def("__repr__", [](const quant::QuantizedTensor& q) {
              std::string s = "QuantizedTensor(" + q.spec.str() + ", shape=[";
              for (size_t i = 0; i < q.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(q.shape[i]);

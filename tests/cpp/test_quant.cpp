@@ -146,6 +146,10 @@ TEST(QLinear, GradientsReachTheInputNotTheWeight) {
     const at::Tensor wd = quant::dequantize(lin.weight(), at::kFloat);
     const at::Tensor expect = at::matmul(2 * y.detach(), wd);
     EXPECT_LT((x.grad() - expect).abs().max().item<double>(), 1e-4) << spec;
+    for (const auto& part : lin.weight().parts()) {  // the weight's storage takes no part in autograd
+      EXPECT_FALSE(part.second.requires_grad()) << spec << " " << part.first;
+      EXPECT_FALSE(part.second.grad().defined()) << spec << " " << part.first;
+    }
   }
 }
 

@@ -480,3 +480,111 @@ def test_on_a_plain_pytorch_model():
     ref = np.all((x.astype(np.float32) > -0.02) & (x.astype(np.float32) < 0.02), 0)
     assert np.array_equal(dead.result()["dead"].numpy(), ref)
     np.testing.assert_allclose(corr.matrix().numpy(), np.corrcoef(x.T), atol=1e-6)
+
+
+@pytest.mark.parametrize("cpu_kernel", [True, False])
+def test_correlation_bins_on_exact_edges(cpu_kernel):
+    """|r| exactly 0.5 goes to [0.5, 0.6) and |r| = 1 to the last bin, on both paths: the pairs are
+    built from small integers, so every product and sum is exact."""
+    x = torch.tensor([[1, 1, 1, -1, 2],
+                      [-1, 0, -1, 1, 0],
+                      [0, -1, 0, 0, -2],
+                      [0, 0, 0, 0, 0]], dtype=torch.float32)
+    # pairs: (0,1) 0.5, (0,2) 1, (0,3) -1, (0,4) 0.5, (1,2) 0.5, (1,3) -0.5, (1,4) 1, (2,3) -1,
+    #        (2,4) 0.5, (3,4) -0.5
+    ref = numpy_abs_r(x.numpy().astype(np.float64))
+    assert sorted(ref.tolist()) == [0.5] * 6 + [1.0] * 4
+    c = qa.Correlation(cpu_kernel=cpu_kernel)
+    c.update(x)
+    r = c.result()
+    assert r["histogram"].tolist() == [0, 0, 0, 0, 0, 6, 0, 0, 0, 4]
+    assert r["pairs_counted"] == 10 and r["pairs_excluded"] == 0
+
+
+def test_pairs_counted_equals_numpys_defined_pairs():
+    """pairs_counted is the number of pairs numpy gives a number for (not NaN), not C(N, 2) by
+    construction: two constant neurons leave 2 * 4 + 1 pairs undefined."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 6, generator=g)
+    x[:, 2] = 3.0
+    x[:, 5] = -1.0
+    c = qa.Correlation()
+    c.update(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        defined = int((~np.isnan(numpy_abs_r(x.numpy().astype(np.float64)))).sum())
+    r = c.result()
+    assert r["pairs_counted"] == defined == 15 - 9
+    assert r["histogram"].sum().item() == defined
+
+
+def test_dead_band_compares_in_the_activation_dtype():
+    """numpy compares an array with a Python float in the array's dtype (NEP 50): float32(1e-6)
+    is not below float32(1e-6), so that neuron is alive in ReLU mode (in float64 it would be
+    dead); fp16 activations compare against fp16(0.1) = 0.0999755859375."""
+    eps32 = float(np.float32(1e-6))
+    x = torch.tensor([[eps32, -eps32, float(np.nextafter(np.float32(1e-6), 0))]], dtype=torch.float32)
+    r = qa.DeadNeurons.relu(1e-6)
+    r.update(x)
+    ref = np.abs(x.numpy()) < 1e-6
+    assert r.result()["dead"].tolist() == ref[0].tolist() == [False, False, True]
+    inside = float(np.nextafter(np.float32(0.1), np.float32(0)))
+    d = qa.DeadNeurons()
+    d.update(torch.tensor([[inside, -inside, float(np.float32(0.1))]], dtype=torch.float32))
+    assert d.result()["dead"].tolist() == [True, True, False]
+    h = torch.tensor([[0.0999755859375, -0.0999755859375, 0.0999]], dtype=torch.float16)
+    dh = qa.DeadNeurons()
+    dh.update(h)
+    ref = ((h.numpy() > -0.1) & (h.numpy() < 0.1))[0]
+    assert dh.result()["dead"].tolist() == ref.tolist() == [False, False, True]
+
+
+def test_ace_tie_rule_and_bins_of_two():
+    """Ties in confidence are ordered wrong before right. Two bins of two: (0.8, wrong),
+    (0.9, wrong) | (0.9, right), (0.9, right) -> (|0 - 0.85| + |1 - 0.9|) / 2 = 0.475; the other
+    tie order would give 0.375."""
+    conf = torch.tensor([0.9, 0.9, 0.8, 0.9], dtype=torch.float64)
+    ok = torch.tensor([True, False, False, True])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]):
+        cal = qa.Calibration(bins=2)
+        for i in order:
+            cal.update(conf[i:i + 1], ok[i:i + 1])
+        r = cal.result()
+        assert r["ace"] == pytest.approx(0.475, abs=1e-15)
+        assert r["ace_count"].tolist() == [2, 2]
+        assert r["ace_accuracy"].tolist() == [0.0, 1.0]
+
+
+def test_calibration_refuses_gold_outside_the_vocabulary():
+    logits = torch.randn(3, 5)
+    with pytest.raises(qinterp.Error, match="gold id 5 .*example 1.*outside the vocabulary"):
+        qa.Calibration().update_logits(logits, torch.tensor([0, 5, 1]))
+    with pytest.raises(qinterp.Error, match="gold id -1"):
+        qa.Calibration().update_logits(logits, torch.tensor([0, 1, -1]))
+    with pytest.raises(qinterp.Error, match="integer gold ids"):
+        qa.Calibration().update_logits(logits, torch.tensor([0.0, 1.0, 2.0]))
+
+
+def test_store_refuses_dot_components_and_missing_folders(tmp_path):
+    with qa.ResultStore(str(tmp_path / "s.h5"), "w") as s:
+        for bad in ("a/../b", "./a", "a/./b", ".."):
+            with pytest.raises(qinterp.Error, match="component"):
+                s.write(bad, torch.zeros(2))
+        with pytest.raises(qinterp.Error):
+            s.write_result("g", {"x": object()})
+        with pytest.raises(qinterp.Error):
+            s.write_result("g", {"x": "text"})
+        assert s.list("") == []
+    with pytest.raises(qinterp.Error, match="the folder .*nowhere does not exist"):
+        qa.ResultStore(str(tmp_path / "nowhere" / "s.h5"), "w")
+
+
+def test_to_a_gpu_that_is_not_there_is_an_error(stories_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the test is about machines without one")
+    for acc in (qa.DeadNeurons(), qa.NeuronStats(), qa.Correlation(), qa.Drift()):
+        with pytest.raises(qinterp.Error, match="no CUDA device"):
+            acc.to("cuda")
+    with pytest.raises(qinterp.Error, match="no CUDA device"):
+        stories_model.to("cuda")
+    with pytest.raises(qinterp.Error, match="unknown device"):
+        qa.DeadNeurons().to("tpu:0")

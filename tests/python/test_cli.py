@@ -86,9 +86,24 @@ def test_quantize_save_inspect_generate(tmp_path):
 def test_quantize_gptq_needs_calibration(tmp_path):
     r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "gptq4", "--out", str(tmp_path / "g"))
     assert r.returncode == 1 and b"needs --calib" in r.stderr
+    piqa = STORIES.parent.parent / "datasets/paper1/piqa.csv"
     r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "gptq4:calib=8,seqlen=32",
-            "--calib", str(STORIES.parent.parent / "datasets/paper1/piqa.csv"), "--out", str(tmp_path / "g"))
+            "--calib", str(piqa), "--out", str(tmp_path / "g"))
     assert r.returncode == 0, r.stderr
+    assert b"calibration: 8 windows of 32 tokens" in r.stderr
+    # the saved model is what the library makes from the same calibration windows
+    import csv
+    import qinterp
+    import torch
+    tok = qinterp.load_tokenizer(STORIES / "tok512.bin")
+    with open(piqa, newline="") as f:
+        ids = [i for row in list(csv.reader(f))[1:] for i in tok.encode(row[0])]
+    calib = torch.tensor(ids[:8 * 32]).view(8, 32)
+    saved = qinterp.load_model(tmp_path / "g")
+    assert saved.quant.startswith("gptq4:group=128")
+    direct = qinterp.load_model(STORIES / "stories260K.bin", quant="gptq4:calib=8,seqlen=32", calibration=calib)
+    x = torch.tensor([[1, 403, 407, 261, 378]])
+    assert torch.equal(saved.forward(x), direct.forward(x))
     r = run("quantize", "--model", str(STORIES / "stories260K.bin"), "--quant", "nf7", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and b"valid specs" in r.stderr
 

@@ -146,7 +146,6 @@ def test_gptq_stories260k_matches_transcription(stories_model, stories_tok):
     check_layer(stories_model, 3, x, group=32)
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 GGUF not downloaded (scripts/setup.sh)")
 def test_gptq_smollm2_layer_matches_transcription():
     import csv
     from transformers import AutoTokenizer

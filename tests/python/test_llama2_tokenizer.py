@@ -7,7 +7,7 @@ import pytest
 import qinterp
 from conftest import SHARED
 
-spm = pytest.importorskip("sentencepiece")
+import sentencepiece as spm
 
 
 def test_matches_sentencepiece_on_paper_prompts():

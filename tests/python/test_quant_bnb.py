@@ -10,8 +10,8 @@ import torch
 import qinterp
 import qinterp.quant as Q
 
-bnb = pytest.importorskip("bitsandbytes")
-F = pytest.importorskip("bitsandbytes.functional")
+import bitsandbytes as bnb  # noqa: F401  (the oracle: imported plainly, so a broken install fails loudly)
+import bitsandbytes.functional as F
 
 SHAPES = [(64, 128), (33, 65), (7,), (1, 4097), (300, 256)]
 
@@ -126,3 +126,27 @@ def test_empty_and_degenerate_weights(spec):
             Q.quantize(torch.randn(4, 0), spec)
     with pytest.raises(qinterp.Error, match="floating point"):
         Q.gemv_4bit(torch.ones(1, 64, dtype=torch.long), Q.quantize(torch.randn(8, 64), "nf4"))
+
+
+NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+       0.7229568362236023, 1.0]
+FP4 = sorted({s * m / 12 for s in (1, -1) for m in (0, 0.0625, 8, 12, 4, 6, 2, 3)})
+
+
+@pytest.mark.parametrize("quant_type, codes", [("nf4", NF4), ("fp4", FP4)])
+def test_ties_at_every_midpoint_like_bitsandbytes(quant_type, codes):
+    """A block holding every midpoint between adjacent codes (and +-1, so that absmax is 1 and the
+    values are compared as they are) through the production quantizer: the same bytes as
+    bitsandbytes, whatever side each tie goes to."""
+    mids = [(a + b) / 2 for a, b in zip(codes, codes[1:])]
+    vals = [1.0, -1.0] + mids + [-m for m in mids]
+    block = torch.tensor((vals * 4)[:64], dtype=torch.float32)
+    x = torch.cat([block, block.flip(0)])  # two blocks of 64
+    packed, state = F.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=False)
+    qt = Q.quantize(x, f"{quant_type}:block=64,double_quant=0")
+    assert torch.equal(qt.parts()["qdata"], packed.view(-1))
+    if torch.cuda.is_available():
+        assert torch.equal(Q.quantize(x.cuda(), f"{quant_type}:block=64,double_quant=0").parts()["qdata"].cpu(),
+                           packed.view(-1))

@@ -40,7 +40,6 @@ def test_gradients_reach_hooked_activations_through_quantized_layers(stories_tok
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, spec
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 GGUF not downloaded (scripts/setup.sh)")
 def test_smollm2_quantized():
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)

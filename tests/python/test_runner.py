@@ -283,7 +283,7 @@ def test_python_hooks_receive_their_name():
     (["--task", "{bad}"], b"bad.csv:3: a quoted field is never closed"),
     (["--quant", "nf5"], b"nf5"),
     (["--model", "/nonexistent.bin"], b"/nonexistent.bin: no such file"),
-    (["--out", "/nonexistent-dir/x/run.h5"], b"does not exist"),
+    (["--out", "{file}/run.h5"], b"is a file, not a folder"),
     (["--mode", "fast"], b"--mode must be clean or paper"),
     (["--analyses", "dead,corr"], b"unknown analysis 'corr'"),
     (["--layers", "0,7"], b"the model has layers 0..4, not 7"),
@@ -293,7 +293,8 @@ def test_python_hooks_receive_their_name():
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, says):
     bad = tmp_path / "bad.csv"
     bad.write_text('prompt,gold\n"ok",True\n"never closed,False\n')
-    args = [str(bad) if a == "{bad}" else a for a in args]
+    (tmp_path / "afile").write_text("x")
+    args = [str(bad) if a == "{bad}" else str(tmp_path / "afile") + a[6:] if a.startswith("{file}") else a for a in args]
     base = {"--model": str(MODEL), "--task": "boolq", "--quant": "fp32", "--out": str(tmp_path / "out.h5")}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]

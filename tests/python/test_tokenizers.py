@@ -10,8 +10,8 @@ import torch
 import qinterp
 from conftest import SHARED, SMOLLM2, STORIES
 
-spm = pytest.importorskip("sentencepiece")
-tokenizers = pytest.importorskip("tokenizers")
+import sentencepiece as spm
+import tokenizers
 
 LLAMA2_MODEL = SHARED / "fixtures/llama2-tokenizer/tokenizer.model"
 
@@ -75,7 +75,7 @@ def test_sentencepiece_malformed_utf8_like_sentencepiece(llama2_sp):
 @pytest.fixture(scope="module")
 def llama2_json(tmp_path_factory):
     """The Llama-2 vocabulary as transformers converts it to a fast tokenizer (tokenizer.json)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     src = tmp_path_factory.mktemp("llama2_src")
     (src / "tokenizer.model").write_bytes(LLAMA2_MODEL.read_bytes())
     out = tmp_path_factory.mktemp("llama2_json")
@@ -169,7 +169,7 @@ def test_trained_tokenizer_json_matches_hf_tokenizers(kind, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2_hf():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
 
 
@@ -200,7 +200,7 @@ def test_smollm2_tokenizer_json_saved_by_transformers(smollm2_hf, tmp_path):
 
 def test_gguf_llama_vocabulary_matches_sentencepiece(llama2_sp, tmp_path):
     """A GGUF carrying the Llama-2 SentencePiece vocabulary ("llama"), written with gguf-py."""
-    gguf = pytest.importorskip("gguf")
+    import gguf
     from sentencepiece import sentencepiece_model_pb2 as pb
     m = pb.ModelProto()
     m.ParseFromString(LLAMA2_MODEL.read_bytes())
@@ -280,7 +280,7 @@ def test_malformed_files_raise_errors(tmp_path):
     with pytest.raises(qinterp.Error, match="no such file"):
         qinterp.load_tokenizer(tmp_path / "missing.json")
     # A GGUF with no tokenizer metadata.
-    gguf = pytest.importorskip("gguf")
+    import gguf
     w = gguf.GGUFWriter(str(tmp_path / "notok.gguf"), "llama")
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -24,11 +24,12 @@ import torch
 
 from . import _C
 from ._C import (ActivationDump, Calibration, Correlation, DeadNeurons, Drift, NeuronStats, Perplexity,
-                 ResultStore, SalientNeurons, State, answer_targets, average_linkage_clusters, ig_quadrature)
+                 ResultStore, SalientNeurons, State, answer_targets, average_linkage_clusters, ig_quadrature,
+                 next_token_targets)
 
 __all__ = ["DeadNeurons", "NeuronStats", "Correlation", "Drift", "Calibration", "Perplexity", "SalientNeurons",
            "IntegratedGradients", "State", "ResultStore", "ActivationDump", "perplexity", "average_linkage_clusters",
-           "ig_quadrature", "answer_targets"]
+           "ig_quadrature", "answer_targets", "next_token_targets"]
 
 
 def _plain(d: Dict[str, torch.Tensor]) -> Dict[str, Union[torch.Tensor, int, float, bool]]:
@@ -131,6 +132,8 @@ def perplexity(model, ids: torch.Tensor, context: int, stride: Optional[int] = N
 
 def _write_result(self, group: str, result: Dict[str, Union[torch.Tensor, int, float, bool]]) -> None:
     """Write a result dict (from .result() or .finalize()) as one dataset per entry."""
+    if not isinstance(result, dict):
+        raise _C.Error(f"ResultStore.write_result: expected a dict of results, got {type(result).__name__}")
     ts = {}
     for k, v in result.items():
         if isinstance(v, torch.Tensor):
@@ -138,9 +141,14 @@ def _write_result(self, group: str, result: Dict[str, Union[torch.Tensor, int, f
         elif isinstance(v, bool):
             ts[k] = torch.tensor(v)
         elif isinstance(v, int):
+            if not -2**63 <= v < 2**63:
+                raise _C.Error(f"ResultStore.write_result: '{k}' = {v} does not fit in int64")
             ts[k] = torch.tensor(v, dtype=torch.int64)
+        elif isinstance(v, float):
+            ts[k] = torch.tensor(v, dtype=torch.float64)
         else:
-            ts[k] = torch.tensor(float(v), dtype=torch.float64)
+            raise _C.Error(f"ResultStore.write_result: '{k}' is a {type(v).__name__}; results are tensors, "
+                           f"ints, floats or bools")
     self.write_tensors(group, ts)
 
 

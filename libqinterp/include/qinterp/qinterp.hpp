@@ -6,6 +6,7 @@
 #include "qinterp/analysis/integrated_gradients.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/analysis/salient.hpp"
+#include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/experiment/report.hpp"
 #include "qinterp/experiment/runner.hpp"

@@ -51,6 +51,16 @@ void Calibration::update_logits(const at::Tensor& logits, const at::Tensor& gold
   if (!logits.defined() || logits.dim() != 2 || !gold.defined() || gold.dim() != 1 || gold.size(0) != logits.size(0))
     fail("Calibration: update_logits takes logits [n, vocab] and gold ids [n], got ",
          logits.defined() ? logits.sizes() : at::IntArrayRef{}, " and ", gold.defined() ? gold.sizes() : at::IntArrayRef{});
+  if (gold.is_floating_point() || gold.is_complex() || gold.scalar_type() == at::kBool)
+    fail("Calibration: update_logits takes integer gold ids, got ", gold.scalar_type());
+  if (gold.numel()) {
+    const at::Tensor bad = at::logical_or(gold.lt(0), gold.ge(logits.size(1))).nonzero();
+    if (bad.size(0)) {
+      const int64_t i = bad[0][0].item<int64_t>();
+      fail("Calibration: gold id ", gold[i].item<int64_t>(), " (example ", i, " of this update) is outside the vocabulary [0, ",
+           logits.size(1), ")");
+    }
+  }
   at::Tensor p = logits.to(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).softmax(-1);
   auto [conf, arg] = p.max(-1);
   update(conf, arg.eq(gold.to(arg.device()).to(at::kLong)));
@@ -236,6 +246,19 @@ void perplexity(model::Model& model, const at::Tensor& ids, int64_t context, int
     if (progress) progress(done, total);
     if (end == len) break;
   }
+}
+
+std::pair<at::Tensor, at::Tensor> next_token_targets(const at::Tensor& ids, const at::Tensor& mask) {
+  if (!ids.defined() || ids.dim() != 2 || ids.size(1) < 2)
+    fail("next_token_targets: ids must be [batch, seq] with seq >= 2");
+  if (ids.is_floating_point() || ids.is_complex()) fail("next_token_targets: ids must be integer token ids");
+  const int64_t T = ids.size(1);
+  const at::Tensor t = ids.narrow(1, 1, T - 1).to(at::kLong);
+  if (!mask.defined()) return {t, at::ones_like(t, t.options().dtype(at::kBool))};
+  if (mask.sizes() != ids.sizes())
+    fail("next_token_targets: mask shape ", mask.sizes(), " differs from ids shape ", ids.sizes());
+  const at::Tensor m = mask.ne(0);
+  return {t, m.narrow(1, 1, T - 1).logical_and(m.narrow(1, 0, T - 1))};
 }
 
 }  // namespace qinterp::analysis

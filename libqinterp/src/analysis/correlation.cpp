@@ -11,6 +11,7 @@
 
 #include "comoment.hpp"
 #include "common.hpp"
+#include "qinterp/device.hpp"
 
 namespace qinterp::analysis {
 
@@ -28,13 +29,23 @@ struct ScoredPair {
 // For std heaps: with this order the front is the smallest, so a heap keeps the k largest.
 bool larger(const ScoredPair& a, const ScoredPair& b) { return a.v > b.v || (a.v == b.v && (a.i < b.i || (a.i == b.i && a.j < b.j))); }
 
-// |r| = |M2_ij| · inv_i · inv_j (in the ATen path's order of operations, so bit for bit the same
-// values), clamped to 1, for the pairs i < j of non-constant neurons: the histogram over
-// `edges` as np.histogram bins it, the top k (largest first) and, when `condensed` is given,
-// the distances 1 − |r| for clustering.
-void scan_pairs_cpu(const std::vector<at::Tensor>& tiles, int64_t tile, int64_t n, const double* inv, const bool* zero,
-                    const double* edges, int64_t bins, int64_t k, double* condensed, std::vector<int64_t>& hist,
-                    std::vector<ScoredPair>& top) {
+// |r| = |M2_ij| · inv_i · inv_j, where inv = 1/√M2_ii; two roundings of the inverses can put a
+// value that is exactly on a bin edge (0.5 = 1/(√2·√2)) one ulp below it, so a value within
+// kEdgeSlack bins of an edge is recomputed as |M2_ij| / √(M2_ii·M2_jj), correctly rounded.
+constexpr double kEdgeSlack = 1e-9;
+inline double abs_r(double m2, double inv_i, double inv_j, double d_i, double d_j, int64_t bins) {
+  double v = std::min(std::abs(m2 * inv_i * inv_j), 1.0);
+  const double x = v * static_cast<double>(bins);
+  if (std::abs(x - std::nearbyint(x)) < kEdgeSlack) v = std::min(std::abs(m2) / std::sqrt(d_i * d_j), 1.0);
+  return v;
+}
+
+// |r| (abs_r, the same values as the ATen path), clamped to 1, for the pairs i < j of non-constant
+// neurons: the histogram over `edges` as np.histogram bins it, the top k (largest first) and, when
+// `condensed` is given, the distances 1 − |r| for clustering.
+void scan_pairs_cpu(const std::vector<at::Tensor>& tiles, int64_t tile, int64_t n, const double* inv, const double* diag,
+                    const bool* zero, const double* edges, int64_t bins, int64_t k, double* condensed,
+                    std::vector<int64_t>& hist, std::vector<ScoredPair>& top) {
   const int64_t nt = at::get_num_threads();
   std::vector<std::vector<int64_t>> hists(static_cast<size_t>(nt), std::vector<int64_t>(static_cast<size_t>(bins), 0));
   std::vector<std::vector<ScoredPair>> heaps(static_cast<size_t>(nt));
@@ -54,7 +65,7 @@ void scan_pairs_cpu(const std::vector<at::Tensor>& tiles, int64_t tile, int64_t 
         for (int64_t c = i + 1; c < w; ++c) {
           const int64_t gj = a0 + c;
           if (zero[gj]) continue;
-          const double v = std::min(std::abs(row[c] * ii * inv[gj]), 1.0);
+          const double v = abs_r(row[c], ii, inv[gj], diag[gi], diag[gj], bins);
           // the bin whose [edges[b], edges[b + 1]) holds v; 1.0 goes to the last
           int64_t b = std::min(static_cast<int64_t>(v * static_cast<double>(bins)), bins);
           while (b < bins && edges[b + 1] <= v) ++b;
@@ -297,6 +308,7 @@ void Correlation::restore(const State& s) {
 }
 
 void Correlation::to(const at::Device& device) {
+  check_device(device);
   mean_ = on(mean_, device);
   for (auto& t : tiles_) t = t.to(device);
 }
@@ -342,10 +354,11 @@ Tensors Correlation::finalize() const {
   if (cluster) condensed.assign(static_cast<size_t>(n * (n - 1) / 2), 2.0);  // 2 > any 1 − |r|: never merged
   if (o_.cpu_kernel && dev.is_cpu()) {
     // One pass over each block row (the ATen steps make about ten).
-    const at::Tensor e = edges.contiguous(), z = zero.contiguous(), iv = inv.contiguous();
+    const at::Tensor e = edges.contiguous(), z = zero.contiguous(), iv = inv.contiguous(), dg = diag.contiguous();
     std::vector<int64_t> h;
     std::vector<ScoredPair> top;
-    scan_pairs_cpu(tiles_, o_.tile, n, iv.data_ptr<double>(), z.data_ptr<bool>(), e.data_ptr<double>(), o_.bins,
+    scan_pairs_cpu(tiles_, o_.tile, n, iv.data_ptr<double>(), dg.data_ptr<double>(), z.data_ptr<bool>(),
+                   e.data_ptr<double>(), o_.bins,
                    o_.top_k, cluster ? condensed.data() : nullptr, h, top);
     hist = at::tensor(h, at::kLong);
     if (!top.empty()) {
@@ -365,6 +378,15 @@ Tensors Correlation::finalize() const {
       const at::Tensor& m2 = tiles_[a];
       const int64_t a0 = a * o_.tile, ra = m2.size(0), w = m2.size(1);
       at::Tensor ar = (m2 * inv.narrow(0, a0, ra).unsqueeze(1) * inv.narrow(0, a0, w).unsqueeze(0)).abs_().clamp_max_(1.0);
+      {  // values within kEdgeSlack of a bin edge, correctly rounded (abs_r)
+        const at::Tensor x = ar * static_cast<double>(o_.bins);
+        const at::Tensor near = (x - x.round()).abs_().lt(kEdgeSlack);
+        if (near.any().item<bool>()) {
+          const at::Tensor exact =
+              (m2.abs() / (diag.narrow(0, a0, ra).unsqueeze(1) * diag.narrow(0, a0, w).unsqueeze(0)).sqrt()).clamp_max_(1.0);
+          ar = at::where(near, exact, ar);
+        }
+      }
       // pairs i < j: strictly right of the diagonal inside the block row, neither neuron constant
       at::Tensor valid = zero.narrow(0, a0, ra).logical_not().unsqueeze(1) & zero.narrow(0, a0, w).logical_not().unsqueeze(0);
       valid = valid & at::ones({ra, w}, valid.options()).triu(1);
@@ -619,6 +641,7 @@ Tensors Drift::finalize() const {
 }
 
 void Drift::to(const at::Device& device) {
+  check_device(device);
   for (auto& [k, t] : sums_) t = t.to(device);
   dead_a_.to(device);
   dead_b_.to(device);

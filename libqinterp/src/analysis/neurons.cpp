@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common.hpp"
+#include "qinterp/device.hpp"
 
 namespace qinterp::analysis {
 
@@ -156,7 +157,8 @@ DeadNeurons::DeadNeurons(double lo, double hi) : lo_(lo), hi_(hi) {
 }
 
 void DeadNeurons::update(const at::Tensor& act, const at::Tensor& mask) {
-  at::Tensor x = widen(real_tokens(act, mask, "DeadNeurons"), "DeadNeurons");
+  const at::Tensor own = real_tokens(act, mask, "DeadNeurons");
+  at::Tensor x = widen(own, "DeadNeurons");
   if (x.size(0) == 0) return;
   if (min_.defined() && min_.device() != x.device()) to(x.device());
   if (min_.defined() && x.size(1) != min_.size(0))
@@ -164,8 +166,9 @@ void DeadNeurons::update(const at::Tensor& act, const at::Tensor& mask) {
          min_.size(0), " in earlier updates");
   at::Tensor mn = x.amin(0), mx = x.amax(0);  // NaN propagates into both, ±Inf into one
   check_finite(at::stack({mn, mx}), x, "DeadNeurons", label_, tokens_);
-  // Compared in x's precision, as numpy compares a float32 array with a Python float.
-  at::Tensor out = at::logical_or(x <= lo_, x >= hi_).sum(0);
+  // Compared in the activation's own dtype (the band edges rounded to it), as numpy compares an
+  // array with a Python float: fp16 activations against fp16(0.1) = 0.0999755859375.
+  at::Tensor out = at::logical_or(own <= lo_, own >= hi_).sum(0);
   if (!min_.defined()) {
     min_ = mn.to(at::kDouble);
     max_ = mx.to(at::kDouble);
@@ -249,6 +252,7 @@ Tensors DeadNeurons::finalize() const {
 }
 
 void DeadNeurons::to(const at::Device& device) {
+  check_device(device);
   min_ = on(min_, device);
   max_ = on(max_, device);
   outside_ = on(outside_, device);
@@ -395,6 +399,7 @@ Tensors NeuronStats::finalize() const {
 }
 
 void NeuronStats::to(const at::Device& device) {
+  check_device(device);
   mean_ = on(mean_, device);
   m2_ = on(m2_, device);
   absmax_ = on(absmax_, device);

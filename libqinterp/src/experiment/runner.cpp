@@ -670,7 +670,7 @@ void validate(const RunOptions& o) {
   if (!(o.checkpoint_seconds >= 0)) fail("--checkpoint-seconds must be >= 0");
   for (const auto& t : o.tasks) load_task(t, o.data_dir, o.task_options);  // every name and CSV before any work
   const std::string dir = paths::parent(o.out);
-  if (!paths::exists(dir)) fail("--out ", o.out, ": the folder ", dir, " does not exist");
+  if (paths::exists(dir) && !paths::is_dir(dir)) fail("--out ", o.out, ": ", dir, " is a file, not a folder");
 }
 
 RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& par) {
@@ -738,6 +738,7 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   if (c.ref > 0) std::rotate(c.precs.begin(), c.precs.begin() + c.ref, c.precs.begin() + c.ref + 1), c.ref = 0;
 
   std::unique_ptr<io::ResultStore> store, rank_ckpt;
+  paths::make_dirs(paths::parent(o.out));  // after every check: a refused run leaves nothing behind
   if (par.rank == 0) store = std::make_unique<io::ResultStore>(o.out, io::ResultStore::Mode::Append);
   if (par.world > 1) {
     rank_ckpt = std::make_unique<io::ResultStore>(o.out + ".rank" + std::to_string(par.rank) + ".h5",

@@ -58,6 +58,9 @@ std::vector<std::string> split(const std::string& path) {
     size_t e = path.find('/', s);
     if (e == std::string::npos) e = path.size();
     if (e > s) parts.push_back(path.substr(s, e - s));
+    if (parts.size() && (parts.back() == "." || parts.back() == ".."))
+      fail("ResultStore: '", path, "' has a '", parts.back(), "' component; paths inside the file name groups "
+           "downward only (a/b/c)");
     s = e + 1;
   }
   return parts;
@@ -337,6 +340,9 @@ ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read
   silence_hdf5();
   const bool exists = file_exists(path);
   if (mode == Mode::Create || (mode == Mode::Append && !exists)) {
+    const size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    if (!file_exists(dir)) fail("HDF5 file ", path, ": the folder ", dir, " does not exist (create it first)");
     Id fapl(file_access(), H5Pclose);
     // Keep files readable by any HDF5 >= 1.8 (h5py, MATLAB, ...).
     H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);

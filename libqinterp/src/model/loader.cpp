@@ -2,6 +2,7 @@
 // Every format is mapped onto the Hugging Face tensor names the Model constructor expects.
 #include <ATen/ATen.h>
 
+#include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
 #include "qinterp/io/llama2c.hpp"
@@ -163,13 +164,7 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
                                                    opts.dtype.empty()
                                                ? spec.dtype
                                                : opts.dtype);
-  at::Device device(at::kCPU);
-  try {
-    device = at::Device(opts.device);
-  } catch (const std::exception&) {
-    fail("load_model: unknown device '", opts.device, "' (use cpu, cuda or cuda:N)");
-  }
-  if (device.is_cuda() && !at::hasCUDA()) fail("load_model: device '", opts.device, "' requested but no CUDA device is available");
+  const at::Device device = parse_device(opts.device);
   if (!io::paths::exists(path)) fail(path, ": no such file or directory");
   std::shared_ptr<Model> m;
   if (io::paths::is_dir(path) || ends_with(path, ".safetensors") || ends_with(path, ".index.json")) {

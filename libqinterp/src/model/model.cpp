@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 
 namespace qinterp::model {
@@ -158,6 +159,7 @@ void Model::build_rope() {
 }
 
 void Model::to(at::Device device, at::ScalarType dtype) {
+  check_device(device);
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16)
     fail("Model::to: compute dtype must be float32, float16 or bfloat16");
   auto cv = [&](at::Tensor& t) {

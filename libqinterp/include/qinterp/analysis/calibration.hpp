@@ -1,6 +1,7 @@
 // Output-side analyses: calibration of the predicted answer and perplexity of a token stream.
 #pragma once
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "qinterp/analysis/accumulator.hpp"
@@ -71,6 +72,12 @@ class Perplexity : public Accumulator {
   int64_t tokens_ = 0;
   double nll_ = 0.0;
 };
+
+// Next-token targets of a left-padded batch, for Perplexity::update(logits[:, :-1], targets, mask):
+// targets = ids[:, 1:], and a position counts only when it and the token it predicts are both real
+// (mask[:, 1:] alone would also score the first real token of a padded row from a pad position).
+// ids [B, T] int64, mask [B, T] bool / 0-1 -> {targets [B, T-1], mask [B, T-1] bool}.
+std::pair<at::Tensor, at::Tensor> next_token_targets(const at::Tensor& ids, const at::Tensor& mask);
 
 // Sliding-window perplexity of one token stream `ids` [T] (Hugging Face's recipe): windows of
 // `context` tokens starting every `stride` tokens; each window scores only the tokens that the

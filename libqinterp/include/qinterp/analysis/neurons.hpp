@@ -7,8 +7,9 @@ namespace qinterp::analysis {
 
 // A neuron is dead if every activation lies strictly inside the band (lo, hi) — the paper's
 // (−0.1, 0.1); for ReLU models use relu(1e-6), i.e. |a| < 1e-6. Comparisons happen in the
-// activation's precision (fp16/bf16 are widened to fp32 first), as numpy compares a float32
-// array with a Python float. A neuron that has seen no tokens is not reported dead.
+// activation's own dtype, the band edges rounded to it, as numpy compares an array with a Python
+// float (fp16 activations against fp16(0.1) = 0.0999755859375; float32(1e-6) is not below the
+// ReLU band's float32(1e-6)). A neuron that has seen no tokens is not reported dead.
 //
 // finalize(): dead [N] bool, count (0-dim int64), neurons, tokens, min [N], max [N] (float64),
 // outside [N] int64 (tokens with a <= lo or a >= hi), lo, hi.
