@@ -43,6 +43,12 @@ if ls .devshare/py/qinterp/_C*.so >/dev/null 2>&1; then
   export PYTHONPATH="$PWD/.devshare/py" QINTERP_PY="$PWD/.devshare/py"
   step "analyses bench (qinterp on GPU)" 300 python3 bench/analyses.py --device cuda --only corr
   step "python GPU tests" 90 python3 -m pytest -q -rs tests/python/test_gguf_blocks.py
+  # IG on the GPU against Captum (carry captum as a wheel in .whl: see docs/performance.md); the
+  # 98 MB SmolLM2 GGUF cannot travel, so both sides load random weights of its shape.
+  if ls .whl/captum-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/captum-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    step "IG vs Captum on the GPU (fp16)" 240 python3 bench/ig.py --random-init --device cuda --dtype fp16 --examples 5
+  fi
 fi
 if command -v compute-sanitizer >/dev/null; then
   step "memcheck: 4-bit kernels" 180 compute-sanitizer --tool memcheck --error-exitcode 1 \

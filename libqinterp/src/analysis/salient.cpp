@@ -15,6 +15,19 @@ using namespace detail;
 namespace {
 const char* const kScores[] = {"best", "sum", "avg", "max"};
 
+// The distinct values of `keys` in order of first occurrence, each as the index of its last
+// occurrence: what a Python dict built by assignment keeps.
+std::vector<int64_t> last_of_each(const std::vector<std::string>& keys) {
+  std::vector<int64_t> out;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto [it, fresh] = index.emplace(keys[i], out.size());
+    if (fresh) out.push_back(static_cast<int64_t>(i));
+    else out[it->second] = static_cast<int64_t>(i);
+  }
+  return out;
+}
+
 // |s| / max|s| > threshold, none when the max is 0 (the authors' imp_neurons_after_threshold).
 at::Tensor above(const at::Tensor& s, double threshold) {
   at::Tensor a = s.abs();
@@ -80,38 +93,15 @@ at::Tensor SalientNeurons::example_scores(const std::vector<at::Tensor>& attrs, 
   if (paper && !target_keys.empty() && target_keys.size() != attrs.size())
     fail(who, ": ", target_keys.size(), " target keys for ", attrs.size(), " targets");
 
-  // Keys in first-occurrence order, each with the position of its last occurrence.
-  std::vector<int64_t> key_pos;
-  if (paper) {
-    std::map<std::string, size_t> index;
-    for (int64_t p = 0; p < T; ++p) {
-      auto it = index.find(input_keys[p]);
-      if (it == index.end()) {
-        index.emplace(input_keys[p], key_pos.size());
-        key_pos.push_back(p);
-      } else {
-        key_pos[it->second] = p;
-      }
-    }
-  } else {
+  // Keys in first-occurrence order, each with the position of its last occurrence (paper); every
+  // position (positions). Targets that count in the vectors: the last of each distinct decoded
+  // string (paper), all.
+  std::vector<int64_t> key_pos = paper ? last_of_each(input_keys) : std::vector<int64_t>{};
+  if (!paper)
     for (int64_t p = 0; p < T; ++p) key_pos.push_back(p);
-  }
-  // Targets that count in the vectors: the last of each distinct decoded string (paper), all.
-  std::vector<size_t> targets;
-  if (paper && !target_keys.empty()) {
-    std::map<std::string, size_t> index;
-    for (size_t k = 0; k < attrs.size(); ++k) {
-      auto it = index.find(target_keys[k]);
-      if (it == index.end()) {
-        index.emplace(target_keys[k], targets.size());
-        targets.push_back(k);
-      } else {
-        targets[it->second] = k;
-      }
-    }
-  } else {
-    for (size_t k = 0; k < attrs.size(); ++k) targets.push_back(k);
-  }
+  std::vector<int64_t> targets = paper && !target_keys.empty() ? last_of_each(target_keys) : std::vector<int64_t>{};
+  if (targets.empty())
+    for (size_t k = 0; k < attrs.size(); ++k) targets.push_back(static_cast<int64_t>(k));
 
   std::vector<at::Tensor> prompt;  // per target: [T, W] on the CPU
   for (const auto& a : attrs) prompt.push_back(a.narrow(0, 0, T).to(at::kCPU).contiguous());
@@ -136,7 +126,7 @@ at::Tensor SalientNeurons::example_scores(const std::vector<at::Tensor>& attrs, 
   if (best < 0) fail(who, ": the attributions are NaN");
 
   at::Tensor vec = at::zeros({K, W}, at::kDouble);  // per key, summed over the counted targets in order
-  for (size_t k : targets) vec.add_(prompt[k].to(at::kDouble).index_select(0, pos));
+  for (int64_t k : targets) vec.add_(prompt[static_cast<size_t>(k)].to(at::kDouble).index_select(0, pos));
   at::Tensor sum = at::zeros({W}, at::kDouble);
   for (int64_t i = 0; i < K; ++i) sum.add_(vec[i].abs());  // sequential, as numpy's += over keys
   const at::Tensor avg = sum / static_cast<double>(K);

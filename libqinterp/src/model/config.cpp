@@ -79,8 +79,23 @@ ModelConfig config_from_hf_json(const std::string& path) {
   c.max_seq_len = get_i("max_position_embeddings", 2048, false);
   c.rms_norm_eps = get_f("rms_norm_eps", 1e-6);
   c.rope_theta = get_f("rope_theta", 10000.0);
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    fail(path, ": rope_scaling is not supported yet");
+  // transformers >= 5 writes the rope settings as "rope_parameters" (rope_theta, rope_type, scaling);
+  // older files have top-level rope_theta and an optional rope_scaling. Only plain rotary
+  // embeddings are implemented: any other type is refused by name, never silently ignored.
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const auto& r = j[key];
+    if (!r.is_object()) fail(path, ": \"", key, "\" must be an object");
+    if (r.contains("rope_theta")) {
+      if (!r["rope_theta"].is_number()) fail(path, ": \"", key, ".rope_theta\" must be a number");
+      c.rope_theta = r["rope_theta"].get<double>();
+    }
+    const std::string type = r.contains("rope_type") && r["rope_type"].is_string() ? r["rope_type"].get<std::string>()
+                             : r.contains("type") && r["type"].is_string()        ? r["type"].get<std::string>()
+                                                                                    : "default";
+    if (type != "default")
+      fail(path, ": rope type \"", type, "\" (", key, ") is not supported; qinterp implements plain rotary embeddings");
+  }
   c.tie_embeddings = j.value("tie_word_embeddings", false);
   c.qkv_bias = c.arch == "qwen2" || j.value("attention_bias", false);
   const std::string act = j.value("hidden_act", std::string("silu"));

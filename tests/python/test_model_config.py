@@ -1,0 +1,41 @@
+"""Hugging Face config.json as transformers >= 5 writes it: the rope settings in "rope_parameters".
+Reading only the top-level keys fell back to theta 10000 without a word (logits off by ~5e-3)."""
+import json
+
+import pytest
+import torch
+
+import qinterp
+
+
+def tiny_llama(path, theta, **rope):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rope_theta=theta, tie_word_embeddings=False, **rope)
+    m = LlamaForCausalLM(cfg).eval()
+    m.save_pretrained(path)
+    return m
+
+
+@pytest.mark.parametrize("theta", [500000.0, 1e6])
+def test_rope_theta_from_rope_parameters(tmp_path, theta):
+    hf = tiny_llama(tmp_path, theta)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_parameters" in written  # what transformers writes now
+    ours = qinterp.load_model(tmp_path)
+    assert ours.config["rope_theta"] == theta
+    ids = torch.randint(0, 256, (2, 120), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert (ours.forward(ids) - ref).abs().max().item() < 1e-4
+
+
+def test_rope_types_that_are_not_implemented_are_refused(tmp_path):
+    tiny_llama(tmp_path, 10000.0)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(qinterp.Error, match='rope type "llama3"'):
+        qinterp.load_model(tmp_path)
