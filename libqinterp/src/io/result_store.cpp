@@ -864,9 +864,9 @@ ActivationDump ResultStore::dump(const std::string& group, int64_t neurons, bool
     hsize_t chunk[2] = {128, static_cast<hsize_t>(std::min<int64_t>(neurons, 1024))};
     Id space(H5Screate_simple(2, dims, maxd), H5Sclose);
     Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    // No filter on the dump: each append rewrites the last partly filled chunk, and a compressed
+    // chunk that changes size moves, so a kill mid-append could corrupt rows already committed.
     H5Pset_chunk(dcpl, 2, chunk);
-    H5Pset_shuffle(dcpl);
-    H5Pset_deflate(dcpl, 1);
     Id ds(H5Dcreate2(parent, "activations", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
     QH5_CHECK(ds.id, "cannot create '", acts, "'");
   }
@@ -875,7 +875,6 @@ ActivationDump ResultStore::dump(const std::string& group, int64_t neurons, bool
     Id space(H5Screate_simple(2, dims, maxd), H5Sclose);
     Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     H5Pset_chunk(dcpl, 2, chunk);
-    H5Pset_deflate(dcpl, 4);
     Id ds(H5Dcreate2(parent, "tokens", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
     QH5_CHECK(ds.id, "cannot create '", toks, "'");
   }
