@@ -340,3 +340,19 @@ def test_user_task_csv_with_template_and_labels(tmp_path):
     bad.write_text("prompt,gold\na,maybe\n")
     with pytest.raises(qinterp.Error, match="bad.csv:2: gold 'maybe' is not one of the labels"):
         qinterp.load_task(str(bad), labels=["yes", "no"])
+
+
+def test_attach_on_a_bitsandbytes_quantized_transformers_model(tmp_path, stories_tok):
+    """transformers + bitsandbytes NF4 on the CPU: the act_fn modules are where they were."""
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+    from qinterp.analysis import DeadNeurons
+    write_hf_checkpoint(qinterp.load_model(MODEL), tmp_path)
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), quantization_config=cfg, device_map="cpu").eval()
+    assert type(hf.model.layers[0].mlp.gate_proj).__name__ == "Linear4bit"
+    ids, mask = qinterp.encode_batch(stories_tok, ["Once upon a time", "Tom had a ball"], pad_id=2)
+    d = DeadNeurons()
+    with qinterp.attach(hf, {"blocks.1.mlp.hook_act": d}):
+        with torch.no_grad():
+            hf(ids, attention_mask=mask.long())
+    assert d.tokens == int(mask.sum()) and d.result()["dead"].numel() == 172

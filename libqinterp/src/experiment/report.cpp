@@ -112,7 +112,7 @@ T attr_or(const io::Attrs& a, const std::string& k, T d) {
 
 Report make_report(const std::string& path, const ReportOptions& o) {
   io::ResultStore store(path, io::ResultStore::Mode::Read);
-  Table acc{"accuracy", "Accuracy, average confidence, ECE and ACE", {"model", "task", "precision", "examples", "accuracy", "confidence", "ECE", "ACE", "empty answers"}, {}};
+  Table acc{"accuracy", "Accuracy, average confidence, ECE and ACE", {"model", "task", "precision", "examples", "accuracy", "confidence", "ECE", "ACE", "empty answers", "scoring", "mode"}, {}};
   Table dead{"dead_neurons", "Dead neurons per hooked layer (activation strictly inside (-0.1, 0.1) on every real token)", {"model", "task", "precision"}, {}};
   Table sal{"salient_neurons", "Salient neurons per hooked layer (union over the four IG scores and the examples)", {"model", "task", "precision"}, {}};
   Table corr{"correlation", "Neuron pairs per |Pearson r| bin, hooked layers pooled", {"model", "task", "precision"}, {}};
@@ -139,7 +139,10 @@ Report make_report(const std::string& path, const ReportOptions& o) {
           const int64_t empty = store.exists(g + "/predictions") ? attr_or<int64_t>(store.attrs(g + "/predictions"), "empty_answers", 0) : 0;
           acc.rows.push_back({model, task, prec, std::to_string(attr_or<int64_t>(ca, "examples", 0)),
                               num(attr_or<double>(ca, "accuracy", NAN)), num(attr_or<double>(ca, "confidence", NAN)),
-                              num(attr_or<double>(ca, "ece", NAN)), num(attr_or<double>(ca, "ace", NAN)), std::to_string(empty)});
+                              num(attr_or<double>(ca, "ece", NAN)), num(attr_or<double>(ca, "ace", NAN)), std::to_string(empty),
+                              attr_or<std::string>(ta, "scoring", "?") +
+                                  (attr_or<std::string>(ta, "chat", "none") == "none" ? "" : " + chat template"),
+                              attr_or<std::string>(ta, "mode", "?")});
         }
         Row dr{model, task, prec}, sr{model, task, prec};
         at::Tensor hist;
