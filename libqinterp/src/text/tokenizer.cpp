@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <queue>
 
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
@@ -115,26 +116,45 @@ std::vector<int64_t> Llama2cTokenizer::tokenize(const std::string& text) const {
     }
     i = j;
   }
+  // run.c rescans every pair for each merge (quadratic: hours for a 1 MB text). The same merges
+  // come from a heap of candidate pairs ordered by (score, leftmost), entries checked on use:
+  // a symbol's id only ever grows into a longer piece, so a stale entry never matches again.
+  const size_t m = t.size();
+  std::vector<int64_t> next(m), prev(m);
+  for (size_t i = 0; i < m; ++i) next[i] = static_cast<int64_t>(i) + 1, prev[i] = static_cast<int64_t>(i) - 1;
+  struct Cand {
+    float score;
+    int64_t left, left_id, right_id, merged;
+    bool operator<(const Cand& o) const { return score != o.score ? score < o.score : left > o.left; }
+  };
+  std::priority_queue<Cand> heap;
   std::string buf;
-  while (true) {
-    float best = -1e10f;
-    int64_t best_id = -1;
-    size_t best_i = 0;
-    for (size_t i = 0; i + 1 < t.size(); ++i) {
-      buf = pieces_[t[i]];
-      buf += pieces_[t[i + 1]];
-      const int64_t id = find(buf);
-      if (id >= 0 && scores_[id] > best) {
-        best = scores_[id];
-        best_id = id;
-        best_i = i;
-      }
-    }
-    if (best_id < 0) break;
-    t[best_i] = best_id;
-    t.erase(t.begin() + static_cast<std::ptrdiff_t>(best_i) + 1);
+  const auto offer = [&](int64_t l) {
+    if (l < 0 || next[l] >= static_cast<int64_t>(m)) return;
+    const int64_t r = next[l];
+    buf = pieces_[t[l]];
+    buf += pieces_[t[r]];
+    const int64_t id = find(buf);
+    if (id >= 0 && scores_[id] > -1e10f) heap.push({scores_[id], l, t[l], t[r], id});
+  };
+  for (size_t i = 0; i + 1 < m; ++i) offer(static_cast<int64_t>(i));
+  std::vector<bool> alive(m, true);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    const int64_t l = c.left, r = next[l];
+    if (!alive[l] || r >= static_cast<int64_t>(m) || t[l] != c.left_id || t[r] != c.right_id) continue;
+    t[l] = c.merged;
+    alive[r] = false;
+    next[l] = next[r];
+    if (next[r] < static_cast<int64_t>(m)) prev[next[r]] = l;
+    offer(prev[l]);
+    offer(l);
   }
-  return t;
+  std::vector<int64_t> out;
+  out.reserve(m);
+  for (int64_t i = m ? 0 : -1; i >= 0 && i < static_cast<int64_t>(m); i = next[i]) out.push_back(t[i]);
+  return out;
 }
 
 std::string Llama2cTokenizer::decode_piece(int64_t prev, int64_t id) const {
