@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "qinterp/analysis/calibration.hpp"
+#include "qinterp/analysis/perplexity.hpp"
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/analysis/correlation.hpp"

@@ -154,6 +154,58 @@ PYBIND11_MODULE(_C, m) {
         }, py::arg("path"), py::arg("quant") = "", py::arg("device") = "cpu", py::arg("dtype") = "",
         py::arg("calibration") = py::none());
 
+  m.def("evaluate_perplexity", [](const PyModel& p, const text::Tokenizer& tok, const std::string& text,
+                                  const std::string& protocol, int64_t seqlen, int64_t max_windows, int64_t batch,
+                                  bool progress) {
+          analysis::PerplexityOptions o;
+          o.protocol = analysis::parse_perplexity_protocol(protocol);
+          o.seqlen = seqlen;
+          o.max_windows = max_windows;
+          o.batch = batch;
+          std::function<void(int64_t, int64_t)> cb;
+          if (progress)
+            cb = [](int64_t d, int64_t t) { py::print("perplexity: window", d, "/", t, py::arg("flush") = true); };
+          const auto r = analysis::evaluate_perplexity(*p.m, tok, text, o, cb);  // GIL held: Python hooks
+          py::dict d;
+          d["ppl"] = r.ppl;
+          d["nll"] = r.nll;
+          d["tokens"] = r.tokens;
+          d["windows"] = r.windows;
+          d["seqlen"] = r.seqlen;
+          d["stream_tokens"] = r.stream_tokens;
+          d["protocol"] = r.protocol;
+          return d;
+        }, py::arg("model"), py::arg("tokenizer"), py::arg("text"), py::arg("protocol") = "gptq", py::arg("seqlen") = 0,
+        py::arg("max_windows") = 0, py::arg("batch") = 1, py::arg("progress") = false);
+  m.def("wikitext_joined", &analysis::wikitext_joined, py::arg("raw"),
+        "WikiText-2's rows (the lines of wiki.test.raw, blank ones empty) joined with '\\n\\n', as GPTQ's loaders do.");
+  m.def("random_calibration_windows", &model::random_calibration_windows, py::arg("ids"), py::arg("n"),
+        py::arg("seqlen"), py::arg("seed") = 0,
+        "GPTQ's calibration: n windows of seqlen tokens at starts drawn as Python's random.seed(seed); "
+        "random.randint(0, len - seqlen - 1).");
+  m.def("spec_for_device", &quant::spec_for_device, py::arg("spec"), py::arg("device"));
+  m.def("measure_speed", [](const PyModel& p, int64_t prompt_tokens, int64_t new_tokens, int64_t warmup, uint64_t seed) {
+          experiment::SpeedOptions o{prompt_tokens, new_tokens, warmup, seed};
+          experiment::SpeedResult r;
+          {
+            py::gil_scoped_release nogil;  // no hooks run here
+            r = experiment::measure_speed(*p.m, o);
+          }
+          py::dict d;
+          d["weight_bytes"] = r.weight_bytes;
+          d["parameters"] = r.parameters;
+          d["prompt_tokens"] = r.prompt_tokens;
+          d["new_tokens"] = r.new_tokens;
+          d["prefill_seconds"] = r.prefill_seconds;
+          d["decode_seconds"] = r.decode_seconds;
+          d["decode_tokens_per_second"] = r.decode_tokens_per_second;
+          d["peak_host_bytes"] = r.peak_host_bytes;
+          d["peak_device_allocated"] = r.peak_device_allocated;
+          d["peak_device_reserved"] = r.peak_device_reserved;
+          return d;
+        }, py::arg("model"), py::arg("prompt_tokens") = 256, py::arg("new_tokens") = 512, py::arg("warmup") = 8,
+        py::arg("seed") = 0);
+
   // ---- quantization (qinterp.quant wraps these)
   py::class_<quant::QuantizedTensor>(m, "QuantizedTensor")
       .def_property_readonly("spec", [](const quant::QuantizedTensor& q) { return q.spec.str(); })

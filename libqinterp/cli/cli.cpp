@@ -63,8 +63,40 @@ const std::vector<Command>& commands() {
         {"quant", "the spec"},
         {"out", "output folder (created; must not be a file)"},
         {"device", "cpu (default), cuda, cuda:N"},
-        {"calib", "GPTQ: a CSV of calibration prompts (first column)"},
+        {"calib", "GPTQ: calibration text, a text file or a CSV (its prompt column, else the first)"},
+        {"calib-seed", "seed of the random calibration windows (0, as GPTQ's loaders)"},
         {"tokenizer", "tokenizer (default: the model's own, or one beside it)"}}},
+      {"perplexity", "perplexity --model PATH --quant SPEC... [--dataset wikitext2|FILE] [--protocol gptq|llamacpp] [options]",
+       "Perplexity per precision under a named protocol: gptq (non-overlapping seqlen windows, every "
+       "position scored; the default) or llamacpp (512-token chunks, BOS first, second half scored).",
+       {{"model", "model file or directory"},
+        {"tokenizer", "tokenizer (default: the model's own, or one beside it)"},
+        {"quant", "a precision: fp32/fp16/bf16 or a quantization spec (repeat for several; default fp32)", false, true},
+        {"dataset", "wikitext2 (default; $QINTERP_WIKITEXT2 or ../shared/datasets/wikitext2/wiki.test.raw) or a text file"},
+        {"protocol", "gptq (default) or llamacpp"},
+        {"seqlen", "window length (gptq: min(2048, the model's context); llamacpp: 512)"},
+        {"max-windows", "evaluate only the first N windows (default: all)"},
+        {"batch", "windows per forward pass (1)"},
+        {"calib", "GPTQ calibration: a text file or a CSV (its prompt column); default the paper-1 BoolQ prompts"},
+        {"data", "folder of the paper-1 CSVs for the default calibration ($QINTERP_DATA or ../shared/datasets/paper1)"},
+        {"device", "cpu (default), cuda, cuda:N"},
+        {"name", "the model's group name in --out (default: the file's stem)"},
+        {"out", "also write the results into this HDF5 file"},
+        {"quiet", "no progress output", true}}},
+      {"speed", "speed --model PATH --quant SPEC... [--prompt-tokens 256] [--new-tokens 512] [options]",
+       "Weight bytes, peak memory, prefill time and decoding tokens/s per precision at batch 1 (greedy, EOS "
+       "ignored, after a warm-up): the layout of paper 2's Table 8.",
+       {{"model", "model file or directory"},
+        {"quant", "a precision (repeat for several; default fp32)", false, true},
+        {"prompt-tokens", "prompt length (256)"},
+        {"new-tokens", "tokens to decode (512)"},
+        {"warmup", "untimed decode steps first (8)"},
+        {"calib", "GPTQ calibration: a text file or a CSV (its prompt column); default the paper-1 BoolQ prompts"},
+        {"data", "folder of the paper-1 CSVs for the default calibration ($QINTERP_DATA or ../shared/datasets/paper1)"},
+        {"tokenizer", "tokenizer for GPTQ's calibration text (default: the model's own, or one beside it)"},
+        {"device", "cpu (default), cuda, cuda:N"},
+        {"name", "the model's group name in --out (default: the file's stem)"},
+        {"out", "also write the results into this HDF5 file"}}},
       {"run", "run --model PATH --quant SPEC... --task NAME... --out FILE.h5 [options]",
        "The paper's protocol: predictions and calibration, dead neurons, statistics, correlation, drift "
        "and IG salience for every precision and task, into one HDF5 file. Resumes an interrupted run.",
@@ -123,7 +155,7 @@ std::string help(const Command& c) {
     if (left.size() < 26) left += std::string(26 - left.size(), ' ');
     s += left + " " + o.help + (o.repeat ? " [repeatable]" : "") + "\n";
   }
-  if (std::string(c.name) == "run" || std::string(c.name) == "quantize" || std::string(c.name) == "generate")
+  if (std::set<std::string>{"run", "quantize", "generate", "perplexity", "speed"}.count(c.name))
     s += "specs: " + std::string(kSpecs) + "\n";
   return s;
 }
@@ -344,6 +376,34 @@ void save_tokenizer(const std::string& tok_path, const std::string& dir) {
     qinterp::fail("quantize: cannot write ", dst);
 }
 
+// GPTQ's calibration as the field draws it: spec.calib random windows (seeded) of the source's
+// tokens, windows shortened to fit a short text; the saved spec records what was used.
+at::Tensor calibration(const qinterp::quant::QuantSpec& spec, const qinterp::text::Tokenizer& tok, int64_t context,
+                       const std::string& source, uint64_t seed) {
+  std::vector<int64_t> ids;
+  const bool csv = source.size() >= 4 && source.compare(source.size() - 4, 4, ".csv") == 0;
+  if (csv) {
+    const auto table = qinterp::experiment::read_csv(source);
+    size_t col = 0;
+    for (size_t i = 0; i < table.header.size(); ++i)
+      if (table.header[i] == "prompt") col = i;
+    for (const auto& row : table.rows) {
+      if (col >= row.size()) continue;
+      auto t = tok.encode(row[col]);
+      ids.insert(ids.end(), t.begin(), t.end());
+    }
+  } else {
+    if (!paths::exists(source) || paths::is_dir(source)) qinterp::fail("--calib ", source, ": no such text file");
+    ids = tok.encode(qinterp::analysis::perplexity_text(source, qinterp::analysis::PerplexityProtocol::LlamaCpp));
+  }
+  if (ids.size() < 2) qinterp::fail("--calib ", source, ": too little calibration text (", ids.size(), " tokens)");
+  const int64_t seqlen = std::min<int64_t>({spec.seqlen, context, static_cast<int64_t>(ids.size()) - 1});
+  at::Tensor w = qinterp::model::random_calibration_windows(at::tensor(ids, at::kLong), spec.calib, seqlen, seed);
+  std::cerr << "[quantize] GPTQ calibration: " << w.size(0) << " random windows (seed " << seed << ") of " << w.size(1)
+            << " tokens from " << source << " (" << ids.size() << " tokens)\n";
+  return w;
+}
+
 int cmd_quantize(const Command& c, const Args& a) {
   need(a, c, {"model", "quant", "out"});
   const auto spec = qinterp::quant::parse_quant_spec(a.get("quant"));
@@ -363,21 +423,13 @@ int cmd_quantize(const Command& c, const Args& a) {
     qinterp::text::check_tokenizer(*tok, model->config().vocab_size, a.get("model"));
     at::Tensor calib;
     if (spec.method == qinterp::quant::Method::GPTQ) {
-      if (!a.has("calib")) qinterp::fail("quantize ", spec.str(), ": GPTQ needs --calib CSV (prompts in the first column)");
-      const auto table = qinterp::experiment::read_csv(a.get("calib"));
-      std::vector<int64_t> ids;
-      for (const auto& row : table.rows) {
-        auto t = tok->encode(row.at(0));
-        ids.insert(ids.end(), t.begin(), t.end());
-      }
-      if (ids.empty()) qinterp::fail(a.get("calib"), ": no calibration text");
-      const int64_t seqlen = std::min<int64_t>(spec.seqlen, model->config().max_seq_len);
-      calib = qinterp::model::calibration_windows(at::tensor(ids, at::kLong), {}, spec.calib, seqlen);
-      std::cerr << "[quantize] calibration: " << calib.size(0) << " windows of " << calib.size(1) << " tokens from "
-                << a.get("calib") << "\n";
+      if (!a.has("calib")) qinterp::fail("quantize ", spec.str(), ": GPTQ needs --calib (a text file or a CSV of prompts)");
+      const uint64_t seed = static_cast<uint64_t>(to_int(a.get("calib-seed", "0"), "calib-seed", 0, int64_t{1} << 53));
+      calib = calibration(spec, *tok, model->config().max_seq_len, a.get("calib"), seed);
     }
-    qinterp::model::quantize_model(*model, spec, calib, [](int64_t d, int64_t t) {
-      std::cerr << "[quantize] layer " << d << "/" << t << "\n";
+    qinterp::ProgressMeter meter(isatty(2) != 0, 0.0);
+    qinterp::model::quantize_model(*model, spec, calib, [&](int64_t d, int64_t t) {
+      std::cerr << meter.update({"quantize " + spec.str(), d, t, "layers", d == t}) << std::flush;
     });
     qinterp::model::save_model(*model, out);
     save_tokenizer(tok_path, out);
@@ -461,6 +513,126 @@ int cmd_run(const Command& c, const Args& a, const qinterp::experiment::Parallel
   return 0;
 }
 
+// One loaded model per precision, in the order given; GPTQ calibrates on --calib or the paper-1
+// BoolQ prompts. On the CPU quantized layers compute in fp32 unless the spec says otherwise.
+std::shared_ptr<qinterp::Model> load_precision(const Args& a, const std::string& prec,
+                                               std::shared_ptr<qinterp::text::Tokenizer>& tok) {
+  const auto spec = qinterp::quant::parse_quant_spec(prec);
+  qinterp::LoadOptions lo;
+  lo.device = a.get("device", "cpu");
+  lo.quant = qinterp::quant::spec_for_device(prec, lo.device);
+  if (spec.method == qinterp::quant::Method::GPTQ) {
+    auto dense = qinterp::load_model(a.get("model"), qinterp::LoadOptions{lo.device, "", "", {}});
+    if (!tok) tok = tokenizer_for(a, *dense);
+    const char* env_data = std::getenv("QINTERP_DATA");
+    const std::string src =
+        a.has("calib") ? a.get("calib") : paths::join(a.get("data", env_data ? env_data : "../shared/datasets/paper1"), "boolq.csv");
+    lo.calibration = calibration(spec, *tok, dense->config().max_seq_len, src, 0);
+  }
+  return qinterp::load_model(a.get("model"), lo);
+}
+
+std::vector<std::string> precisions(const Args& a) {
+  std::vector<std::string> p = a.has("quant") ? a.all("quant") : std::vector<std::string>{"fp32"};
+  for (const auto& x : p) qinterp::quant::parse_quant_spec(x);  // every typo before the first model loads
+  return p;
+}
+
+int cmd_perplexity(const Command& c, const Args& a) {
+  need(a, c, {"model"});
+  namespace an = qinterp::analysis;
+  an::PerplexityOptions po;
+  po.protocol = an::parse_perplexity_protocol(a.get("protocol", "gptq"));
+  po.seqlen = to_int(a.get("seqlen", "0"), "seqlen", 0, int64_t{1} << 30);
+  if (a.has("seqlen") && po.seqlen < 2) qinterp::fail("--seqlen must be at least 2, got ", po.seqlen);
+  po.max_windows = to_int(a.get("max-windows", "0"), "max-windows", 0, int64_t{1} << 40);
+  po.batch = to_int(a.get("batch", "1"), "batch", 1, 1 << 20);
+  const std::vector<std::string> precs = precisions(a);
+  const std::string dataset = a.get("dataset", "wikitext2");
+  const std::string text = an::perplexity_text(dataset, po.protocol);
+  std::unique_ptr<qinterp::io::ResultStore> store;
+  if (a.has("out")) store = std::make_unique<qinterp::io::ResultStore>(a.get("out"), qinterp::io::ResultStore::Mode::Append);
+  const std::string name = a.get("name", paths::stem(a.get("model")));
+  const std::string data_name = dataset == "wikitext2" ? dataset : paths::stem(dataset);
+  std::shared_ptr<qinterp::text::Tokenizer> tok;
+  qinterp::ProgressMeter meter(isatty(2) != 0);
+  std::vector<std::pair<std::string, an::PerplexityResult>> rows;
+  for (const auto& prec : precs) {
+    auto model = load_precision(a, prec, tok);
+    if (!tok) tok = tokenizer_for(a, *model);
+    std::function<void(int64_t, int64_t)> cb;
+    if (!a.has("quiet"))
+      cb = [&](int64_t d, int64_t t) {
+        std::cerr << meter.update({"perplexity " + prec, d, t, "windows", d == t}) << std::flush;
+      };
+    const auto r = an::evaluate_perplexity(*model, *tok, text, po, cb);
+    rows.emplace_back(prec, r);
+    if (store) {
+      const std::string g = qinterp::io::ResultStore::join({name, prec, data_name, std::string("Perplexity_") + r.protocol});
+      store->write_tensors(g, {{"ppl", at::scalar_tensor(r.ppl, at::kDouble)},
+                               {"nll", at::scalar_tensor(r.nll, at::kDouble)},
+                               {"tokens", at::scalar_tensor(r.tokens, at::kLong)},
+                               {"windows", at::scalar_tensor(r.windows, at::kLong)},
+                               {"seqlen", at::scalar_tensor(r.seqlen, at::kLong)}});
+      store->set_attrs(g, {{"protocol", r.protocol}, {"dataset", dataset}, {"spec", model->quant_spec().str()}});
+    }
+  }
+  std::printf("perplexity of %s on %s, protocol %s\n\n", a.get("model").c_str(), data_name.c_str(),
+              rows.front().second.protocol.c_str());
+  std::printf("| precision | PPL | mean NLL | scored tokens | windows x seqlen |\n|---|---:|---:|---:|---:|\n");
+  for (const auto& [p, r] : rows)
+    std::printf("| %s | %.4f | %.6f | %lld | %lld x %lld |\n", p.c_str(), r.ppl, r.nll, static_cast<long long>(r.tokens),
+                static_cast<long long>(r.windows), static_cast<long long>(r.seqlen));
+  return 0;
+}
+
+int cmd_speed(const Command& c, const Args& a) {
+  need(a, c, {"model"});
+  qinterp::experiment::SpeedOptions so;
+  so.prompt_tokens = to_int(a.get("prompt-tokens", "256"), "prompt-tokens", 1, int64_t{1} << 30);
+  so.new_tokens = to_int(a.get("new-tokens", "512"), "new-tokens", 1, int64_t{1} << 30);
+  so.warmup_tokens = to_int(a.get("warmup", "8"), "warmup", 0, int64_t{1} << 30);
+  const std::vector<std::string> precs = precisions(a);
+  std::unique_ptr<qinterp::io::ResultStore> store;
+  if (a.has("out")) store = std::make_unique<qinterp::io::ResultStore>(a.get("out"), qinterp::io::ResultStore::Mode::Append);
+  const std::string name = a.get("name", paths::stem(a.get("model")));
+  std::shared_ptr<qinterp::text::Tokenizer> tok;
+  std::vector<std::pair<std::string, qinterp::experiment::SpeedResult>> rows;
+  for (const auto& prec : precs) {
+    auto model = load_precision(a, prec, tok);
+    std::cerr << "[speed] " << prec << ": " << so.prompt_tokens << " prompt + " << so.new_tokens << " new tokens\n";
+    const auto r = qinterp::experiment::measure_speed(*model, so);
+    rows.emplace_back(prec, r);
+    if (store) {
+      const std::string g = qinterp::io::ResultStore::join({name, prec, "speed"});
+      store->write_tensors(g, {{"weight_bytes", at::scalar_tensor(r.weight_bytes, at::kLong)},
+                               {"peak_host_bytes", at::scalar_tensor(r.peak_host_bytes, at::kLong)},
+                               {"peak_device_allocated", at::scalar_tensor(r.peak_device_allocated, at::kLong)},
+                               {"peak_device_reserved", at::scalar_tensor(r.peak_device_reserved, at::kLong)},
+                               {"prefill_seconds", at::scalar_tensor(r.prefill_seconds, at::kDouble)},
+                               {"decode_seconds", at::scalar_tensor(r.decode_seconds, at::kDouble)},
+                               {"decode_tokens_per_second", at::scalar_tensor(r.decode_tokens_per_second, at::kDouble)},
+                               {"prompt_tokens", at::scalar_tensor(r.prompt_tokens, at::kLong)},
+                               {"new_tokens", at::scalar_tensor(r.new_tokens, at::kLong)}});
+      store->set_attrs(g, {{"device", a.get("device", "cpu")}, {"spec", model->quant_spec().str()}});
+    }
+  }
+  const bool cuda = rows.front().second.peak_device_allocated >= 0;
+  std::printf("decoding speed of %s on %s, batch 1, %lld prompt + %lld new tokens (greedy, EOS ignored)\n\n",
+              a.get("model").c_str(), a.get("device", "cpu").c_str(), static_cast<long long>(so.prompt_tokens),
+              static_cast<long long>(so.new_tokens));
+  std::printf("| precision | weights | peak memory (%s) | prefill s | decode tokens/s |\n|---|---:|---:|---:|---:|\n",
+              cuda ? "allocated / reserved" : "process RSS");
+  for (const auto& [p, r] : rows) {
+    const std::string mem = cuda ? human(static_cast<double>(r.peak_device_allocated)) + " / " +
+                                       human(static_cast<double>(r.peak_device_reserved))
+                                 : r.peak_host_bytes >= 0 ? human(static_cast<double>(r.peak_host_bytes)) : "n/a";
+    std::printf("| %s | %s | %s | %.3f | %.2f |\n", p.c_str(), human(static_cast<double>(r.weight_bytes)).c_str(),
+                mem.c_str(), r.prefill_seconds, r.decode_tokens_per_second);
+  }
+  return 0;
+}
+
 int cmd_report(const Command& c, const Args& a) {
   if (a.positional.empty()) qinterp::fail("report needs the run's file: qinterp report FILE.h5 [--out DIR]");
   if (a.has("figures") && !a.has("out")) qinterp::fail("report: --figures needs --out DIR for the images");
@@ -510,6 +682,8 @@ int qinterp_cli(int argc, char** argv, const qinterp::experiment::Parallel& par)
     if (n == "inspect") return cmd_inspect(*c, a);
     if (n == "quantize") return cmd_quantize(*c, a);
     if (n == "run") return cmd_run(*c, a, par);
+    if (n == "perplexity") return cmd_perplexity(*c, a);
+    if (n == "speed") return cmd_speed(*c, a);
     if (n == "report") return cmd_report(*c, a);
     std::cout << "qinterp " << qinterp::version() << "\n";
     return 0;

@@ -7,6 +7,7 @@
 
 #include "common.hpp"
 #include "qinterp/analysis/calibration.hpp"
+#include "qinterp/analysis/perplexity.hpp"
 #include "qinterp/analysis/correlation.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/model/model.hpp"

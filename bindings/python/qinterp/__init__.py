@@ -84,9 +84,59 @@ def _hooks_add(self, name: str, fn):
     return self._add_named(name, fn) if named else _C.Hooks.add_plain(self, name, fn)
 
 
+def _wikitext2_path() -> str:
+    env = os.environ.get("QINTERP_WIKITEXT2")
+    if env:
+        return env
+    here = os.path.abspath(os.getcwd())
+    while True:
+        cand = os.path.join(here, "shared", "datasets", "wikitext2", "wiki.test.raw")
+        if os.path.isfile(cand):
+            return cand
+        up = os.path.dirname(here)
+        if up == here:
+            raise Error("perplexity: WikiText-2 not found (set QINTERP_WIKITEXT2 to wiki.test.raw, or pass the text)")
+        here = up
+
+
+def perplexity(model: Model, tokenizer: Tokenizer, text: Union[str, os.PathLike] = "wikitext2",
+               protocol: str = "gptq", seqlen: Optional[int] = None, max_windows: Optional[int] = None,
+               batch: int = 1, progress: bool = False) -> dict:
+    """Perplexity of `model` on a text under a named protocol (docs/perplexity.md).
+
+    text: "wikitext2" (WikiText-2's test split: $QINTERP_WIKITEXT2, else shared/datasets/wikitext2
+    beside the working directory or a parent; joined as GPTQ's loaders do for protocol "gptq", the
+    raw file for "llamacpp"), a path (os.PathLike) to a text file, or the text itself.
+    protocol: "gptq" (non-overlapping windows, every position scored) or "llamacpp" (512-token
+    chunks, BOS first, second half scored). seqlen: gptq min(2048, context), llamacpp 512.
+    Returns {ppl, nll (mean, nats), tokens (scored), windows, seqlen, stream_tokens, protocol}."""
+    if isinstance(text, os.PathLike):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    elif text == "wikitext2":
+        with open(_wikitext2_path(), encoding="utf-8", newline="") as f:
+            raw = f.read()
+        text = _C.wikitext_joined(raw) if protocol == "gptq" else raw
+    if not isinstance(text, str):
+        raise Error(f"perplexity: text must be a str, a path or 'wikitext2', got {type(text).__name__}")
+    return _C.evaluate_perplexity(model, tokenizer, text, protocol, int(seqlen or 0), int(max_windows or 0),
+                                  int(batch), bool(progress))
+
+
+def speed(model: Model, prompt_tokens: int = 256, new_tokens: int = 512, warmup: int = 8, seed: int = 0) -> dict:
+    """Decoding speed and memory at batch 1 (paper 2's Table 8): random prompt ids, greedy, EOS
+    ignored, a warm-up first. Returns weight_bytes, prefill_seconds, decode_seconds,
+    decode_tokens_per_second and peak memory (peak_host_bytes on the CPU, peak_device_allocated /
+    peak_device_reserved on CUDA; -1 where not measured)."""
+    return _C.measure_speed(model, int(prompt_tokens), int(new_tokens), int(warmup), int(seed))
+
+
+random_calibration_windows = _C.random_calibration_windows
+
 _C.Hooks.add_plain = _C.Hooks.add
 Hooks.add = _hooks_add
 
 __all__ = ["Error", "Hooks", "Model", "Tokenizer", "load_model", "load_tokenizer", "encode_batch",
            "dequantize_gguf", "cuda_built", "GGML_TYPES", "quant", "run", "report", "attach", "load_task",
+           "perplexity", "speed", "random_calibration_windows",
            "__version__"]

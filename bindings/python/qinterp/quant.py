@@ -52,7 +52,8 @@ def int8_vectorwise_quant(x: torch.Tensor, threshold: float = 0.0):
 
 
 def gemv_4bit(x: torch.Tensor, weight: QuantizedTensor) -> torch.Tensor:
-    """x Wᵀ for a 4-bit weight: the fused CUDA kernel on a GPU, dequantize + matmul elsewhere."""
+    """x Wᵀ for a 4-bit weight, fused: the CUDA kernel on a GPU, the AVX2 + FMA kernel for float32 on a CPU
+    (even in_features), else dequantize + matmul."""
     return _C.gemv_4bit(x, weight)
 
 

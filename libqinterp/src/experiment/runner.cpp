@@ -65,14 +65,6 @@ std::set<std::string> analyses_of(const RunOptions& o) {
   return a;
 }
 
-std::string file_stem(const std::string& path) {
-  std::string p = path;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  std::string s = p.substr(p.find_last_of('/') + 1);
-  const size_t dot = s.find_last_of('.');
-  return dot == std::string::npos || dot == 0 ? s : s.substr(0, dot);
-}
-
 std::string join_list(const std::vector<std::string>& v, const char* sep = ",") {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
@@ -678,7 +670,7 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   if (par.world > 1 && (!par.gather || !par.broadcast)) fail("run: a data-parallel run needs gather and broadcast functions");
   Ctx c{o, analyses_of(o), nullptr, "", {}, {}, "", 32, o.mode == "paper", -1, {}, progress, par, nullptr, nullptr, {}};
   c.batch = o.batch > 0 ? o.batch : 32;
-  c.model_name = o.model_name.empty() ? file_stem(o.model) : o.model_name;
+  c.model_name = o.model_name.empty() ? io::paths::stem(o.model) : o.model_name;
   c.tok = text::load_tokenizer(o.tokenizer.empty() ? text::find_tokenizer(o.model) : o.tokenizer);
   if (o.chat == "auto") {
     c.chat = chat_template_of(o.model);
@@ -701,21 +693,21 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
       // The paper's runs keep bitsandbytes' fp16 around and inside the quantized layers. A clean run
       // on the CPU computes them in fp32 unless the spec names a compute dtype: a CPU has no fast
       // fp16 matrix product, and the stored weights are the same.
-      const bool cpu = o.device.rfind("cpu", 0) == 0;
-      lo.quant = !c.paper && cpu && name.find("compute=") == std::string::npos
-                     ? name + (name.find(':') == std::string::npos ? ":" : ",") + "compute=fp32"
-                     : name;
+      lo.quant = c.paper ? name : quant::spec_for_device(name, o.device);
       lo.dtype = c.paper ? "fp16" : "";
-      if (p.spec.method == quant::Method::GPTQ) {  // calibration: windows of the first task's prompts
+      if (p.spec.method == quant::Method::GPTQ) {
+        // Calibration as the field draws it: random windows (seed 0) of the first task's prompts,
+        // encoded one after another; windows shrink to fit a short stream (the saved spec records them).
         std::vector<int64_t> ids;
-        for (size_t i = 0; i < tasks[0].examples.size() && static_cast<int64_t>(ids.size()) < p.spec.calib * p.spec.seqlen; ++i) {
+        for (size_t i = 0; i < tasks[0].examples.size(); ++i) {
           const auto v = c.tok->encode(tasks[0].prompt(i));
           ids.insert(ids.end(), v.begin(), v.end());
         }
         const int64_t ctx = !c.precs.empty() ? c.precs.front().model->config().max_seq_len
                                              : model::load_model(o.model, model::LoadOptions{o.device, "", "", {}})->config().max_seq_len;
-        lo.calibration = model::calibration_windows(at::tensor(ids, at::kLong), {}, p.spec.calib,
-                                                    std::min<int64_t>(p.spec.seqlen, ctx));
+        const int64_t seqlen = std::min<int64_t>({p.spec.seqlen, ctx, static_cast<int64_t>(ids.size()) - 1});
+        if (seqlen < 1) fail("run ", name, ": the first task's prompts are too short to calibrate GPTQ");
+        lo.calibration = model::random_calibration_windows(at::tensor(ids, at::kLong), p.spec.calib, seqlen, 0);
       }
     } else {
       lo.quant = name;

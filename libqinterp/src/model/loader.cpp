@@ -181,7 +181,10 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   if (m->device() != device || m->dtype() != dtype) m->to(device, dtype);
   if (spec.quantized()) {
     if (m->quant_spec().quantized()) {
-      if (!(m->quant_spec() == spec))
+      quant::QuantSpec asked = spec;  // the calibration a saved GPTQ model records is not part of the ask
+      asked.calib = m->quant_spec().calib;
+      asked.seqlen = m->quant_spec().seqlen;
+      if (!(m->quant_spec() == asked))
         fail("load_model: ", path, " is already quantized as ", m->quant_spec().str(), "; asked for ", spec.str());
     } else {
       quantize_model(*m, spec, opts.calibration);

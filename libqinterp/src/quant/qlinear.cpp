@@ -42,7 +42,8 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
   switch (w_.spec.method) {
     case Method::NF4:
     case Method::FP4:
-      if (xc.is_cuda() && !grad && xc.numel() / in_features() <= 4) {
+      // Few rows (decoding): the fused matrix-vector product, on CUDA or on a CPU in fp32.
+      if ((xc.is_cuda() || xc.scalar_type() == at::kFloat) && !grad && xc.numel() / in_features() <= 4) {
         y = gemv_4bit(xc, w_);
         if (b.defined()) y = y + b;
       } else {

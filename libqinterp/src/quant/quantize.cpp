@@ -131,6 +131,62 @@ __attribute__((target("avx2,f16c"))) void decode_blocks_avx2(const uint8_t* p, c
   }
 }
 
+// y[k, r] = sum_c x[k, c] * (code[nibble(r, c)] * absmax[block of (r, c)]) for rows r0..r1 and
+// nx <= 4 input rows: the 4-bit weight is decoded in registers 16 at a time (as decode_blocks_avx2,
+// so the products use the dequantized values exactly) and never written out. Needs cols even (every
+// row starts on a byte); a block boundary inside a row is handled by scalar tails.
+__attribute__((target("avx2,fma"))) void gemv_4bit_rows_avx2(const uint8_t* p, const float* absmax, int64_t r0,
+                                                             int64_t r1, int64_t rows, int64_t cols, int64_t block,
+                                                             const float* code, const float* x, int64_t nx,
+                                                             float* y) {
+  const __m256 tlo = _mm256_loadu_ps(code), thi = _mm256_loadu_ps(code + 8);
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc[4][2];
+    float tail[4] = {0, 0, 0, 0};
+    for (int k = 0; k < 4; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    const int64_t row0 = r * cols, end = row0 + cols;
+    for (int64_t i = row0; i < end;) {
+      const int64_t b = i / block, seg = std::min(end, (b + 1) * block);
+      const float a = absmax[b];
+      const __m256 va = _mm256_set1_ps(a);
+      for (; i + 16 <= seg; i += 16) {
+        const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i / 2));
+        const __m128i idx = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+        __m256 v[2];
+        for (int h = 0; h < 2; ++h) {
+          const __m256i kk = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(idx, 8) : idx);
+          const __m256 hi_sel = _mm256_castsi256_ps(_mm256_slli_epi32(kk, 28));
+          v[h] = _mm256_mul_ps(
+              _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, kk), _mm256_permutevar8x32_ps(thi, kk), hi_sel), va);
+        }
+        const int64_t c = i - row0;
+        for (int64_t k = 0; k < nx; ++k) {
+          acc[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
+          acc[k][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
+        }
+      }
+      for (; i < seg; ++i) {
+        const uint8_t byte = p[i >> 1];
+        const float w = code[(i & 1) ? (byte & 15) : (byte >> 4)] * a;
+        for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + (i - row0)];
+      }
+    }
+    for (int64_t k = 0; k < nx; ++k) {
+      const __m256 s8 = _mm256_add_ps(acc[k][0], acc[k][1]);
+      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+      s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
+      y[k * rows + r] = _mm_cvtss_f32(s4) + tail[k];
+    }
+  }
+}
+
+bool cpu_has_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
 bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return ok;
@@ -620,6 +676,28 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
                                           static_cast<int>(four(w.spec.method)), w.shape[0], w.shape[1], w.spec.block);
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = w.shape[0];
+    return y.view(shape);
+  }
+#endif
+#ifdef QINTERP_X86_AVX2
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && w.shape[1] % 2 == 0 &&
+      cpu_has_fma()) {
+    const int64_t rows = w.shape[0], cols = w.shape[1];
+    const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+    const at::Tensor absmax = absmax_f32(w).contiguous();
+    at::Tensor y = at::empty({xs.size(0), rows}, xs.options());
+    const float* code = ref::fourbit_code(four(w.spec.method));
+    const uint8_t* p = w.data.data_ptr<uint8_t>();
+    for (int64_t k0 = 0; k0 < xs.size(0); k0 += 4) {
+      const int64_t nx = std::min<int64_t>(4, xs.size(0) - k0);
+      const float* xp = xs.data_ptr<float>() + k0 * cols;
+      float* yp = y.data_ptr<float>() + k0 * rows;
+      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+        gemv_4bit_rows_avx2(p, absmax.data_ptr<float>(), r0, r1, rows, cols, w.spec.block, code, xp, nx, yp);
+      });
+    }
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = rows;
     return y.view(shape);
   }
 #endif

@@ -136,10 +136,16 @@ QuantSpec parse_quant_spec(const std::string& spec) {
       if (q.calib < 1) fail("quantization spec '", spec, "': calib must be >= 1");
     } else if (key == "seqlen") {
       q.seqlen = static_cast<int>(parse_int(spec, key, v));
-      if (q.seqlen < 2) fail("quantization spec '", spec, "': seqlen must be >= 2");
+      if (q.seqlen < 1) fail("quantization spec '", spec, "': seqlen must be >= 1");
     }
   }
   return q;
+}
+
+std::string spec_for_device(const std::string& spec, const std::string& device) {
+  if (spec.empty() || spec == "none" || device.rfind("cpu", 0) != 0) return spec;
+  if (!parse_quant_spec(spec).quantized() || spec.find("compute=") != std::string::npos) return spec;
+  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + "compute=fp32";
 }
 
 }  // namespace qinterp::quant

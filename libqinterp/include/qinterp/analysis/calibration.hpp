@@ -1,4 +1,4 @@
-// Output-side analyses: calibration of the predicted answer and perplexity of a token stream.
+// Calibration of the predicted answer (perplexity is in analysis/perplexity.hpp).
 #pragma once
 #include <functional>
 #include <utility>
@@ -47,45 +47,5 @@ class Calibration : public Accumulator {
   int64_t bins_;
   std::vector<at::Tensor> conf_, correct_;  // appended batches (float64 / bool), CPU
 };
-
-// Mean negative log-likelihood (nats) and perplexity of predicted tokens.
-// update(logits [B, S, V], targets [B, S] int64, mask [B, S]): position s of row b is scored
-// against targets[b, s] where the mask is true (so pass targets already shifted by one).
-// Log-softmax runs in float32 or wider; sums are float64.
-// finalize(): tokens, nll (sum, nats), mean_nll, perplexity = exp(mean_nll).
-class Perplexity : public Accumulator {
- public:
-  Perplexity() = default;
-
-  void update(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask = {});
-  std::string kind() const override { return "Perplexity"; }
-  void merge(const Accumulator& other) override;
-  State state() const override;
-  void restore(const State& s) override;
-  Tensors finalize() const override;
-  void to(const at::Device& device) override {}
-
-  int64_t tokens() const { return tokens_; }
-  double nll() const { return nll_; }
-
- private:
-  int64_t tokens_ = 0;
-  double nll_ = 0.0;
-};
-
-// Next-token targets of a left-padded batch, for Perplexity::update(logits[:, :-1], targets, mask):
-// targets = ids[:, 1:], and a position counts only when it and the token it predicts are both real
-// (mask[:, 1:] alone would also score the first real token of a padded row from a pad position).
-// ids [B, T] int64, mask [B, T] bool / 0-1 -> {targets [B, T-1], mask [B, T-1] bool}.
-std::pair<at::Tensor, at::Tensor> next_token_targets(const at::Tensor& ids, const at::Tensor& mask);
-
-// Sliding-window perplexity of one token stream `ids` [T] (Hugging Face's recipe): windows of
-// `context` tokens starting every `stride` tokens; each window scores only the tokens that the
-// previous windows have not scored, with at least context − stride tokens of left context.
-// With stride < context every token after the first is scored once; stride = context gives
-// non-overlapping windows whose first token is not scored (it has no context), as in the recipe.
-// Calls progress(done, total) after each window when given.
-void perplexity(model::Model& model, const at::Tensor& ids, int64_t context, int64_t stride, Perplexity& acc,
-                const std::function<void(int64_t, int64_t)>& progress = {});
 
 }  // namespace qinterp::analysis

@@ -35,6 +35,15 @@ inline bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
+// The last component without its extension ("models/SmolLM2.Q4_1.gguf" -> "SmolLM2.Q4_1").
+inline std::string stem(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  std::string s = p.substr(p.find_last_of('/') + 1);
+  const size_t dot = s.find_last_of('.');
+  return dot == std::string::npos || dot == 0 ? s : s.substr(0, dot);
+}
+
 // mkdir -p; throws qinterp::Error on failure.
 inline void make_dirs(const std::string& p) {
   if (p.empty() || is_dir(p)) return;

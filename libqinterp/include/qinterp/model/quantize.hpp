@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -25,6 +26,12 @@ void quantize_model(Model& model, const quant::QuantSpec& spec, const at::Tensor
 // ("<weight>.qdata", ...), and metadata (qinterp.quant = the spec, qinterp.config = the model's
 // configuration, qinterp.shape.<weight> / qinterp.dtype.<weight>). load_model(dir) reads it back.
 void save_model(const Model& model, const std::string& dir);
+
+// GPTQ's calibration as the field draws it (the IST-DASLab loaders): `n` windows of `seqlen`
+// tokens at random starts in the token stream `ids` [T], the starts drawn exactly as Python's
+// random.seed(seed); random.randint(0, T - seqlen - 1) draws them, so the same stream gives the
+// reference's windows. Needs T > seqlen. Returns [n, seqlen] int64.
+at::Tensor random_calibration_windows(const at::Tensor& ids, int64_t n, int64_t seqlen, uint64_t seed = 0);
 
 // Random-free default calibration for GPTQ when the caller has none: `n` windows of `seqlen`
 // tokens cut from the concatenation of `ids` rows (real tokens only, mask applied).

@@ -75,8 +75,11 @@ Int8Rows int8_vectorwise_quant(const at::Tensor& x, double threshold);
 // columns, outlier columns in x's dtype against the dequantized weight columns.
 at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias = {});
 
-// y = x Wᵀ for one token per row of x ([n, in], n small) and a 4-bit weight [out, in]: the fused
-// CUDA kernel when x is on a GPU and in % block == 0, else dequantize + matmul. Returns x's dtype.
+// y = x Wᵀ for one token per row of x ([n, in], n small) and a 4-bit weight [out, in], fused (the
+// weight decoded in registers, never written out): the CUDA kernel when x is on a GPU and
+// in % block == 0; on a CPU with AVX2 + FMA when x is float32 and `in` is even (products of the
+// exact dequantized values, summed in fp32 in another order than a matmul); else dequantize +
+// matmul. Returns x's dtype.
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w);
 
 }  // namespace qinterp::quant

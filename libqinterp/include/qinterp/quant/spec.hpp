@@ -38,4 +38,10 @@ struct QuantSpec {
 // Throws Error naming the bad part and listing what is valid.
 QuantSpec parse_quant_spec(const std::string& spec);
 
+// The spec to load with on `device`: on a CPU a quantized spec that names no `compute` dtype gets
+// compute=fp32. CPUs here have no fast fp16 matrix product (fp16 compute was about 5x slower than
+// fp32 on the reference machine) and the stored weights are the same; the paper's fp16 stays
+// available by naming it (compute=fp16), as the runner's paper mode does. Other specs unchanged.
+std::string spec_for_device(const std::string& spec, const std::string& device);
+
 }  // namespace qinterp::quant

@@ -1,0 +1,113 @@
+"""Decoding speed at batch 1: each qinterp precision against qinterp fp32, and qinterp fp32 against
+transformers on the same weights, in one run (same threads, same prompt length, EOS ignored).
+
+    PYTHONPATH=build/python python bench/decode.py                       # SmolLM2 GGUF, 2 threads
+    PYTHONPATH=build/python python bench/decode.py --model ../shared/fixtures/stories260K/stories260K.bin --no-hf
+
+llama.cpp: pass --llama-python PATH, a Python with llama-cpp-python installed (a separate
+environment: it builds llama.cpp from source, about ten minutes here, never in make test or CI);
+the same GGUF is then decoded by llama.cpp with the same thread count. Measure on an idle machine:
+llama.cpp's threads spin while they wait, so a loaded machine collapses its figures.
+"""
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import torch
+
+import qinterp
+
+MODELS = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".cache/qinterp/models"))
+
+LLAMA = """
+import sys, time
+from llama_cpp import Llama
+path, threads, prompt, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_ctx=prompt + new + 8, n_threads=threads, n_batch=prompt, verbose=False)
+ids = [(i * 7919) % 1000 + 100 for i in range(prompt)]
+def run(n):
+    llm.reset()
+    llm.eval(ids)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tok = llm.sample(temp=0.0)
+        llm.eval([tok])
+    return time.perf_counter() - t0
+run(8)
+print(new / run(new))
+"""
+
+
+def hf_decode(path, prompt, new):
+    from transformers import AutoModelForCausalLM
+    p = pathlib.Path(path)
+    hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, torch_dtype=torch.float32).eval()
+    ids = torch.randint(0, hf.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        hf.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)  # warm-up
+        t0 = time.perf_counter()
+        hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        hf.generate(ids, max_new_tokens=new + 1, min_new_tokens=new + 1, **kw)
+        total = time.perf_counter() - t0
+    return new / (total - prefill)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--quant", nargs="+", default=["fp32", "int8", "nf4", "nf4:compute=fp16", "gptq4", "rtn4"])
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--llama-python")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    calib = None
+    for spec in a.quant:
+        s = qinterp._C.spec_for_device(spec, "cpu") if spec not in ("fp32", "fp16", "bf16") else spec
+        if spec.startswith("gptq"):
+            if calib is None:  # speed does not depend on which windows calibrated the weights
+                calib = torch.randint(0, 1000, (16, 128), generator=torch.Generator().manual_seed(0))
+            m = qinterp.load_model(a.model, quant=s, calibration=calib)
+        else:
+            m = qinterp.load_model(a.model, quant=s)
+        r = qinterp.speed(m, a.prompt_tokens, a.new_tokens)
+        rows.append((spec, r))
+        print(f"{spec:22s} weights {r['weight_bytes'] / 2**20:8.1f} MiB  prefill {r['prefill_seconds']:7.3f} s  "
+              f"decode {r['decode_tokens_per_second']:8.2f} tokens/s", flush=True)
+        del m
+    base = dict(rows).get("fp32")
+    if base:
+        print("\nratio of decoding tokens/s against qinterp fp32 (same run):")
+        for spec, r in rows:
+            print(f"  {spec:22s} {r['decode_tokens_per_second'] / base['decode_tokens_per_second']:.2f}x")
+    if not a.no_hf and base:
+        hf = hf_decode(a.model, a.prompt_tokens, a.new_tokens)
+        print(f"\ntransformers fp32 (same GGUF, {a.threads} threads): {hf:.2f} tokens/s; "
+              f"qinterp fp32 / transformers = {base['decode_tokens_per_second'] / hf:.2f}x")
+        for spec, r in rows:
+            print(f"  qinterp {spec:22s} / transformers fp32 = {r['decode_tokens_per_second'] / hf:.2f}x")
+    if a.llama_python:
+        out = subprocess.run([a.llama_python, "-c", LLAMA, a.model, str(a.threads), str(a.prompt_tokens),
+                              str(a.new_tokens)], capture_output=True, text=True)
+        if out.returncode != 0:
+            print("llama.cpp failed:", out.stderr[-2000:])
+        else:
+            lc = float(out.stdout.strip().splitlines()[-1])
+            print(f"\nllama.cpp on the GGUF as stored: {lc:.2f} tokens/s")
+            for spec, r in rows:
+                print(f"  qinterp {spec:22s} / llama.cpp = {r['decode_tokens_per_second'] / lc:.2f}x")
+    else:
+        print("\nllama.cpp: not measured (pass --llama-python, see the docstring)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

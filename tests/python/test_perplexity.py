@@ -1,0 +1,219 @@
+"""Paper 2's perplexity and speed: both perplexity protocols against a direct computation with
+transformers on the same weights and windows, GPTQ's random calibration windows against Python's
+own random module, and the perplexity / speed commands."""
+import math
+import os
+import random
+import subprocess
+
+import h5py
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+import qinterp
+from conftest import ROOT, SHARED, SMOLLM2, STORIES, write_hf_checkpoint
+
+WIKI = SHARED / "datasets" / "wikitext2" / "wiki.test.raw"
+CLI = os.environ.get("QINTERP_CLI", str(ROOT / "build" / "qinterp"))
+
+
+def rows_joined():
+    """WikiText-2 as the data set's rows, written here independently of the library."""
+    rows = []
+    for line in WIKI.read_text(encoding="utf-8").split("\n")[:-1]:  # the file ends with "\n"
+        rows.append("" if line.strip(" ") == "" else line + "\n")
+    return "\n\n".join(rows)
+
+
+def hf_gptq(hf, ids, seqlen, windows):
+    """GPTQ's eval loop: mean over windows of the window's mean next-token loss."""
+    losses = []
+    with torch.no_grad():
+        for w in range(windows):
+            x = ids[w * seqlen:(w + 1) * seqlen].unsqueeze(0)
+            losses.append(hf(input_ids=x, labels=x).loss.double())
+    return math.exp(torch.stack(losses).mean().item())
+
+
+def hf_llamacpp(hf, ids, n_ctx, chunks, bos):
+    """llama.cpp's perplexity: BOS replaces each chunk's first token; positions n_ctx/2 .. n_ctx-2
+    predict the next token."""
+    nll, count, first = 0.0, 0, n_ctx // 2
+    with torch.no_grad():
+        for c in range(chunks):
+            x = ids[c * n_ctx:(c + 1) * n_ctx].clone()
+            if bos is not None:
+                x[0] = bos
+            logp = torch.log_softmax(hf(input_ids=x.unsqueeze(0)).logits[0].double(), -1)
+            tgt = x[first + 1:]
+            nll -= logp[first:n_ctx - 1].gather(1, tgt.unsqueeze(1)).sum().item()
+            count += n_ctx - 1 - first
+    return math.exp(nll / count), count
+
+
+@pytest.fixture(scope="module")
+def stories_hf(tmp_path_factory, stories_model):
+    d = tmp_path_factory.mktemp("stories_hf")
+    write_hf_checkpoint(stories_model, d)
+    return LlamaForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+
+
+def test_wikitext_rows_joined_as_the_loaders_do():
+    raw = WIKI.read_text(encoding="utf-8")
+    joined = qinterp._C.wikitext_joined(raw)
+    assert joined == rows_joined()
+    assert joined.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
+
+
+def test_stories_both_protocols_match_transformers(stories_model, stories_tok, stories_hf):
+    ids = torch.tensor(stories_tok.encode(rows_joined()))
+    assert ids[0].item() == 1 and (ids == 1).sum().item() == 1  # one BOS, at the very start
+    r = qinterp.perplexity(stories_model, stories_tok, "wikitext2", max_windows=40)
+    assert r["protocol"] == "gptq" and r["seqlen"] == 512 and r["windows"] == 40
+    assert r["stream_tokens"] == len(ids) and r["tokens"] == 40 * 511
+    ref = hf_gptq(stories_hf, ids, 512, 40)
+    assert abs(r["ppl"] / ref - 1) < 1e-4, (r["ppl"], ref)
+    assert abs(math.exp(r["nll"]) - r["ppl"]) < 1e-9 * r["ppl"]
+
+    raw_ids = torch.tensor(stories_tok.encode(WIKI.read_text(encoding="utf-8")))
+    r = qinterp.perplexity(stories_model, stories_tok, "wikitext2", protocol="llamacpp", max_windows=30)
+    ref, count = hf_llamacpp(stories_hf, raw_ids, 512, 30, bos=1)
+    assert r["seqlen"] == 512 and r["tokens"] == count == 30 * 255
+    assert abs(r["ppl"] / ref - 1) < 1e-4, (r["ppl"], ref)
+    # The two protocols are different numbers: every figure must carry its protocol's name.
+    assert abs(r["ppl"] / qinterp.perplexity(stories_model, stories_tok, "wikitext2", max_windows=30)["ppl"] - 1) > 1e-3
+
+
+def test_smollm2_both_protocols_match_transformers_on_the_gguf():
+    hf = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name,
+                                              torch_dtype=torch.float32).eval()
+    model = qinterp.load_model(SMOLLM2)
+    tok = qinterp.load_tokenizer(SMOLLM2)
+    ids = torch.tensor(tok.encode(rows_joined()))
+    r = qinterp.perplexity(model, tok, "wikitext2", seqlen=256, max_windows=3)
+    ref = hf_gptq(hf, ids, 256, 3)
+    assert r["tokens"] == 3 * 255 and abs(r["ppl"] / ref - 1) < 1e-4, (r["ppl"], ref)
+    # SmolLM2's tokenizer adds no BOS, so llama.cpp's chunks keep their first token.
+    raw_ids = torch.tensor(tok.encode(WIKI.read_text(encoding="utf-8")))
+    r = qinterp.perplexity(model, tok, "wikitext2", protocol="llamacpp", seqlen=256, max_windows=3)
+    ref, count = hf_llamacpp(hf, raw_ids, 256, 3, bos=None)
+    assert r["tokens"] == count and abs(r["ppl"] / ref - 1) < 1e-4, (r["ppl"], ref)
+
+
+def test_perplexity_refuses_bad_input(stories_model, stories_tok, tmp_path):
+    with pytest.raises(qinterp.Error, match="unknown perplexity protocol 'hf'"):
+        qinterp.perplexity(stories_model, stories_tok, "some text", protocol="hf")
+    with pytest.raises(qinterp.Error, match="shorter than one window of 512"):
+        qinterp.perplexity(stories_model, stories_tok, "Once upon a time")
+    with pytest.raises(qinterp.Error, match="longer than the model's context of 512"):
+        qinterp.perplexity(stories_model, stories_tok, "Once upon a time", seqlen=1024)
+    with pytest.raises(qinterp.Error, match="seqlen must be >= 2"):
+        qinterp.perplexity(stories_model, stories_tok, "Once upon a time", seqlen=-3)
+    f = tmp_path / "story.txt"
+    f.write_text("Once upon a time there was a cat. " * 100)
+    r = qinterp.perplexity(stories_model, stories_tok, f, seqlen=64)
+    assert r["windows"] == r["stream_tokens"] // 64 and r["tokens"] == r["windows"] * 63
+
+
+def test_random_calibration_windows_are_gptq_loaders_windows():
+    ids = torch.arange(5000) * 7
+    for seed, n, seqlen in [(0, 128, 256), (1, 5, 4999), (2**40 + 3, 3, 17)]:
+        w = qinterp.random_calibration_windows(ids, n, seqlen, seed)
+        random.seed(seed)
+        starts = [random.randint(0, len(ids) - seqlen - 1) for _ in range(n)]
+        assert w.shape == (n, seqlen)
+        assert torch.equal(w, torch.stack([ids[s:s + seqlen] for s in starts]))
+    with pytest.raises(qinterp.Error, match="5000 tokens; windows of 5000 need more"):
+        qinterp.random_calibration_windows(ids, 1, 5000)
+
+
+def cli(*args):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_perplexity_command_writes_every_precision(tmp_path):
+    out = tmp_path / "ppl.h5"
+    r = cli("perplexity", "--model", STORIES / "stories260K.bin", "--quant", "fp32", "--quant", "nf4",
+            "--quant", "gptq4:group=32", "--max-windows", "3", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "protocol gptq" in r.stdout
+    lines = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| precision")]
+    assert [l.split("|")[1].strip() for l in lines] == ["fp32", "nf4", "gptq4:group=32"]
+    assert "GPTQ calibration: 128 random windows (seed 0) of 256 tokens" in r.stderr
+    with h5py.File(out, "r") as f:
+        g = f["stories260K/fp32/wikitext2/Perplexity_gptq"]
+        assert g["windows"][()] == 3 and g["tokens"][()] == 3 * 511 and g.attrs["protocol"] == "gptq"
+        printed = float(lines[0].split("|")[2])
+        assert abs(g["ppl"][()] - printed) < 1e-3
+        assert "calib=128,seqlen=256" in f["stories260K/gptq4:group=32/wikitext2/Perplexity_gptq"].attrs["spec"]
+    bad = cli("perplexity", "--model", STORIES / "stories260K.bin", "--protocol", "hf")
+    assert bad.returncode == 1 and "unknown perplexity protocol 'hf'" in bad.stderr
+    bad = cli("perplexity", "--model", STORIES / "stories260K.bin", "--dataset", tmp_path / "none.txt")
+    assert bad.returncode == 1 and "none.txt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_gptq_records_the_calibration_it_used(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("Once upon a time there was a little dog named Tim. He liked to run in the park. " * 2)
+    out = tmp_path / "q"
+    r = cli("quantize", "--model", STORIES / "stories260K.bin", "--quant", "gptq4:group=32", "--calib", text,
+            "--out", out)
+    assert r.returncode == 0, r.stderr
+    tok = qinterp.load_tokenizer(STORIES / "tok512.bin")
+    n = len(tok.encode(text.read_text()))
+    assert f"128 random windows (seed 0) of {n - 1} tokens" in r.stderr
+    m = qinterp.load_model(out)
+    assert m.quant.endswith(f"calib=128,seqlen={n - 1},compute=fp16")
+    assert qinterp.load_model(out, quant="gptq4:group=32").quant == m.quant  # the ask ignores calibration
+
+
+def test_speed_command_and_api(tmp_path):
+    m = qinterp.load_model(STORIES / "stories260K.bin", quant="nf4")
+    s = qinterp.speed(m, prompt_tokens=32, new_tokens=16, warmup=2)
+    stored = sum(t.numel() * t.element_size() for t in m.named_parameters().values())
+    assert s["weight_bytes"] == stored
+    assert s["new_tokens"] == 16 and s["decode_seconds"] > 0
+    assert abs(s["decode_tokens_per_second"] - 16 / s["decode_seconds"]) < 1e-6 * s["decode_tokens_per_second"]
+    assert s["peak_host_bytes"] > stored and s["peak_device_allocated"] == -1
+    out = tmp_path / "speed.h5"
+    r = cli("speed", "--model", STORIES / "stories260K.bin", "--quant", "fp32", "--quant", "int8", "--quant", "nf4",
+            "--prompt-tokens", "32", "--new-tokens", "16", "--out", out)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| precision")]
+    assert [l.split("|")[1].strip() for l in lines] == ["fp32", "int8", "nf4"]
+    with h5py.File(out, "r") as f:
+        for p in ["fp32", "int8", "nf4"]:
+            g = f[f"stories260K/{p}/speed"]
+            ref = qinterp.load_model(STORIES / "stories260K.bin", quant=p if p != "fp32" else None)
+            assert g["weight_bytes"][()] == sum(t.numel() * t.element_size() for t in ref.named_parameters().values())
+            assert g["new_tokens"][()] == 16 and g["decode_tokens_per_second"][()] > 0
+    bad = cli("speed", "--model", STORIES / "stories260K.bin", "--prompt-tokens", "500", "--new-tokens", "100")
+    assert bad.returncode == 1 and "exceed the model's context of 512" in bad.stderr
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "fp4:double_quant=0", "nf4:block=128", "fp4:block=32"])
+def test_fused_4bit_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
+    g = torch.Generator().manual_seed(3)
+    # odd shapes: blocks straddling rows (130 % 64), scalar-only rows (2), several x groups (5 rows)
+    for rows, cols in [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129)]:
+        w = torch.randn(rows, cols, generator=g)
+        q = qinterp.quant.quantize(w, fmt)
+        deq = qinterp.quant.dequantize(q).double()
+        for n in [1, 3, 5]:
+            x = torch.randn(n, cols, generator=g)
+            y = qinterp.quant.gemv_4bit(x, q)
+            ref = x.double() @ deq.T
+            bound = 2e-6 * (x.double().abs() @ deq.abs().T) + 1e-30
+            assert y.dtype == torch.float32 and y.shape == (n, rows)
+            assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
+
+
+def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward():
+    m = qinterp.load_model(STORIES / "stories260K.bin", quant="nf4:compute=fp32")
+    tok = qinterp.load_tokenizer(STORIES / "tok512.bin")
+    ids = torch.tensor([tok.encode("Once upon a time")])
+    out = m.generate(ids, max_new_tokens=40)  # one row per step: the fused kernel
+    logits = m.forward(out)  # all positions at once: dequantize + matmul
+    steps = logits[0, ids.size(1) - 1:-1]
+    assert torch.equal(steps.argmax(-1), out[0, ids.size(1):])
