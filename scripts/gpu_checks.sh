@@ -49,6 +49,19 @@ if ls .devshare/py/qinterp/_C*.so >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/captum-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
     step "IG vs Captum on the GPU (fp16)" 240 python3 bench/ig.py --random-init --device cuda --dtype fp16 --examples 5
   fi
+  # Paper 2 on the GPU: a randomly initialised model of SmolLM2's shape (the GGUF cannot travel).
+  if python3 -c "import transformers" 2>/dev/null && [ -x .devshare/bin/qinterp ]; then
+    python3 - <<'PY'
+import torch, transformers
+c = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                             tie_word_embeddings=True, rope_theta=100000.0)
+torch.manual_seed(0)
+transformers.LlamaForCausalLM(c).save_pretrained("/tmp/smol-random", safe_serialization=True)
+PY
+    step "speed on the GPU (paper 2's Table 8 layout)" 240 .devshare/bin/qinterp speed --model /tmp/smol-random \
+      --device cuda --quant fp16 --quant int8 --quant nf4 --quant rtn4 --prompt-tokens 256 --new-tokens 512
+  fi
 fi
 if command -v compute-sanitizer >/dev/null; then
   step "memcheck: 4-bit kernels" 180 compute-sanitizer --tool memcheck --error-exitcode 1 \

@@ -217,3 +217,36 @@ def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward():
     logits = m.forward(out)  # all positions at once: dequantize + matmul
     steps = logits[0, ids.size(1) - 1:-1]
     assert torch.equal(steps.argmax(-1), out[0, ids.size(1):])
+
+
+@pytest.mark.parametrize("fmt", ["rtn4:group=32", "rtn3:group=128", "rtn2:group=64,sym=0", "rtn8:group=128",
+                                 "rtn4:group=0", "rtn4:group=31"])
+def test_fused_grouped_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
+    g = torch.Generator().manual_seed(5)
+    for rows, cols in [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129)]:
+        w = torch.randn(rows, cols, generator=g)
+        q = qinterp.quant.quantize(w, fmt)
+        deq = qinterp.quant.dequantize(q).double()
+        for n in [1, 3, 5]:
+            x = torch.randn(n, cols, generator=g)
+            y = qinterp.quant.gemv_grouped(x, q)
+            ref = x.double() @ deq.T
+            bound = 2e-6 * (x.double().abs() @ deq.abs().T) + 1e-30
+            assert y.dtype == torch.float32 and y.shape == (n, rows)
+            assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
+
+
+def test_fused_grouped_gemv_with_act_order_and_a_gptq_model_decode():
+    g = torch.Generator().manual_seed(6)
+    w, xs = torch.randn(48, 256, generator=g), torch.randn(512, 256, generator=g)
+    h = qinterp.quant.GptqHessian(256)
+    h.add(xs)
+    q, _ = qinterp.quant.gptq_quantize(w, h.matrix, "gptq4:group=64,act_order=1")
+    x = torch.randn(2, 256, generator=g)
+    ref = x.double() @ qinterp.quant.dequantize(q).double().T
+    assert torch.allclose(qinterp.quant.gemv_grouped(x, q).double(), ref, rtol=0, atol=1e-4)
+    m = qinterp.load_model(STORIES / "stories260K.bin", quant="rtn4:group=32,compute=fp32")
+    ids = torch.tensor([[1, 403, 407, 261, 378]])
+    out = m.generate(ids, max_new_tokens=40)  # one row per step: the fused kernel
+    steps = m.forward(out)[0, ids.size(1) - 1:-1]  # every position at once: dequantize + matmul
+    assert torch.equal(steps.argmax(-1), out[0, ids.size(1):])

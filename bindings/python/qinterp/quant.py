@@ -57,10 +57,17 @@ def gemv_4bit(x: torch.Tensor, weight: QuantizedTensor) -> torch.Tensor:
     return _C.gemv_4bit(x, weight)
 
 
+def gemv_grouped(x: torch.Tensor, weight: QuantizedTensor) -> torch.Tensor:
+    """x Wᵀ for an rtn/gptq weight, fused (AVX2 + FMA) for float32 on a CPU when the groups are in
+    natural column order; dequantize + matmul otherwise (act-order, other dtypes and devices)."""
+    return _C.gemv_grouped(x, weight)
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: str = "gptq4") -> Tuple[QuantizedTensor, float]:
     """GPTQ on one layer: weight [out, in], hessian [in, in] (GptqHessian.matrix). Returns (qt, loss)."""
     return _C.gptq_quantize(weight, hessian, spec)
 
 
 __all__ = ["QuantizedTensor", "GptqHessian", "quantize", "dequantize", "linear", "quantize_4bit", "dequantize_4bit",
+           "gemv_grouped",
            "int8_vectorwise_quant", "gemv_4bit", "gptq_quantize", "parse_spec", "dynamic_map"]

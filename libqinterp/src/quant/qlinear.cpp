@@ -58,7 +58,14 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
       }
       break;
     case Method::RTN:
-    case Method::GPTQ: y = at::linear(xc, dequantize(w_, compute_), b); break;
+    case Method::GPTQ:
+      if (xc.is_cpu() && xc.scalar_type() == at::kFloat && !grad && xc.numel() / in_features() <= 4) {
+        y = gemv_grouped(xc, w_);
+        if (b.defined()) y = y + b;
+      } else {
+        y = at::linear(xc, dequantize(w_, compute_), b);
+      }
+      break;
     case Method::None: fail("QLinear: no quantized format");
   }
   return y.to(x.scalar_type());

@@ -182,6 +182,59 @@ __attribute__((target("avx2,fma"))) void gemv_4bit_rows_avx2(const uint8_t* p, c
   }
 }
 
+// y[k, r] = sum_c x[k, c] * scale[r, g] * (code[r, c] - zero[r, g]), g = c / group, for rows r0..r1
+// and nx <= 4 input rows: codes two per byte (bits <= 4, high nibble first; every row starts on a
+// byte) or one per byte, decoded in registers; the products use the dequantized values exactly.
+__attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d, int64_t row_bytes, bool nibbles,
+                                                                const float* scale, const float* zero,
+                                                                int64_t ngroups, int64_t group, int64_t r0,
+                                                                int64_t r1, int64_t rows, int64_t cols,
+                                                                const float* x, int64_t nx, float* y) {
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc[4][2];
+    float tail[4] = {0, 0, 0, 0};
+    for (int k = 0; k < 4; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    const uint8_t* row = d + r * row_bytes;
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const int64_t c0 = g * group, c1 = std::min(cols, c0 + group);
+      const float sc = scale[r * ngroups + g], ze = zero[r * ngroups + g];
+      const __m256 vs = _mm256_set1_ps(sc), vz = _mm256_set1_ps(ze);
+      int64_t c = c0;
+      for (; c + 16 <= c1; c += 16) {
+        __m128i idx;
+        if (nibbles) {
+          const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2));
+          idx = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+        } else {
+          idx = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+        }
+        __m256 v[2];
+        for (int h = 0; h < 2; ++h) {
+          const __m256 code = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(h ? _mm_srli_si128(idx, 8) : idx));
+          v[h] = _mm256_mul_ps(vs, _mm256_sub_ps(code, vz));
+        }
+        for (int64_t k = 0; k < nx; ++k) {
+          acc[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
+          acc[k][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
+        }
+      }
+      for (; c < c1; ++c) {
+        const int code = nibbles ? ((c & 1) ? (row[c >> 1] & 15) : (row[c >> 1] >> 4)) : row[c];
+        const float w = sc * (static_cast<float>(code) - ze);
+        for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + c];
+      }
+    }
+    for (int64_t k = 0; k < nx; ++k) {
+      const __m256 s8 = _mm256_add_ps(acc[k][0], acc[k][1]);
+      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+      s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
+      y[k * rows + r] = _mm_cvtss_f32(s4) + tail[k];
+    }
+  }
+}
+
 bool cpu_has_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -660,6 +713,40 @@ at::Tensor dequantize(const QuantizedTensor& q, at::ScalarType dtype) {
     case Method::None: break;
   }
   fail("dequantize: tensor has no quantized format");
+}
+
+at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
+  if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
+  if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
+  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
+    fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
+#ifdef QINTERP_X86_AVX2
+  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+  const int64_t ngroups = groups_of(w.spec, cols);
+  const bool nibbles = w.spec.bits <= 4;
+  // Columns in their natural groups only (act-order permutes them: dequantize + matmul then).
+  const bool natural = w.g_idx.defined() && w.g_idx.numel() == cols &&
+                       at::equal(w.g_idx.to(at::kLong), at::arange(cols, at::kLong).div(group, "floor"));
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && natural &&
+      (!nibbles || group % 2 == 0) && cpu_has_fma()) {
+    const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+    const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
+    at::Tensor y = at::empty({xs.size(0), rows}, xs.options());
+    for (int64_t k0 = 0; k0 < xs.size(0); k0 += 4) {
+      const int64_t nx = std::min<int64_t>(4, xs.size(0) - k0);
+      const float* xp = xs.data_ptr<float>() + k0 * cols;
+      float* yp = y.data_ptr<float>() + k0 * rows;
+      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+        gemv_grouped_rows_avx2(data.data_ptr<uint8_t>(), data.size(1), nibbles, scale.data_ptr<float>(),
+                               zero.data_ptr<float>(), ngroups, group, r0, r1, rows, cols, xp, nx, yp);
+      });
+    }
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = rows;
+    return y.view(shape);
+  }
+#endif
+  return at::linear(x, dequantize(w, x.scalar_type()));
 }
 
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {

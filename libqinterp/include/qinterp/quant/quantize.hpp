@@ -82,4 +82,9 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
 // matmul. Returns x's dtype.
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w);
 
+// The same for an rtn/gptq weight (any bits, groups in natural column order): fused on a CPU with
+// AVX2 + FMA for float32 x (and an even group when codes are two per byte); else (act-order, other
+// devices and dtypes) dequantize + matmul. Returns x's dtype.
+at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w);
+
 }  // namespace qinterp::quant
