@@ -521,15 +521,20 @@ std::shared_ptr<qinterp::Model> load_precision(const Args& a, const std::string&
   qinterp::LoadOptions lo;
   lo.device = a.get("device", "cpu");
   lo.quant = qinterp::quant::spec_for_device(prec, lo.device);
-  if (spec.method == qinterp::quant::Method::GPTQ) {
-    auto dense = qinterp::load_model(a.get("model"), qinterp::LoadOptions{lo.device, "", "", {}});
-    if (!tok) tok = tokenizer_for(a, *dense);
-    const char* env_data = std::getenv("QINTERP_DATA");
-    const std::string src =
-        a.has("calib") ? a.get("calib") : paths::join(a.get("data", env_data ? env_data : "../shared/datasets/paper1"), "boolq.csv");
-    lo.calibration = calibration(spec, *tok, dense->config().max_seq_len, src, 0);
-  }
-  return qinterp::load_model(a.get("model"), lo);
+  if (spec.method != qinterp::quant::Method::GPTQ) return qinterp::load_model(a.get("model"), lo);
+  // GPTQ: load once, calibrate on the dense model's context, quantize in place.
+  auto model = qinterp::load_model(a.get("model"), qinterp::LoadOptions{lo.device, "", "", {}});
+  if (!tok) tok = tokenizer_for(a, *model);
+  const char* env_data = std::getenv("QINTERP_DATA");
+  const std::string src =
+      a.has("calib") ? a.get("calib") : paths::join(a.get("data", env_data ? env_data : "../shared/datasets/paper1"), "boolq.csv");
+  const auto used = qinterp::quant::parse_quant_spec(lo.quant);
+  qinterp::ProgressMeter meter(isatty(2) != 0);
+  qinterp::model::quantize_model(*model, used, calibration(used, *tok, model->config().max_seq_len, src, 0),
+                                 [&](int64_t d, int64_t t) {
+                                   std::cerr << meter.update({"GPTQ " + prec, d, t, "layers", d == t}) << std::flush;
+                                 });
+  return model;
 }
 
 std::vector<std::string> precisions(const Args& a) {
@@ -557,15 +562,20 @@ int cmd_perplexity(const Command& c, const Args& a) {
   std::shared_ptr<qinterp::text::Tokenizer> tok;
   qinterp::ProgressMeter meter(isatty(2) != 0);
   std::vector<std::pair<std::string, an::PerplexityResult>> rows;
+  at::Tensor ids;  // the text tokenized once, for every precision
   for (const auto& prec : precs) {
     auto model = load_precision(a, prec, tok);
     if (!tok) tok = tokenizer_for(a, *model);
+    if (!ids.defined()) {
+      ids = at::tensor(tok->encode(text), at::kLong);
+      if (po.protocol == an::PerplexityProtocol::LlamaCpp && tok->add_bos_default()) po.bos_id = tok->bos_id();
+    }
     std::function<void(int64_t, int64_t)> cb;
     if (!a.has("quiet"))
       cb = [&](int64_t d, int64_t t) {
         std::cerr << meter.update({"perplexity " + prec, d, t, "windows", d == t}) << std::flush;
       };
-    const auto r = an::evaluate_perplexity(*model, *tok, text, po, cb);
+    const auto r = an::evaluate_perplexity(*model, ids, po, cb);
     rows.emplace_back(prec, r);
     if (store) {
       const std::string g = qinterp::io::ResultStore::join({name, prec, data_name, std::string("Perplexity_") + r.protocol});

@@ -192,8 +192,11 @@ def test_speed_command_and_api(tmp_path):
     assert bad.returncode == 1 and "exceed the model's context of 512" in bad.stderr
 
 
-@pytest.mark.parametrize("fmt", ["nf4", "fp4:double_quant=0", "nf4:block=128", "fp4:block=32"])
-def test_fused_4bit_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
+@pytest.mark.parametrize("fmt", ["nf4", "fp4:double_quant=0", "nf4:block=128", "fp4:block=32", "rtn4:group=32",
+                                 "rtn3:group=128", "rtn2:group=64,sym=0", "rtn8:group=128", "rtn4:group=0",
+                                 "rtn4:group=31"])
+def test_fused_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
+    gemv = qinterp.quant.gemv_4bit if fmt[:3] in ("nf4", "fp4") else qinterp.quant.gemv_grouped
     g = torch.Generator().manual_seed(3)
     # odd shapes: blocks straddling rows (130 % 64), scalar-only rows (2), several x groups (5 rows)
     for rows, cols in [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129)]:
@@ -202,7 +205,7 @@ def test_fused_4bit_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
         deq = qinterp.quant.dequantize(q).double()
         for n in [1, 3, 5]:
             x = torch.randn(n, cols, generator=g)
-            y = qinterp.quant.gemv_4bit(x, q)
+            y = gemv(x, q)
             ref = x.double() @ deq.T
             bound = 2e-6 * (x.double().abs() @ deq.abs().T) + 1e-30
             assert y.dtype == torch.float32 and y.shape == (n, rows)
@@ -217,23 +220,6 @@ def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward():
     logits = m.forward(out)  # all positions at once: dequantize + matmul
     steps = logits[0, ids.size(1) - 1:-1]
     assert torch.equal(steps.argmax(-1), out[0, ids.size(1):])
-
-
-@pytest.mark.parametrize("fmt", ["rtn4:group=32", "rtn3:group=128", "rtn2:group=64,sym=0", "rtn8:group=128",
-                                 "rtn4:group=0", "rtn4:group=31"])
-def test_fused_grouped_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
-    g = torch.Generator().manual_seed(5)
-    for rows, cols in [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129)]:
-        w = torch.randn(rows, cols, generator=g)
-        q = qinterp.quant.quantize(w, fmt)
-        deq = qinterp.quant.dequantize(q).double()
-        for n in [1, 3, 5]:
-            x = torch.randn(n, cols, generator=g)
-            y = qinterp.quant.gemv_grouped(x, q)
-            ref = x.double() @ deq.T
-            bound = 2e-6 * (x.double().abs() @ deq.abs().T) + 1e-30
-            assert y.dtype == torch.float32 and y.shape == (n, rows)
-            assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
 
 
 def test_fused_grouped_gemv_with_act_order_and_a_gptq_model_decode():

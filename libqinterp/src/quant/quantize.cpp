@@ -131,6 +131,13 @@ __attribute__((target("avx2,f16c"))) void decode_blocks_avx2(const uint8_t* p, c
   }
 }
 
+__attribute__((target("avx2"))) inline float hsum_avx(__m256 v) {
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
+  return _mm_cvtss_f32(s4);
+}
+
 // y[k, r] = sum_c x[k, c] * (code[nibble(r, c)] * absmax[block of (r, c)]) for rows r0..r1 and
 // nx <= 4 input rows: the 4-bit weight is decoded in registers 16 at a time (as decode_blocks_avx2,
 // so the products use the dequantized values exactly) and never written out. Needs cols even (every
@@ -172,13 +179,7 @@ __attribute__((target("avx2,fma"))) void gemv_4bit_rows_avx2(const uint8_t* p, c
         for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + (i - row0)];
       }
     }
-    for (int64_t k = 0; k < nx; ++k) {
-      const __m256 s8 = _mm256_add_ps(acc[k][0], acc[k][1]);
-      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-      s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
-      y[k * rows + r] = _mm_cvtss_f32(s4) + tail[k];
-    }
+    for (int64_t k = 0; k < nx; ++k) y[k * rows + r] = hsum_avx(_mm256_add_ps(acc[k][0], acc[k][1])) + tail[k];
   }
 }
 
@@ -225,13 +226,7 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
         for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + c];
       }
     }
-    for (int64_t k = 0; k < nx; ++k) {
-      const __m256 s8 = _mm256_add_ps(acc[k][0], acc[k][1]);
-      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-      s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
-      y[k * rows + r] = _mm_cvtss_f32(s4) + tail[k];
-    }
+    for (int64_t k = 0; k < nx; ++k) y[k * rows + r] = hsum_avx(_mm256_add_ps(acc[k][0], acc[k][1])) + tail[k];
   }
 }
 
