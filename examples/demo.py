@@ -25,6 +25,24 @@ SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 STORIES = SHARED / "fixtures/stories260K/stories260K.bin"
 
 
+def run_afresh_if_stale(path, calls, model, precs, common):
+    """The runs of `calls` into `path`, resuming what an earlier demo left there. A file from a run
+    with other settings (another --limit, an older qinterp) is moved aside, not mixed in: the
+    demo then starts that file afresh and says where the old one went."""
+    for attempt in (0, 1):
+        try:
+            for kw in calls:
+                qinterp.run(model, quant=precs, out=path, **kw, **common)
+            return
+        except qinterp.Error as e:
+            if attempt or "holds results of a run with other settings" not in str(e):
+                raise
+            old = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+            path.rename(old)
+            print(f"[demo] {path.name} held results of a run with other settings: moved to {old.name}; "
+                  "starting it afresh", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model path (default: SmolLM2 if cached, else stories260K)")
@@ -55,18 +73,17 @@ def main():
     t0 = time.time()
     print(f"[demo] {model.name}: fp32, int8, nf4 on " + ", ".join(f"{t} ({n} examples)" for t, n in limits.items()) +
           f"; IG on {args.ig_limit} per task and precision", flush=True)
-    for t in tasks:
-        qinterp.run(model, quant=["fp32", "int8", "nf4"], task=t, out=out / "run.h5", ig_limit=args.ig_limit,
-                    limit=limits[t], **common)
+    precs = ["fp32", "int8", "nf4"]
+    run_afresh_if_stale(out / "run.h5", [dict(task=t, ig_limit=args.ig_limit, limit=limits[t]) for t in tasks],
+                        model, precs, common)
     extra = {}
     if "boolq" in tasks:
         print("[demo] BoolQ again: prediction over the label words, and with the chat template", flush=True)
-        qinterp.run(model, quant=["fp32", "int8", "nf4"], task=["boolq"], out=out / "labels.h5", scoring="labels",
-                    analyses="predictions", limit=limits["boolq"], **common)
+        labels = dict(task=["boolq"], scoring="labels", analyses="predictions", limit=limits["boolq"])
+        run_afresh_if_stale(out / "labels.h5", [labels], model, precs, common)
         extra["labels"] = out / "labels.h5"
         if qinterp._C.chat_template_of(str(model)):
-            qinterp.run(model, quant=["fp32", "int8", "nf4"], task=["boolq"], out=out / "chat.h5", chat="auto",
-                        scoring="labels", analyses="predictions", limit=limits["boolq"], **common)
+            run_afresh_if_stale(out / "chat.h5", [dict(labels, chat="auto")], model, precs, common)
             extra["chat"] = out / "chat.h5"
 
     print(f"\n[demo] finished in {time.time() - t0:.0f} s\n")

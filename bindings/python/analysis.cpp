@@ -9,14 +9,16 @@
 #include "qinterp/analysis/perplexity.hpp"
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
+#include "qinterp/analysis/clustering.hpp"
 #include "qinterp/analysis/correlation.hpp"
+#include "qinterp/analysis/drift.hpp"
 #include "qinterp/analysis/integrated_gradients.hpp"
 #include "qinterp/analysis/salient.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/io/result_store.hpp"
 #include "qinterp/model/model.hpp"
 #include "qinterp/text/tokenizer.hpp"
-#include "py_model.hpp"
+#include "bindings.hpp"
 
 namespace py = pybind11;
 using namespace qinterp;

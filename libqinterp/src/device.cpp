@@ -25,4 +25,11 @@ c10::Device parse_device(const std::string& name) {
   return d;
 }
 
+c10::ScalarType parse_dtype(const std::string& s) {
+  if (s.empty() || s == "fp32" || s == "float32" || s == "float") return c10::kFloat;
+  if (s == "fp16" || s == "float16" || s == "half") return c10::kHalf;
+  if (s == "bf16" || s == "bfloat16") return c10::kBFloat16;
+  fail("unknown dtype '", s, "' (use fp32, fp16 or bf16)");
+}
+
 }  // namespace qinterp

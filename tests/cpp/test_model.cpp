@@ -255,3 +255,33 @@ TEST(Model, RunsOnCuda) {
   const at::Tensor got = m->forward(ids_of({1, 403, 407, 261, 378}))[0].cpu();
   EXPECT_LT((got - reference_logits()).abs().max().item<double>(), 1e-4);
 }
+
+TEST(ModelConfigJson, EveryFieldRoundTripsAndBadInputIsNamed) {
+  model::ModelConfig c;  // every field away from its default
+  c.arch = "qwen2", c.source = "/x/model.gguf", c.format = "gguf";
+  c.vocab_size = 11, c.hidden_size = 12, c.intermediate_size = 13, c.num_layers = 14, c.num_heads = 15;
+  c.num_kv_heads = 5, c.head_dim = 16, c.max_seq_len = 17, c.rms_norm_eps = 1.5e-6, c.rope_theta = 5e5;
+  c.rope_layout = model::RopeLayout::Interleaved, c.activation = model::Activation::GeluTanh;
+  c.gated_mlp = false, c.tie_embeddings = true, c.qkv_bias = true, c.bos_id = 3, c.eos_id = 4, c.pad_id = 7;
+  const std::string j = model::config_to_json(c);
+  const model::ModelConfig b = model::config_from_json(j, "ck");
+  EXPECT_EQ(model::config_to_json(b), j);
+  EXPECT_EQ(b.summary(), c.summary());
+  EXPECT_EQ(b.source, c.source);
+  EXPECT_EQ(b.format, c.format);
+  // files written before source/format were stored still load
+  EXPECT_NO_THROW(model::config_from_json(R"({"arch":"llama","vocab_size":1,"hidden_size":1,"intermediate_size":1,
+      "num_layers":1,"num_heads":1,"num_kv_heads":1,"head_dim":2,"max_seq_len":1,"rms_norm_eps":1e-5,
+      "rope_theta":1e4,"rope_layout":"half-split","activation":"silu","gated_mlp":true,"tie_embeddings":false,
+      "qkv_bias":false,"bos_id":1,"eos_id":2,"pad_id":-1})", "old"));
+  std::string missing = j;
+  missing.replace(missing.find("\"qkv_bias\":true"), 15, "\"qkv_bia\":true");
+  EXPECT_QERROR(model::config_from_json(missing, "ck.safetensors"), "ck.safetensors", "lacks \"qkv_bias\"");
+  std::string extra = j;
+  extra.insert(1, "\"sliding_window\":512,");
+  EXPECT_QERROR(model::config_from_json(extra, "ck"), "unknown field \"sliding_window\"");
+  std::string bad = j;
+  bad.replace(bad.find("\"gelu_tanh\""), 11, "\"swiglu\"");
+  EXPECT_QERROR(model::config_from_json(bad, "ck"), "\"activation\"", "swiglu");
+  EXPECT_QERROR(model::config_from_json("[1]", "ck"), "not a JSON object");
+}

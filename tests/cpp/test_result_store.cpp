@@ -254,8 +254,12 @@ TEST(ResultStore, SaveWorksAroundADamagedLeftoverCopy) {
     s.save_state("m/st", d2.state());
   }
   ResultStore r(path, ResultStore::Mode::Read);
-  // HDF5 could not unlink the damaged copy: it stays, and the save went through a fresh name
-  EXPECT_EQ(r.list("m"), (std::vector<std::string>{"st", "st.partial"}));
+  // Whether HDF5 can unlink the damaged copy depends on where the flipped bytes fall in the file's
+  // layout: either it is gone, or it stays and the save went through a fresh name (st.partial1,
+  // moved to st). Both leave st whole.
+  const auto names = r.list("m");
+  EXPECT_TRUE(names == (std::vector<std::string>{"st"}) || names == (std::vector<std::string>{"st", "st.partial"}))
+      << ::testing::PrintToString(names);
   analysis::DeadNeurons back;
   back.restore(r.load_state("m/st"));
   EXPECT_EQ(back.tokens(), 30);

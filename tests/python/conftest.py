@@ -22,6 +22,7 @@ SHARED = pathlib.Path(os.environ.get("QINTERP_SHARED", ROOT.parent / "shared"))
 MODELS = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".cache/qinterp/models"))
 STORIES = SHARED / "fixtures" / "stories260K"
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN25 = MODELS / "qwen2.5-coder-0.5b-instruct.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -197,15 +197,53 @@ def test_killed_runs_resume_to_the_same_file(tmp_path):
         else:
             r = cli(*args, "--out", out)
             assert r.returncode == 0, r.stderr
-        got = dump(out)
-        assert got.keys() == expected.keys(), seed
-        for k in expected:
-            e, g = expected[k], got[k]
-            if isinstance(e, np.ndarray):
-                assert np.array_equal(e, g, equal_nan=True), (seed, k)
-            else:
-                assert e == g, (seed, k)
+        assert_same_file(expected, dump(out), f"seed {seed}")
         print(f"seed {seed}: {kills} kills, then identical")
+
+
+def assert_same_file(expected, got, where):
+    assert got.keys() == expected.keys(), (where, sorted(got.keys() ^ expected.keys())[:5])
+    for k in expected:
+        e, g = expected[k], got[k]
+        if isinstance(e, np.ndarray):
+            assert np.array_equal(e, g, equal_nan=True), (where, k)
+        else:
+            assert e == g, (where, k)
+
+
+def test_run_stopped_in_every_state_of_the_file_resumes_to_the_same_file(tmp_path):
+    """The store stops the process (as a kill, nothing closed) right after its N-th flush when
+    QINTERP_CRASH_AT_FLUSH=N: every state a run's file reaches on disk is tried in turn (two at a
+    time), and a plain restart from each must end with the file of an uninterrupted run. This is
+    what found the done flag written before the other precisions' results."""
+    from concurrent.futures import ThreadPoolExecutor
+    args = ["run", "--model", MODEL, "--quant", "fp32", "--quant", "nf4", "--task", "boolq", "--limit", "8",
+            "--ig-limit", "2", "--batch", "4", "--layers", "2", "--checkpoint-seconds", "0", "--analyses", "all",
+            "--quiet"]
+    ref = tmp_path / "ref.h5"
+    r = cli(*args, "--out", ref)
+    assert r.returncode == 0, r.stderr
+    expected = dump(ref)
+
+    def stop_and_resume(n):
+        out = tmp_path / f"stop{n}.h5"
+        r = subprocess.run([str(CLI), *map(str, args), "--out", str(out)], capture_output=True, timeout=600,
+                           env=dict(ENV, QINTERP_CRASH_AT_FLUSH=str(n)))
+        if r.returncode == 0:
+            return False  # n is past the run's last flush
+        assert r.returncode == 86, (n, r.returncode, r.stderr)
+        r = cli(*args, "--out", out)
+        assert r.returncode == 0, (n, r.stderr)
+        assert_same_file(expected, dump(out), f"stopped after flush {n}")
+        out.unlink()
+        return True
+
+    n = 0
+    with ThreadPoolExecutor(2) as pool:
+        while all(pool.map(stop_and_resume, (n + 1, n + 2))):
+            n += 2
+    assert n > 20, f"only {n} flushes: the stop points did not cover the run"
+    print(f"{n}+ stop points, each resumed to the same file")
 
 
 def test_torchrun_two_processes_equal_one(tmp_path):
@@ -356,3 +394,21 @@ def test_attach_on_a_bitsandbytes_quantized_transformers_model(tmp_path, stories
         with torch.no_grad():
             hf(ids, attention_mask=mask.long())
     assert d.tokens == int(mask.sum()) and d.result()["dead"].numel() == 172
+
+
+def test_demo_moves_aside_a_file_of_other_settings(tmp_path):
+    """`make demo` after a change of settings (or of qinterp) must not stop at 'holds results of a
+    run with other settings': the old file is moved aside, named, and the run starts afresh."""
+    import h5py
+    cmd = [sys.executable, str(ROOT / "examples" / "demo.py"), "--model", str(MODEL), "--tasks", "boolq",
+           "--ig-limit", "1", "--batch", "4", "--out", str(tmp_path)]
+    r = subprocess.run(cmd + ["--limit", "4"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "moved to" not in r.stdout
+    r = subprocess.run(cmd + ["--limit", "6"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    moved = sorted(tmp_path.glob("run.*.h5"))
+    assert len(moved) == 1 and f"moved to {moved[0].name}" in r.stdout, r.stdout
+    with h5py.File(moved[0], "r") as old, h5py.File(tmp_path / "run.h5", "r") as new:
+        assert old["stories260K/fp32/boolq"].attrs["examples"] == 4
+        assert new["stories260K/fp32/boolq"].attrs["examples"] == 6

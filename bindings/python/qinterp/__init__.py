@@ -26,7 +26,8 @@ __version__ = _C.__version__
 _DTYPES = {None: "", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 # ggml type numbers (ggml.h) of the block formats qinterp decodes.
-GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14,
+              "BF16": 30}
 
 
 def load_model(path: Union[str, os.PathLike], quant: Optional[str] = None, device: str = "cpu",
@@ -63,6 +64,8 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], bos: Optional[bool]
 
 def dequantize_gguf(raw: torch.Tensor, ggml_type: Union[str, int], shape: Sequence[int]) -> torch.Tensor:
     """Decode ggml blocks (a uint8 tensor on CPU or CUDA) into a float32 tensor of `shape`."""
+    if isinstance(ggml_type, str) and ggml_type not in GGML_TYPES:
+        raise Error(f"dequantize_gguf: no decoder for ggml type {ggml_type!r} (decodable: {', '.join(GGML_TYPES)})")
     t = GGML_TYPES[ggml_type] if isinstance(ggml_type, str) else int(ggml_type)
     n = 1
     for d in shape:

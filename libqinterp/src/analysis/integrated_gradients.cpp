@@ -159,7 +159,7 @@ IgResults IntegratedGradients::run(const at::Tensor& ids, const at::Tensor& base
     for (int64_t l : layers_) {
       if (layer_in.count(l)) continue;
       layer_in[l] = at::Tensor();
-      const std::string name = "blocks." + std::to_string(l) + ".hook_resid_pre";
+      const std::string name = model::hook_name(l, model::HookPoint::ResidPre);
       cap.add(name, [&layer_in, l](const at::Tensor& x, const model::HookContext&) -> std::optional<at::Tensor> {
         if (!layer_in[l].defined()) layer_in[l] = x;  // observed before any replacement at this point
         return std::nullopt;

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../../cuda/gguf_dequant.cuh"
+#include "cuda_glue.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
 

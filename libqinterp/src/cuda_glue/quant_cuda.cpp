@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "../../cuda/quant4.cuh"
+#include "cuda_glue.hpp"
 #include "qinterp/error.hpp"
 
 namespace qinterp::quant::detail {

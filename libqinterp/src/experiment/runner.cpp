@@ -16,6 +16,7 @@
 #include "qinterp/io/paths.hpp"
 #include "qinterp/analysis/calibration.hpp"
 #include "qinterp/analysis/correlation.hpp"
+#include "qinterp/analysis/drift.hpp"
 #include "qinterp/analysis/integrated_gradients.hpp"
 #include "qinterp/analysis/neurons.hpp"
 #include "qinterp/analysis/salient.hpp"
@@ -224,7 +225,7 @@ at::Tensor last_logits(const model::Model& m, const Batch& b, const model::Hooks
   at::Tensor x = m.embed(p);
   const int64_t last = stop_after >= 0 ? stop_after : N - 1;
   for (int64_t l = 0; l <= last; ++l) {
-    const bool hooked_here = hooks && hooks->has("blocks." + std::to_string(l) + ".mlp.hook_act");
+    const bool hooked_here = hooks && hooks->has(model::hook_name(l, model::HookPoint::MlpAct));
     x = m.run_layer(l, x, p, {}, l == N - 1 && !hooked_here);
   }
   if (stop_after >= 0) return {};
@@ -393,22 +394,26 @@ void write_forward_results(Ctx& c, const Task& t, int64_t fp) {
                 {"batch", c.batch},
                 {"examples", static_cast<int64_t>(p.pred.empty() ? 0 : p.pred.size())},
                 {"hooks", join_list(c.hooks)},
-                {"qinterp_version", std::string(version())},
-                {"forward_done", fp}};
+                {"qinterp_version", std::string(version())}};
     c.store->set_attrs(g, a);
   }
+  // The done flag goes last, on the first precision last of all (stage_done reads that one): a run
+  // killed while the results above were being written finds the stage not done and redoes it.
+  for (size_t pi = c.precs.size(); pi-- > 0;) c.store->set_attrs(group(c, c.precs[pi].name, t.name), {{"forward_done", fp}});
+  c.store->flush();
 }
 
 void forward_stage(Ctx& c, const Task& t, int64_t n) {
   const int64_t fp = fingerprint(forward_settings(c, t, n));
   const int64_t ck_fp = fingerprint(forward_settings(c, t, n) + "|world " + std::to_string(c.par.world));
+  const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "forward"});
   if (stage_done(c, group(c, c.precs.front().name, t.name), "forward_done", fp)) {
+    if (c.ckpt->exists(ck)) c.ckpt->remove(ck);  // killed after the results, before the clean-up
     ++c.summary.stages_skipped;
     return;
   }
   reset_accumulators(c);
   const auto [lo, hi] = shard(c, n);
-  const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "forward"});
   int64_t start = lo;
   if (!c.o.restart && c.ckpt->exists(ck)) {
     const State s = c.ckpt->load_state(ck);
@@ -532,7 +537,9 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   const int64_t fp = fingerprint(ig_settings(c, t, p, n));
   const int64_t ck_fp = fingerprint(ig_settings(c, t, p, n) + "|world " + std::to_string(c.par.world));
   const std::string g = group(c, p.name, t.name);
+  const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "ig", p.name});
   if (stage_done(c, g, "ig_done", fp)) {
+    if (c.ckpt->exists(ck)) c.ckpt->remove(ck);
     ++c.summary.stages_skipped;
     return;
   }
@@ -541,7 +548,6 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   std::vector<analysis::SalientNeurons> sal(c.hooks.size(), analysis::SalientNeurons(sal_mode));
   for (size_t h = 0; h < c.hooks.size(); ++h) sal[h].set_label(p.name + " " + c.hooks[h]);
   const auto [lo, hi] = shard(c, n);
-  const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "ig", p.name});
   int64_t start = lo;
   auto pack = [&](int64_t done) {
     Tensors ts{{"examples_done", at::scalar_tensor(done, at::kLong)}, {"fingerprint", at::scalar_tensor(ck_fp, at::kLong)}};
@@ -725,7 +731,7 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   c.layers.erase(std::unique(c.layers.begin(), c.layers.end()), c.layers.end());
   for (int64_t l : c.layers) {
     if (l < 0 || l >= L) fail("--layers: the model has layers 0..", L - 1, ", not ", l);
-    c.hooks.push_back("blocks." + std::to_string(l) + ".mlp.hook_act");
+    c.hooks.push_back(model::hook_name(l, model::HookPoint::MlpAct));
   }
   if (c.ref > 0) std::rotate(c.precs.begin(), c.precs.begin() + c.ref, c.precs.begin() + c.ref + 1), c.ref = 0;
 

@@ -26,7 +26,7 @@ const char* dtype_name(DType t) {
     if (e.t == t) return e.name;
   return "?";
 }
-bool parse_dtype(const std::string& s, DType* out) {
+bool dtype_from_name(const std::string& s, DType* out) {
   for (const auto& e : kTable)
     if (s == e.name) {
       *out = e.t;

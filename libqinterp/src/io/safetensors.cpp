@@ -54,7 +54,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
       bad("entry needs dtype, shape and data_offsets");
     TensorView v;
     v.name = name;
-    if (!e["dtype"].is_string() || !parse_dtype(e["dtype"].get<std::string>(), &v.dtype))
+    if (!e["dtype"].is_string() || !dtype_from_name(e["dtype"].get<std::string>(), &v.dtype))
       bad("unknown dtype " + e["dtype"].dump());
     if (!e["shape"].is_array()) bad("shape is not an array");
     uint64_t numel = 1;

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "qinterp/error.hpp"
 
@@ -38,6 +39,89 @@ std::string ModelConfig::summary() const {
      << "(theta=" << rope_theta << ") eps=" << rms_norm_eps << " act=" << to_string(activation)
      << (gated_mlp ? " gated" : "") << (tie_embeddings ? " tied" : "") << (qkv_bias ? " qkv_bias" : "");
   return os.str();
+}
+
+namespace {
+
+// Every field of ModelConfig, once: config_to_json / config_from_json read and write exactly
+// these. Adding a field to ModelConfig without adding it here fails the static_assert below.
+template <class C, class F>
+void for_each_field(C& c, F&& f) {
+  f("arch", c.arch), f("source", c.source), f("format", c.format);
+  f("vocab_size", c.vocab_size), f("hidden_size", c.hidden_size), f("intermediate_size", c.intermediate_size);
+  f("num_layers", c.num_layers), f("num_heads", c.num_heads), f("num_kv_heads", c.num_kv_heads);
+  f("head_dim", c.head_dim), f("max_seq_len", c.max_seq_len);
+  f("rms_norm_eps", c.rms_norm_eps), f("rope_theta", c.rope_theta);
+  f("rope_layout", c.rope_layout), f("activation", c.activation);
+  f("gated_mlp", c.gated_mlp), f("tie_embeddings", c.tie_embeddings), f("qkv_bias", c.qkv_bias);
+  f("bos_id", c.bos_id), f("eos_id", c.eos_id), f("pad_id", c.pad_id);
+}
+#if defined(__x86_64__) && defined(__GLIBCXX__)
+static_assert(sizeof(ModelConfig) == 216, "ModelConfig changed: list the new field in for_each_field, then update this size");
+#endif
+
+template <class E, size_t N>
+bool enum_from(const std::string& s, const E (&all)[N], E* out) {
+  for (E e : all)
+    if (s == to_string(e)) return *out = e, true;
+  return false;
+}
+
+}  // namespace
+
+std::string config_to_json(const ModelConfig& c) {
+  nlohmann::json j = nlohmann::json::object();
+  for_each_field(c, [&](const char* k, const auto& v) {
+    using T = std::decay_t<decltype(v)>;
+    if constexpr (std::is_enum_v<T>) j[k] = to_string(v);
+    else j[k] = v;
+  });
+  return j.dump();
+}
+
+ModelConfig config_from_json(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": the model configuration is not valid JSON (", e.what(), ")");
+  }
+  if (!j.is_object()) fail(where, ": the model configuration is not a JSON object");
+  ModelConfig c;
+  size_t known = 0;
+  for_each_field(c, [&](const char* k, auto& v) {
+    using T = std::decay_t<decltype(v)>;
+    if (!j.contains(k)) {
+      if (std::string(k) == "source" || std::string(k) == "format") return;
+      fail(where, ": the model configuration lacks \"", k, "\"");
+    }
+    ++known;
+    const auto& x = j[k];
+    bool ok = true;
+    if constexpr (std::is_same_v<T, std::string>) {
+      ok = x.is_string() && (v = x.get<std::string>(), true);
+    } else if constexpr (std::is_same_v<T, bool>) {
+      ok = x.is_boolean() && (v = x.get<bool>(), true);
+    } else if constexpr (std::is_same_v<T, int64_t>) {
+      ok = x.is_number_integer() && (v = x.get<int64_t>(), true);
+    } else if constexpr (std::is_same_v<T, double>) {
+      ok = x.is_number() && (v = x.get<double>(), true);
+    } else if constexpr (std::is_same_v<T, RopeLayout>) {
+      ok = x.is_string() && enum_from(x.get<std::string>(), {RopeLayout::Interleaved, RopeLayout::HalfSplit}, &v);
+    } else {
+      static_assert(std::is_same_v<T, Activation>);
+      ok = x.is_string() && enum_from(x.get<std::string>(),
+                                      {Activation::SiLU, Activation::GeluTanh, Activation::Gelu, Activation::Relu}, &v);
+    }
+    if (!ok) fail(where, ": the model configuration's \"", k, "\" has a bad value ", x.dump());
+  });
+  if (known != j.size())
+    for (const auto& [k, v] : j.items()) {
+      bool listed = false;
+      for_each_field(c, [&](const char* name, const auto&) { listed = listed || k == name; });
+      if (!listed) fail(where, ": the model configuration has an unknown field \"", k, "\" (written by a newer qinterp?)");
+    }
+  return c;
 }
 
 ModelConfig config_from_hf_json(const std::string& path) {

@@ -9,9 +9,14 @@
 namespace qinterp::model {
 
 namespace {
-const char* const kPoints[] = {"hook_resid_pre", "attn.hook_out", "hook_resid_mid", "mlp.hook_pre",
-                               "mlp.hook_act",   "mlp.hook_post", "hook_resid_post"};
-}
+// Indexed by HookPoint.
+const char* const kPoints[kNumHookPoints] = {"hook_resid_pre", "attn.hook_out", "hook_resid_mid", "mlp.hook_pre",
+                                             "mlp.hook_act",   "mlp.hook_post", "hook_resid_post"};
+}  // namespace
+
+const char* hook_point_name(HookPoint p) { return kPoints[static_cast<int>(p)]; }
+
+std::string hook_name(int64_t layer, HookPoint p) { return "blocks." + std::to_string(layer) + "." + hook_point_name(p); }
 
 bool Hooks::parse(const std::string& name, int64_t* layer, std::string* point) {
   if (name == "hook_logits") {
@@ -37,7 +42,7 @@ bool Hooks::parse(const std::string& name, int64_t* layer, std::string* point) {
 std::vector<std::string> Hooks::all_names(int64_t num_layers) {
   std::vector<std::string> out;
   for (int64_t l = 0; l < num_layers; ++l)
-    for (const char* p : kPoints) out.push_back("blocks." + std::to_string(l) + "." + p);
+    for (int k = 0; k < kNumHookPoints; ++k) out.push_back(hook_name(l, static_cast<HookPoint>(k)));
   out.push_back("hook_logits");
   return out;
 }

@@ -2,20 +2,22 @@
 // Every format is mapped onto the Hugging Face tensor names the Model constructor expects.
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 #include "qinterp/io/gguf.hpp"
 #include "qinterp/io/llama2c.hpp"
 #include "qinterp/io/safetensors.hpp"
+#include "qinterp/model/checkpoint.hpp"
 #include "qinterp/model/model.hpp"
+#include "qinterp/model/weights.hpp"
 #include "qinterp/model/quantize.hpp"
 #include "qinterp/quant/dequantize.hpp"
 #include "qinterp/io/paths.hpp"
 #include "../io/torch_dtype.hpp"
 
 namespace qinterp::model {
-
-std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io::SafetensorsCheckpoint& ck);
 
 namespace {
 
@@ -77,19 +79,22 @@ at::ScalarType torch_dtype(io::DType t, const std::string& file, const std::stri
 std::shared_ptr<Model> from_safetensors(const std::string& path) {
   const std::string dir = io::paths::is_dir(path) ? path : io::paths::parent(path);
   io::SafetensorsCheckpoint ck(path);
-  if (ck.metadata().count("qinterp.quant")) return from_qinterp_checkpoint(path, ck);  // written by save_model
+  if (ck.metadata().count("qinterp.quant")) return load_qinterp_checkpoint(path, ck);  // written by save_model
   const std::string cfg_path = io::paths::join(dir, "config.json");
   if (!io::paths::exists(cfg_path)) fail(path, ": no config.json beside the safetensors weights (looked in ", dir, ")");
   ModelConfig cfg = config_from_hf_json(cfg_path);
   cfg.source = path;
   std::vector<NamedTensor> w;
+  // As transformers (5.x) does: a checkpoint's lm_head.weight is used even where the config says
+  // tie_word_embeddings (some exports write the tied copy; where it differs, it is what runs); a
+  // checkpoint without one uses the embedding whatever the config says.
+  cfg.tie_embeddings = !ck.has("lm_head.weight");
   for (const auto& name : ck.names()) {
+    if (io::paths::ends_with(name, ".rotary_emb.inv_freq")) continue;  // a buffer, recomputed from the config
     const io::TensorView& v = ck.get(name);
     const at::ScalarType st = torch_dtype(v.dtype, path, name);
     w.push_back({name, at::from_blob(const_cast<void*>(v.data), v.shape, st).clone()});
   }
-  // Some exports write a tied lm_head anyway; some untied configs rely on the default.
-  if (!cfg.tie_embeddings && !ck.has("lm_head.weight")) cfg.tie_embeddings = true;
   return std::make_shared<Model>(cfg, std::move(w));
 }
 
@@ -125,29 +130,18 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
   cfg.tie_embeddings = f.find_tensor("output.weight") == nullptr;
   cfg.validate();
 
-  auto hf_name = [&](const std::string& g) -> std::string {
-    if (g == "token_embd.weight") return "model.embed_tokens.weight";
-    if (g == "output_norm.weight") return "model.norm.weight";
-    if (g == "output.weight") return "lm_head.weight";
-    if (g.rfind("blk.", 0) != 0) return "";
-    const size_t dot = g.find('.', 4);
-    if (dot == std::string::npos) return "";
-    const std::string layer = g.substr(4, dot - 4), rest = g.substr(dot + 1);
-    static const std::pair<const char*, const char*> map[] = {
-        {"attn_norm.weight", "input_layernorm.weight"}, {"attn_q.weight", "self_attn.q_proj.weight"},
-        {"attn_k.weight", "self_attn.k_proj.weight"},   {"attn_v.weight", "self_attn.v_proj.weight"},
-        {"attn_q.bias", "self_attn.q_proj.bias"},       {"attn_k.bias", "self_attn.k_proj.bias"},
-        {"attn_v.bias", "self_attn.v_proj.bias"},       {"attn_output.weight", "self_attn.o_proj.weight"},
-        {"ffn_norm.weight", "post_attention_layernorm.weight"}, {"ffn_gate.weight", "mlp.gate_proj.weight"},
-        {"ffn_up.weight", "mlp.up_proj.weight"},        {"ffn_down.weight", "mlp.down_proj.weight"}};
-    for (const auto& m : map)
-      if (rest == m.first) return "model.layers." + layer + "." + m.second;
-    return "";
-  };
+  std::map<std::string, std::string> to_hf;  // llama.cpp's names -> Hugging Face's (model/weights.hpp)
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (const WeightRole& r : weight_roles(cfg))
+      if (r.per_layer || l == 0) to_hf[gguf_name(r, l)] = hf_name(r, l);
   std::vector<NamedTensor> w;
   for (const auto& t : f.tensors()) {
-    const std::string name = hf_name(t.name);
-    if (name.empty()) continue;  // e.g. rope_freqs: recomputed
+    auto hit = to_hf.find(t.name);
+    const std::string name = hit == to_hf.end() ? std::string() : hit->second;
+    if (t.name == "rope_freqs.weight")
+      fail(path, ": tensor 'rope_freqs.weight' (llama.cpp's rope scaling factors, as in Llama 3.1) is not supported; "
+           "load the Hugging Face checkpoint, whose config.json states the scaling");
+    if (name.empty()) fail(path, ": tensor '", t.name, "' has no place in a ", arch, " model; qinterp does not know it");
     const at::Tensor raw = at::from_blob(const_cast<uint8_t*>(t.data), {static_cast<int64_t>(t.nbytes)}, at::kByte);
     w.push_back({name, quant::dequantize_gguf(raw, t.type, t.numel()).view(t.torch_shape())});
   }

@@ -77,11 +77,29 @@ const at::Tensor* Model::Layer::bias(int which) const {
   return nullptr;
 }
 
-at::ScalarType parse_dtype(const std::string& s) {
-  if (s.empty() || s == "fp32" || s == "float32" || s == "float") return at::kFloat;
-  if (s == "fp16" || s == "float16" || s == "half") return at::kHalf;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  fail("unknown dtype '", s, "' (use fp32, fp16 or bf16)");
+at::Tensor* Model::role_tensor(Role r, int64_t layer) {
+  switch (r) {
+    case Role::Embed: return &embed_;
+    case Role::FinalNorm: return &final_norm_;
+    case Role::LmHead: return &lm_head_;
+    default: break;
+  }
+  Layer& L = layers_.at(static_cast<size_t>(layer));
+  switch (r) {
+    case Role::AttnNorm: return &L.attn_norm;
+    case Role::Q: return &L.wq;
+    case Role::QBias: return &L.bq;
+    case Role::K: return &L.wk;
+    case Role::KBias: return &L.bk;
+    case Role::V: return &L.wv;
+    case Role::VBias: return &L.bv;
+    case Role::O: return &L.wo;
+    case Role::FfnNorm: return &L.ffn_norm;
+    case Role::Gate: return &L.w_gate;
+    case Role::Up: return &L.w_up;
+    case Role::Down: return &L.w_down;
+    default: fail("Model: no tensor for this role");
+  }
 }
 
 Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::string, quant::QuantizedTensor> quantized)
@@ -89,57 +107,57 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::st
   cfg_.validate();
   std::map<std::string, at::Tensor> w;
   for (auto& nt : weights) w[nt.name] = std::move(nt.tensor);
-  const int64_t D = cfg_.hidden_size, I = cfg_.intermediate_size, V = cfg_.vocab_size;
-  const int64_t qd = cfg_.num_heads * cfg_.head_dim, kvd = cfg_.num_kv_heads * cfg_.head_dim;
-  auto take = [&](const std::string& name, std::vector<int64_t> shape, bool required = true) -> at::Tensor {
-    auto it = w.find(name);
-    if (it == w.end() && quantized.count(name)) {
-      const auto& q = quantized.at(name);
-      if (q.shape != shape)
-        fail(cfg_.source, ": quantized tensor '", name, "' has shape ", shape_str(q.shape),
-             " but the configuration needs ", shape_str(shape));
-      return {};  // installed as a QLinear below
-    }
-    if (it == w.end()) {
-      if (required) fail(cfg_.source, ": missing tensor '", name, "'");
-      return {};
-    }
-    if (it->second.sizes() != at::IntArrayRef(shape))
-      fail(cfg_.source, ": tensor '", name, "' has shape ", shape_str(it->second.sizes()),
-           " but the configuration needs ", shape_str(shape));
-    return it->second;
-  };
-  embed_ = take("model.embed_tokens.weight", {V, D});
-  final_norm_ = take("model.norm.weight", {D});
-  lm_head_ = cfg_.tie_embeddings ? embed_ : take("lm_head.weight", {V, D});
+  layers_.resize(static_cast<size_t>(cfg_.num_layers));
+  std::set<std::string> used;  // every checkpoint tensor must be taken by a role: see below
+  const auto& roles = weight_roles(cfg_);
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    Layer L;
-    L.attn_norm = take(p + "input_layernorm.weight", {D});
-    L.wq = take(p + "self_attn.q_proj.weight", {qd, D});
-    L.wk = take(p + "self_attn.k_proj.weight", {kvd, D});
-    L.wv = take(p + "self_attn.v_proj.weight", {kvd, D});
-    L.bq = take(p + "self_attn.q_proj.bias", {qd}, cfg_.qkv_bias);
-    L.bk = take(p + "self_attn.k_proj.bias", {kvd}, cfg_.qkv_bias);
-    L.bv = take(p + "self_attn.v_proj.bias", {kvd}, cfg_.qkv_bias);
-    L.wo = take(p + "self_attn.o_proj.weight", {D, qd});
-    L.ffn_norm = take(p + "post_attention_layernorm.weight", {D});
-    L.w_gate = take(p + "mlp.gate_proj.weight", {I, D});
-    L.w_up = take(p + "mlp.up_proj.weight", {I, D}, cfg_.gated_mlp);
-    L.w_down = take(p + "mlp.down_proj.weight", {D, I});
+    for (const WeightRole& r : roles) {
+      if (!r.per_layer && l > 0) continue;
+      if (r.role == Role::LmHead && cfg_.tie_embeddings) continue;  // lm_head_ = embed_ below
+      const std::string name = hf_name(r, l);
+      const std::vector<int64_t> shape = role_shape(r.role, cfg_);
+      used.insert(name);
+      if (auto qi = quantized.find(name); qi != quantized.end() && !w.count(name)) {
+        if (r.linear < 0 || !r.per_layer) fail(cfg_.source, ": tensor '", name, "' cannot be quantized");
+        if (qi->second.shape != shape)
+          fail(cfg_.source, ": quantized tensor '", name, "' has shape ", shape_str(qi->second.shape),
+               " but the configuration needs ", shape_str(shape));
+        continue;  // installed as a QLinear below
+      }
+      auto it = w.find(name);
+      if (it == w.end()) {
+        if (role_required(r.role, cfg_)) fail(cfg_.source, ": missing tensor '", name, "'");
+        continue;
+      }
+      if (it->second.sizes() != at::IntArrayRef(shape))
+        fail(cfg_.source, ": tensor '", name, "' has shape ", shape_str(it->second.sizes()),
+             " but the configuration needs ", shape_str(shape));
+      *role_tensor(r.role, l) = it->second;
+    }
+  }
+  if (cfg_.tie_embeddings) lm_head_ = embed_;
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    Layer& L = layers_[static_cast<size_t>(l)];
     for (int k = 0; k < kNumLinear; ++k) {
-      auto it = quantized.find(p + linear_name(k) + ".weight");
+      auto it = quantized.find("model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight");
       if (it == quantized.end()) continue;
       if (!quant_.quantized()) quant_ = it->second.spec;
       const at::Tensor* b = L.bias(k);
       L.q[k] = std::make_shared<const quant::QLinear>(it->second, b && b->defined() ? *b : at::Tensor());
     }
-    layers_.push_back(std::move(L));
   }
+  // A tensor no role takes would be dropped without a word (an o_proj.bias left out changes the
+  // output): refuse it, naming it.
+  for (const auto& [name, t] : w)
+    if (!used.count(name))
+      fail(cfg_.source, ": tensor '", name, "' has no place in a ", cfg_.arch, " model with this configuration (",
+           cfg_.summary(), "); ignoring it would compute something else than the checkpoint describes");
+  for (const auto& [name, q] : quantized)
+    if (!used.count(name)) fail(cfg_.source, ": quantized tensor '", name, "' has no place in this model");
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const std::string p = "blocks." + std::to_string(l) + ".";
-    hook_names_.push_back({p + "hook_resid_pre", p + "attn.hook_out", p + "hook_resid_mid", p + "mlp.hook_pre",
-                           p + "mlp.hook_act", p + "mlp.hook_post", p + "hook_resid_post"});
+    std::array<std::string, kNumHookPoints> names;
+    for (int k = 0; k < kNumHookPoints; ++k) names[k] = hook_name(l, static_cast<HookPoint>(k));
+    hook_names_.push_back(std::move(names));
   }
   // One dtype and device for all weights: the embedding's.
   to(embed_.device(), embed_.scalar_type() == at::kFloat || embed_.scalar_type() == at::kHalf ||
@@ -187,26 +205,31 @@ at::Device Model::device() const { return embed_.device(); }
 at::ScalarType Model::dtype() const { return embed_.scalar_type(); }
 
 std::vector<NamedTensor> Model::named_parameters() const {
-  std::vector<NamedTensor> out{{"model.embed_tokens.weight", embed_}};
+  std::vector<NamedTensor> out;
+  auto* self = const_cast<Model*>(this);  // role_tensor hands out members; nothing is changed here
+  const auto& roles = weight_roles(cfg_);
+  auto model_level = [&](Role which) {
+    for (const WeightRole& r : roles)
+      if (r.role == which) {
+        const at::Tensor& t = *self->role_tensor(r.role, 0);
+        if (t.defined() && !(r.role == Role::LmHead && t.is_same(embed_))) out.push_back({hf_name(r, 0), t});
+      }
+  };
+  model_level(Role::Embed);
   for (size_t l = 0; l < layers_.size(); ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    const Layer& L = layers_[l];
-    const std::pair<const char*, const at::Tensor*> items[] = {
-        {"input_layernorm.weight", &L.attn_norm}, {"self_attn.q_proj.weight", &L.wq},
-        {"self_attn.q_proj.bias", &L.bq},         {"self_attn.k_proj.weight", &L.wk},
-        {"self_attn.k_proj.bias", &L.bk},         {"self_attn.v_proj.weight", &L.wv},
-        {"self_attn.v_proj.bias", &L.bv},         {"self_attn.o_proj.weight", &L.wo},
-        {"post_attention_layernorm.weight", &L.ffn_norm}, {"mlp.gate_proj.weight", &L.w_gate},
-        {"mlp.up_proj.weight", &L.w_up},          {"mlp.down_proj.weight", &L.w_down}};
-    for (const auto& it : items)
-      if (it.second->defined()) out.push_back({p + it.first, *it.second});
+    for (const WeightRole& r : roles) {
+      if (!r.per_layer) continue;
+      const at::Tensor& t = *self->role_tensor(r.role, static_cast<int64_t>(l));
+      if (t.defined()) out.push_back({hf_name(r, static_cast<int64_t>(l)), t});
+    }
     for (int k = 0; k < kNumLinear; ++k)
-      if (L.q[k])
-        for (const auto& part : L.q[k]->weight().parts())
-          out.push_back({p + linear_name(k) + ".weight." + part.first, part.second});
+      if (layers_[l].q[k])
+        for (const auto& part : layers_[l].q[k]->weight().parts())
+          out.push_back({"model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight." + part.first,
+                         part.second});
   }
-  out.push_back({"model.norm.weight", final_norm_});
-  if (!lm_head_.is_same(embed_)) out.push_back({"lm_head.weight", lm_head_});
+  model_level(Role::FinalNorm);
+  model_level(Role::LmHead);
   return out;
 }
 
@@ -320,8 +343,9 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   };
   KVCache* cache = p.cache;
   const Layer& L = layers_[l];
-  const auto& hn = hook_names_[l];
-  at::Tensor x = hook(hn[0], p.mask, x_in);
+  const auto& names = hook_names_[l];
+  auto hn = [&](HookPoint k) -> const std::string& { return names[static_cast<int>(k)]; };
+  at::Tensor x = hook(hn(HookPoint::ResidPre), p.mask, x_in);
   const int64_t B = x.size(0);  // a hook may have expanded one row into several (Hooks::set_batch_expansion)
   at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
   const at::Tensor hq = last_only ? h.narrow(1, q0, 1) : h;
@@ -339,13 +363,13 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.
   at::Tensor a = at::scaled_dot_product_attention(q, k, v, amask, 0.0, false, std::nullopt, KV != H);
   a = a.transpose(1, 2).reshape({B, Tq, H * hd});
-  at::Tensor o = hook(hn[1], qmask, linear(L, kO, a, l, obs));
-  x = hook(hn[2], qmask, (last_only ? x.narrow(1, q0, 1) : x) + o);
+  at::Tensor o = hook(hn(HookPoint::AttnOut), qmask, linear(L, kO, a, l, obs));
+  x = hook(hn(HookPoint::ResidMid), qmask, (last_only ? x.narrow(1, q0, 1) : x) + o);
   h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
-  at::Tensor pre = hook(hn[3], qmask, linear(L, kGate, h, l, obs));
-  at::Tensor act = hook(hn[4], qmask, activate(pre, cfg_.activation));
-  at::Tensor post = hook(hn[5], qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
-  return hook(hn[6], qmask, x + linear(L, kDown, post, l, obs));
+  at::Tensor pre = hook(hn(HookPoint::MlpPre), qmask, linear(L, kGate, h, l, obs));
+  at::Tensor act = hook(hn(HookPoint::MlpAct), qmask, activate(pre, cfg_.activation));
+  at::Tensor post = hook(hn(HookPoint::MlpPost), qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+  return hook(hn(HookPoint::ResidPost), qmask, x + linear(L, kDown, post, l, obs));
 }
 
 at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {

@@ -4,13 +4,8 @@
 #include <c10/core/GradMode.h>
 
 #include <map>
-#include <memory>
-#include <nlohmann/json.hpp>
 
-#include "qinterp/io/paths.hpp"
-#include "../io/torch_dtype.hpp"
 #include "qinterp/error.hpp"
-#include "qinterp/io/safetensors.hpp"
 #include "qinterp/quant/gptq.hpp"
 
 namespace qinterp::model {
@@ -152,132 +147,6 @@ at::Tensor calibration_windows(const at::Tensor& ids, const at::Tensor& mask, in
   if (have < 1) fail("calibration_windows: ", flat.numel(), " tokens do not fill one window of ", seqlen);
   const int64_t m = std::min(n, have);
   return flat.narrow(0, 0, m * seqlen).view({m, seqlen}).clone();
-}
-
-namespace {
-
-// The integer fields of ModelConfig as saved in a checkpoint's metadata (one table for both ways).
-const std::pair<const char*, int64_t ModelConfig::*> kIntFields[] = {
-    {"vocab_size", &ModelConfig::vocab_size},   {"hidden_size", &ModelConfig::hidden_size},
-    {"intermediate_size", &ModelConfig::intermediate_size}, {"num_layers", &ModelConfig::num_layers},
-    {"num_heads", &ModelConfig::num_heads},     {"num_kv_heads", &ModelConfig::num_kv_heads},
-    {"head_dim", &ModelConfig::head_dim},       {"max_seq_len", &ModelConfig::max_seq_len},
-    {"bos_id", &ModelConfig::bos_id},           {"eos_id", &ModelConfig::eos_id},
-    {"pad_id", &ModelConfig::pad_id}};
-const std::pair<const char*, bool ModelConfig::*> kBoolFields[] = {
-    {"gated_mlp", &ModelConfig::gated_mlp}, {"tie_embeddings", &ModelConfig::tie_embeddings},
-    {"qkv_bias", &ModelConfig::qkv_bias}};
-
-nlohmann::json config_json(const ModelConfig& c) {
-  nlohmann::json j = {{"arch", c.arch},
-                      {"rms_norm_eps", c.rms_norm_eps},
-                      {"rope_theta", c.rope_theta},
-                      {"rope_layout", to_string(c.rope_layout)},
-                      {"activation", to_string(c.activation)}};
-  for (const auto& f : kIntFields) j[f.first] = c.*(f.second);
-  for (const auto& f : kBoolFields) j[f.first] = c.*(f.second);
-  return j;
-}
-
-
-}  // namespace
-
-void save_model(const Model& model, const std::string& dir) {
-  if (!io::paths::exists(dir)) io::paths::make_dirs(dir);
-  if (!io::paths::is_dir(dir)) fail("save_model: ", dir, " exists and is not a directory");
-  std::map<std::string, std::string> meta;
-  meta["format"] = "pt";
-  meta["qinterp.quant"] = model.quant_spec().str();
-  meta["qinterp.config"] = config_json(model.config()).dump();
-  std::vector<at::Tensor> keep;  // host copies stay alive until written
-  std::vector<io::TensorView> views;
-  for (const auto& p : model.named_parameters()) {
-    at::Tensor t = p.tensor.to(at::kCPU).contiguous();
-    keep.push_back(t);
-    io::TensorView v;
-    v.name = p.name;
-    if (!io::to_io_dtype(t.scalar_type(), &v.dtype))
-      fail("save_model: cannot store '", p.name, "' of dtype ", c10::toString(t.scalar_type()));
-    v.shape = std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
-    v.data = t.data_ptr();
-    v.nbytes = static_cast<size_t>(t.numel()) * t.element_size();
-    views.push_back(v);
-  }
-  for (int64_t l = 0; l < model.config().num_layers; ++l)
-    for (int k = 0; k < kNumLinear; ++k)
-      if (auto q = model.qlinear(l, k)) {
-        const std::string name = "model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight";
-        std::string shape;
-        for (int64_t d : q->weight().shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-        meta["qinterp.shape." + name] = shape;
-        meta["qinterp.dtype." + name] = c10::toString(q->weight().dtype);
-      }
-  io::write_safetensors(io::paths::join(dir, "model.safetensors"), views, meta);
-}
-
-// Used by the loader: a safetensors checkpoint written by save_model.
-std::shared_ptr<Model> from_qinterp_checkpoint(const std::string& path, const io::SafetensorsCheckpoint& ck) {
-  const auto meta = ck.metadata();
-  auto entry = [&](const std::string& key) -> const std::string& {
-    auto it = meta.find(key);
-    if (it == meta.end()) fail(path, ": a qinterp checkpoint's metadata lacks '", key, "'; the file is damaged");
-    return it->second;
-  };
-  const quant::QuantSpec spec = quant::parse_quant_spec(entry("qinterp.quant"));
-  ModelConfig cfg;
-  const std::string& config = entry("qinterp.config");
-  try {
-    const auto j = nlohmann::json::parse(config);
-    cfg.arch = j.at("arch").get<std::string>();
-    for (const auto& f : kIntFields) cfg.*(f.second) = j.at(f.first).get<int64_t>();
-    for (const auto& f : kBoolFields) cfg.*(f.second) = j.at(f.first).get<bool>();
-    cfg.rms_norm_eps = j.at("rms_norm_eps");
-    cfg.rope_theta = j.at("rope_theta");
-    cfg.rope_layout = j.at("rope_layout").get<std::string>() == to_string(RopeLayout::Interleaved)
-                          ? RopeLayout::Interleaved
-                          : RopeLayout::HalfSplit;
-    const std::string act = j.at("activation").get<std::string>();
-    for (Activation a : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu, Activation::Relu})
-      if (act == to_string(a)) cfg.activation = a;
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": metadata 'qinterp.config' is not a valid configuration: ", e.what());
-  }
-  cfg.source = path;
-  cfg.format = "qinterp";
-  std::vector<NamedTensor> dense;
-  std::map<std::string, std::vector<std::pair<std::string, at::Tensor>>> parts;
-  for (const auto& name : ck.names()) {
-    const io::TensorView& v = ck.get(name);
-    const at::ScalarType st = io::to_scalar_type(v.dtype);
-    if (st == at::ScalarType::Undefined)
-      fail(path, ": tensor '", name, "' has unsupported dtype ", io::dtype_name(v.dtype));
-    at::Tensor t = at::from_blob(const_cast<void*>(v.data), v.shape, st).clone();
-    const size_t w = name.find(".weight.");
-    if (w != std::string::npos) parts[name.substr(0, w + 7)].emplace_back(name.substr(w + 8), t);
-    else dense.push_back({name, t});
-  }
-  std::map<std::string, quant::QuantizedTensor> qmap;
-  for (auto& [name, pv] : parts) {
-    auto sh = meta.find("qinterp.shape." + name);
-    auto dt = meta.find("qinterp.dtype." + name);
-    if (sh == meta.end() || dt == meta.end()) fail(path, ": quantized weight '", name, "' lacks its shape/dtype metadata");
-    std::vector<int64_t> shape;
-    size_t pos = 0;
-    const std::string& s = sh->second;
-    while (pos <= s.size()) {
-      const size_t c = s.find(',', pos);
-      const std::string tok = s.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
-      char* end = nullptr;
-      const long long d = std::strtoll(tok.c_str(), &end, 10);
-      if (tok.empty() || *end || d < 0) fail(path, ": bad shape metadata '", s, "' for ", name);
-      shape.push_back(d);
-      if (c == std::string::npos) break;
-      pos = c + 1;
-    }
-    const at::ScalarType odt = dt->second == "Half" ? at::kHalf : dt->second == "BFloat16" ? at::kBFloat16 : at::kFloat;
-    qmap.emplace(name, quant::QuantizedTensor::from_parts(spec, shape, odt, pv, path + ": " + name));
-  }
-  return std::make_shared<Model>(cfg, std::move(dense), std::move(qmap));
 }
 
 }  // namespace qinterp::model

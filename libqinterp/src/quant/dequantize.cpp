@@ -4,13 +4,13 @@
 
 #include "qinterp/error.hpp"
 #include "qinterp/quant/gguf_blocks.hpp"
+#ifdef QINTERP_HAVE_CUDA
+#include "../cuda_glue/cuda_glue.hpp"
+#endif
 
 namespace qinterp::quant {
 
 #ifdef QINTERP_HAVE_CUDA
-namespace detail {
-at::Tensor dequantize_gguf_cuda(const at::Tensor& raw, io::GgmlType t, int64_t numel);  // cuda_glue
-}
 bool cuda_built() { return true; }
 #else
 bool cuda_built() { return false; }

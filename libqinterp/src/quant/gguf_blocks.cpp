@@ -75,6 +75,30 @@ void q4_1(const uint8_t* b, float* y, int64_t nb) {
   }
 }
 
+// Q5_0 / Q5_1: 32 values from 16 bytes of low nibbles and 32 high bits (qh, little-endian):
+// element j < 16 takes qs[j] & 15 and bit j, element j + 16 takes qs[j] >> 4 and bit j + 16.
+// Q5_0 centres the 5-bit code on 16 (x = d (q - 16)); Q5_1 adds a minimum (x = d q + m).
+template <bool kMin>
+void q5(const uint8_t* b, float* y, int64_t nb) {
+  constexpr int kBytes = kMin ? 24 : 22;
+  for (int64_t i = 0; i < nb; ++i, b += kBytes, y += 32) {
+    const float d = half_to_float(rd16(b)), m = kMin ? half_to_float(rd16(b + 2)) : 0.0f;
+    uint32_t qh;
+    std::memcpy(&qh, b + (kMin ? 4 : 2), 4);
+    const uint8_t* q = b + (kMin ? 8 : 6);
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (q[j] & 0x0f) | (((qh >> j) & 1) << 4), hi = (q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+      if (kMin) {
+        y[j] = lo * d + m;
+        y[j + 16] = hi * d + m;
+      } else {
+        y[j] = (lo - 16) * d;
+        y[j + 16] = (hi - 16) * d;
+      }
+    }
+  }
+}
+
 // The 12 scale bytes of a Q4_K super-block pack eight 6-bit scales and eight 6-bit mins.
 inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
@@ -140,6 +164,8 @@ void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n)
     case io::GgmlType::Q8_0: q8_0(s, dst, nb); return;
     case io::GgmlType::Q4_0: q4_0(s, dst, nb); return;
     case io::GgmlType::Q4_1: q4_1(s, dst, nb); return;
+    case io::GgmlType::Q5_0: q5<false>(s, dst, nb); return;
+    case io::GgmlType::Q5_1: q5<true>(s, dst, nb); return;
     case io::GgmlType::Q4_K: q4_k(s, dst, nb); return;
     case io::GgmlType::Q6_K: q6_k(s, dst, nb); return;
     default: fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));

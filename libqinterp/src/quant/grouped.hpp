@@ -1,4 +1,4 @@
-// Internal: GPTQ's min-max quantizer, shared by round-to-nearest (quantize.cpp) and GPTQ (gptq.cpp).
+// Internal: GPTQ's min-max quantizer, shared by round-to-nearest (format_grouped.cpp) and GPTQ (gptq.cpp).
 #pragma once
 #include <ATen/core/Tensor.h>
 

@@ -15,20 +15,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <map>
 #include <string>
+
+#include "qinterp/state.hpp"
 
 namespace qinterp::analysis {
 
-// Named tensors: a result (scalars are 0-dim tensors) or a saved state.
-using Tensors = std::map<std::string, at::Tensor>;
-
-// A saved accumulator: its kind ("DeadNeurons", ...) and every tensor needed to continue,
-// including its settings (restore() refuses a state whose settings differ).
-struct State {
-  std::string kind;
-  Tensors tensors;
-};
+using qinterp::State;
+using qinterp::Tensors;
 
 class Accumulator {
  public:

@@ -1,10 +1,9 @@
-// Pairwise neuron correlation within a layer (the paper's redundancy figure, PROTOCOLS.md §1.3)
-// and drift between a full-precision model and a quantized copy on the same tokens.
+// Pairwise neuron correlation within a layer (the paper's redundancy figure, PROTOCOLS.md §1.3).
+// Drift (full precision against a quantized copy) is in drift.hpp, the clustering in clustering.hpp.
 #pragma once
 #include <vector>
 
 #include "qinterp/analysis/accumulator.hpp"
-#include "qinterp/analysis/neurons.hpp"
 
 namespace qinterp::analysis {
 
@@ -65,41 +64,5 @@ class Correlation : public Accumulator {
   void add_chunks_kernel(const at::Tensor& x, const at::Tensor& centre);
   void merge_moments(int64_t nb, const at::Tensor& mean_b, const std::vector<at::Tensor>& m2_b);
 };
-
-// Full precision (a) against a quantized copy (b) on the same tokens, per neuron: mean squared
-// error, cosine similarity and Pearson correlation of the two activation series, and how far
-// their dead sets agree (band as in DeadNeurons).
-//
-// finalize(): tokens, mse [N], cosine [N], correlation [N] (NaN where either side has zero
-// variance), dead_full [N], dead_quant [N] bool, dead_both, dead_only_full, dead_only_quant,
-// dead_agreement (fraction of neurons with the same status), dead_jaccard (|both| / |either|,
-// 1 when neither side has a dead neuron).
-class Drift : public Accumulator {
- public:
-  explicit Drift(double dead_lo = -0.1, double dead_hi = 0.1);
-
-  void update(const at::Tensor& full, const at::Tensor& quant, const at::Tensor& mask = {});
-  std::string kind() const override { return "Drift"; }
-  void merge(const Accumulator& other) override;
-  State state() const override;
-  void restore(const State& s) override;
-  Tensors finalize() const override;
-  void to(const at::Device& device) override;
-
-  int64_t tokens() const { return n_; }
-
- private:
-  int64_t n_ = 0;
-  // [N] float64 each: mean_full, mean_quant, m2_full, m2_quant, c (co-moment), sq_diff, dot,
-  // sq_full, sq_quant — also the names in state(). Empty before the first update.
-  Tensors sums_;
-  DeadNeurons dead_a_, dead_b_;
-  void fold(int64_t nb, const Tensors& b);  // Chan's merge of a batch or a shard's sums
-};
-
-// Average-linkage agglomerative clustering of `n` points from their condensed distance vector
-// (i < j in row-major order, as scipy's pdist), cut at `threshold`: returns a label in [0, k)
-// per point (labels numbered by first appearance). Nearest-neighbour chain, O(n²) time.
-std::vector<int64_t> average_linkage_clusters(std::vector<double> condensed, int64_t n, double threshold);
 
 }  // namespace qinterp::analysis

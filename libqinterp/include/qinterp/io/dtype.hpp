@@ -11,6 +11,6 @@ enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);  // the safetensors spelling: "F32", "BF16", ...
 // Parses a safetensors dtype string; returns false for one qinterp does not know.
-bool parse_dtype(const std::string& s, DType* out);
+bool dtype_from_name(const std::string& s, DType* out);
 
 }  // namespace qinterp::io

@@ -25,7 +25,7 @@
 #include <variant>
 #include <vector>
 
-#include "qinterp/analysis/accumulator.hpp"
+#include "qinterp/state.hpp"
 
 namespace qinterp::io {
 
@@ -85,10 +85,10 @@ class ResultStore {
 
   // A result or a state: one dataset per entry under `group`, replacing what was there as a whole
   // (written aside, then swapped in, so a killed run never leaves half a group).
-  void write_tensors(const std::string& group, const analysis::Tensors& ts);
-  analysis::Tensors read_tensors(const std::string& group) const;
-  void save_state(const std::string& group, const analysis::State& s, const Attrs& extra = {});
-  analysis::State load_state(const std::string& group) const;
+  void write_tensors(const std::string& group, const Tensors& ts);
+  Tensors read_tensors(const std::string& group) const;
+  void save_state(const std::string& group, const State& s, const Attrs& extra = {});
+  State load_state(const std::string& group) const;
 
   // Removes a group or dataset (and copies of it a killed save left); nothing when it is absent.
   void remove(const std::string& object);
@@ -114,7 +114,8 @@ class ResultStore {
   void remove_if_exists(const std::string& object);
   void writable(const char* what) const;
   void open_check() const;
-  void write_group(const std::string& group, const analysis::Tensors& ts, const Attrs& attrs);
+  void write_group(const std::string& group, const Tensors& ts, const Attrs& attrs);
+  void write_unflushed(const std::string& dataset, const at::Tensor& t);
 };
 
 }  // namespace qinterp::io

@@ -45,4 +45,11 @@ ModelConfig config_from_hf_json(const std::string& path);
 const char* to_string(RopeLayout r);
 const char* to_string(Activation a);
 
+// The one serialisation of ModelConfig, every field by name (checkpoints' metadata, Python's
+// Model.config): a JSON object. config_from_json refuses a missing or unknown field or a bad
+// value, naming `where`; "source" and "format" may be absent (files written before they were
+// stored), and are set by the loader anyway.
+std::string config_to_json(const ModelConfig& c);
+ModelConfig config_from_json(const std::string& json, const std::string& where);
+
 }  // namespace qinterp::model

@@ -21,6 +21,12 @@
 
 namespace qinterp::model {
 
+// The hook points inside block L, in forward order: the table of names is hook_point_name().
+enum class HookPoint : int { ResidPre, AttnOut, ResidMid, MlpPre, MlpAct, MlpPost, ResidPost };
+constexpr int kNumHookPoints = 7;
+const char* hook_point_name(HookPoint p);            // "hook_resid_pre", "attn.hook_out", ...
+std::string hook_name(int64_t layer, HookPoint p);   // "blocks.{layer}.{point}"
+
 struct HookContext {
   const std::string& name;  // the hook point's full name
   int64_t layer;            // block index, -1 for hook_logits

@@ -22,6 +22,7 @@
 
 #include "qinterp/model/config.hpp"
 #include "qinterp/model/hooks.hpp"
+#include "qinterp/model/weights.hpp"
 #include "qinterp/quant/qlinear.hpp"
 #include "qinterp/quant/spec.hpp"
 
@@ -131,12 +132,13 @@ class Model {
     const at::Tensor* bias(int which) const;
   };
   at::Tensor linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const;
+  at::Tensor* role_tensor(Role r, int64_t layer);  // the member holding a role (weights.hpp)
   ModelConfig cfg_;
   quant::QuantSpec quant_;
   at::Tensor embed_, final_norm_, lm_head_;
   std::vector<Layer> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2] float32
-  std::vector<std::array<std::string, 7>> hook_names_;  // per layer, built once
+  std::vector<std::array<std::string, kNumHookPoints>> hook_names_;  // [layer][HookPoint], built once
   void build_rope();
 };
 
@@ -151,9 +153,6 @@ struct LoadOptions {
 // Loads a model from a llama2.c .bin, a GGUF file, a safetensors file (config.json beside it),
 // or a Hugging Face directory (config.json + model.safetensors[.index.json]).
 std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& opts = {});
-
-// Parses "fp32" / "float32" / "fp16" / "half" / "bf16"; empty means fp32.
-at::ScalarType parse_dtype(const std::string& s);
 
 }  // namespace qinterp::model
 

@@ -1,4 +1,4 @@
-// Quantizing a whole model, and saving / loading a quantized one.
+// Quantizing a whole model, and GPTQ's calibration windows. Saving: checkpoint.hpp.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 
+#include "qinterp/model/checkpoint.hpp"  // save_model, for callers that quantize then save
 #include "qinterp/model/model.hpp"
 #include "qinterp/quant/spec.hpp"
 
@@ -21,11 +22,6 @@ void quantize_gptq(Model& model, const quant::QuantSpec& spec, const at::Tensor&
 // Quantizes in place with any spec: nf4/fp4/int8/rtn directly, GPTQ with `calib` (required).
 void quantize_model(Model& model, const quant::QuantSpec& spec, const at::Tensor& calib = {},
                     const std::function<void(int64_t, int64_t)>& progress = {});
-
-// Writes dir/model.safetensors: the dense tensors, each quantized weight as its parts
-// ("<weight>.qdata", ...), and metadata (qinterp.quant = the spec, qinterp.config = the model's
-// configuration, qinterp.shape.<weight> / qinterp.dtype.<weight>). load_model(dir) reads it back.
-void save_model(const Model& model, const std::string& dir);
 
 // GPTQ's calibration as the field draws it (the IST-DASLab loaders): `n` windows of `seqlen`
 // tokens at random starts in the token stream `ids` [T], the starts drawn exactly as Python's

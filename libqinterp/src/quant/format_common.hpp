@@ -1,0 +1,103 @@
+// Internal: what the format files (format_*.cpp) share -- argument checks, run-time CPU feature
+// tests, and the driver of the fused matrix-vector products.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "qinterp/error.hpp"
+#include "qinterp/quant/quantize.hpp"
+#include "qinterp/quant/reference.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define QINTERP_X86_AVX2 1  // AVX2 kernels compiled in; each use tests the CPU at run time
+#endif
+
+namespace qinterp::quant::detail {
+
+inline ref::FourBit four(Method m) {
+  if (m == Method::NF4) return ref::FourBit::NF4;
+  if (m == Method::FP4) return ref::FourBit::FP4;
+  fail("4-bit quantization needs nf4 or fp4");
+}
+
+inline void check_float(const at::Tensor& x, const char* what) {
+  if (!x.defined()) fail(what, ": tensor is undefined");
+  const auto t = x.scalar_type();
+  if (t != at::kFloat && t != at::kHalf && t != at::kBFloat16)
+    fail(what, ": needs a float32, float16 or bfloat16 tensor, got ", c10::toString(t));
+}
+
+inline bool use_cuda(const at::Tensor& x) {
+#ifdef QINTERP_HAVE_CUDA
+  return x.is_cuda();
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+inline int64_t groups_of(const QuantSpec& s, int64_t cols) { return s.group > 0 ? (cols + s.group - 1) / s.group : 1; }
+
+
+// A part of a quantized weight must exist with `count` elements of `st` (QuantizedTensor::from_parts).
+inline void need_part(const std::string& where, const at::Tensor& t, const char* name, at::ScalarType st,
+                      int64_t count) {
+  if (!t.defined()) fail(where, ": quantized weight lacks its '", name, "' part");
+  if (t.scalar_type() != st || t.numel() != count)
+    fail(where, ": part '", name, "' should hold ", count, " ", c10::toString(st), " values, has ", t.numel(), " ",
+         c10::toString(t.scalar_type()));
+}
+
+// Whether x [.., in] is a decoding step the fused products serve: a few rows, no gradient.
+inline bool few_rows_no_grad(const at::Tensor& x, int64_t in) {
+  return !(at::GradMode::is_enabled() && x.requires_grad()) && x.numel() / std::max<int64_t>(in, 1) <= 4;
+}
+
+#ifdef QINTERP_X86_AVX2
+inline bool cpu_has_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+inline bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return ok;
+}
+
+__attribute__((target("avx2"))) inline float hsum_avx(__m256 v) {
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
+  return _mm_cvtss_f32(s4);
+}
+
+
+// y = x Wᵀ on the CPU for float32 x [.., cols] and a weight of `rows` outputs: four input rows at a
+// time, the output rows split over threads; rows_kernel(r0, r1, x4, nx, y4) writes y4[k * rows + r]
+// for r in [r0, r1) and k < nx <= 4. Returns [.., rows].
+template <class Kernel>
+at::Tensor gemv_rows(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& rows_kernel) {
+  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+  at::Tensor y = at::empty({xs.size(0), rows}, xs.options());
+  for (int64_t k0 = 0; k0 < xs.size(0); k0 += 4) {
+    const int64_t nx = std::min<int64_t>(4, xs.size(0) - k0);
+    const float* xp = xs.data_ptr<float>() + k0 * cols;
+    float* yp = y.data_ptr<float>() + k0 * rows;
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { rows_kernel(r0, r1, xp, nx, yp); });
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = rows;
+  return y.view(shape);
+}
+#endif
+
+}  // namespace qinterp::quant::detail

@@ -1,0 +1,198 @@
+// The grouped integer formats of GPTQ's quantizer -- round-to-nearest (rtn) and GPTQ (gptq.cpp
+// finds the codes): 2..8-bit codes per column group with a scale and zero per row and group; the
+// fused matrix-vector product and the format's entry points for format.hpp's table.
+#include <cmath>
+
+#include "format_common.hpp"
+#include "formats.hpp"
+#include "grouped.hpp"
+
+namespace qinterp::quant {
+
+using namespace detail;
+
+namespace {
+
+#ifdef QINTERP_X86_AVX2
+// y[k, r] = sum_c x[k, c] * scale[r, g] * (code[r, c] - zero[r, g]), g = c / group, for rows r0..r1
+// and nx <= 4 input rows: codes two per byte (bits <= 4, high nibble first; every row starts on a
+// byte) or one per byte, decoded in registers; the products use the dequantized values exactly.
+__attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d, int64_t row_bytes, bool nibbles,
+                                                                const float* scale, const float* zero,
+                                                                int64_t ngroups, int64_t group, int64_t r0,
+                                                                int64_t r1, int64_t rows, int64_t cols,
+                                                                const float* x, int64_t nx, float* y) {
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc[4][2];
+    float tail[4] = {0, 0, 0, 0};
+    for (int k = 0; k < 4; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    const uint8_t* row = d + r * row_bytes;
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const int64_t c0 = g * group, c1 = std::min(cols, c0 + group);
+      const float sc = scale[r * ngroups + g], ze = zero[r * ngroups + g];
+      const __m256 vs = _mm256_set1_ps(sc), vz = _mm256_set1_ps(ze);
+      int64_t c = c0;
+      for (; c + 16 <= c1; c += 16) {
+        __m128i idx;
+        if (nibbles) {
+          const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2));
+          idx = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+        } else {
+          idx = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+        }
+        __m256 v[2];
+        for (int h = 0; h < 2; ++h) {
+          const __m256 code = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(h ? _mm_srli_si128(idx, 8) : idx));
+          v[h] = _mm256_mul_ps(vs, _mm256_sub_ps(code, vz));
+        }
+        for (int64_t k = 0; k < nx; ++k) {
+          acc[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
+          acc[k][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
+        }
+      }
+      for (; c < c1; ++c) {
+        const int code = nibbles ? ((c & 1) ? (row[c >> 1] & 15) : (row[c >> 1] >> 4)) : row[c];
+        const float w = sc * (static_cast<float>(code) - ze);
+        for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + c];
+      }
+    }
+    for (int64_t k = 0; k < nx; ++k) y[k * rows + r] = hsum_avx(_mm256_add_ps(acc[k][0], acc[k][1])) + tail[k];
+  }
+}
+
+#endif
+
+}  // namespace
+
+namespace {
+
+at::Tensor pack_codes(const at::Tensor& codes, int bits) {  // [rows, cols] uint8
+  if (bits > 4) return codes.contiguous();
+  at::Tensor c = codes;
+  if (c.size(1) & 1) c = at::cat({c, at::zeros({c.size(0), 1}, c.options())}, 1);
+  return (c.slice(1, 0, c.size(1), 2).bitwise_left_shift(4)).bitwise_or(c.slice(1, 1, c.size(1), 2)).contiguous();
+}
+
+at::Tensor unpack_codes(const at::Tensor& data, int bits, int64_t cols) {
+  if (bits > 4) return data;
+  const at::Tensor hi = data.bitwise_right_shift(4), lo = data.bitwise_and(15);
+  return at::stack({hi, lo}, 2).reshape({data.size(0), data.size(1) * 2}).narrow(1, 0, cols);
+}
+
+}  // namespace
+
+// scale/zero for the columns of w [rows, g] (GPTQ's Quantizer.find_params, per channel, no MSE search).
+std::pair<at::Tensor, at::Tensor> minmax_params(const at::Tensor& w, int bits, bool sym) {
+  const double maxq = std::pow(2.0, bits) - 1;
+  at::Tensor xmin = at::clamp_max(std::get<0>(w.min(1)), 0), xmax = at::clamp_min(std::get<0>(w.max(1)), 0);
+  if (sym) {
+    xmax = at::maximum(xmin.abs(), xmax);
+    xmin = at::where(xmin.lt(0), -xmax, xmin);
+  }
+  const at::Tensor both0 = xmin.eq(0).logical_and(xmax.eq(0));
+  xmin = at::where(both0, at::full_like(xmin, -1), xmin);
+  xmax = at::where(both0, at::full_like(xmax, 1), xmax);
+  const at::Tensor scale = (xmax - xmin) / maxq;
+  const at::Tensor zero = sym ? at::full_like(scale, (maxq + 1) / 2) : at::round(-xmin / scale);
+  return {scale, zero};
+}
+
+at::Tensor quantize_codes(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero, int bits) {
+  const double maxq = std::pow(2.0, bits) - 1;
+  return at::clamp(at::round(w / scale) + zero, 0, maxq);
+}
+
+QuantizedTensor make_grouped(const QuantSpec& spec, const at::Tensor& codes_f, const at::Tensor& scale,
+                             const at::Tensor& zero, const at::Tensor& g_idx, at::ScalarType dtype) {
+  QuantizedTensor q;
+  q.spec = spec;
+  q.shape = {codes_f.size(0), codes_f.size(1)};
+  q.dtype = dtype;
+  q.data = pack_codes(codes_f.to(at::kByte), spec.bits);
+  q.scale = scale.to(at::kFloat).contiguous();
+  q.zero = zero.to(at::kFloat).contiguous();
+  q.g_idx = g_idx.to(at::kInt).contiguous();
+  return q;
+}
+
+namespace {
+
+QuantizedTensor quantize_rtn(const at::Tensor& x, const QuantSpec& spec) {
+  if (x.dim() != 2) fail("quantize ", spec.str(), ": needs a 2-D weight [out, in], got ", x.dim(), " dims");
+  if (x.size(1) == 0) fail("quantize ", spec.str(), ": the weight ", x.sizes(), " has no input columns");
+  const at::Tensor w = x.to(at::kFloat);
+  const int64_t rows = w.size(0), cols = w.size(1), gs = spec.group > 0 ? spec.group : cols;
+  const int64_t g = groups_of(spec, cols);
+  at::Tensor codes = at::empty_like(w), scale = at::empty({rows, g}, w.options()), zero = at::empty_like(scale);
+  for (int64_t k = 0; k < g; ++k) {
+    const int64_t c0 = k * gs, len = std::min(gs, cols - c0);
+    const at::Tensor part = w.narrow(1, c0, len);
+    auto sz = minmax_params(part, spec.bits, spec.sym);
+    scale.select(1, k).copy_(sz.first);
+    zero.select(1, k).copy_(sz.second);
+    codes.narrow(1, c0, len).copy_(quantize_codes(part, sz.first.unsqueeze(1), sz.second.unsqueeze(1), spec.bits));
+  }
+  const at::Tensor g_idx = at::arange(cols, w.options().dtype(at::kLong)).div(gs, "floor");
+  return make_grouped(spec, codes, scale, zero, g_idx, x.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
+  if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
+  if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
+  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
+    fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
+#ifdef QINTERP_X86_AVX2
+  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+  const int64_t ngroups = groups_of(w.spec, cols);
+  const bool nibbles = w.spec.bits <= 4;
+  // Columns in their natural groups only (act-order permutes them: dequantize + matmul then).
+  const bool natural = w.g_idx.defined() && w.g_idx.numel() == cols &&
+                       at::equal(w.g_idx.to(at::kLong), at::arange(cols, at::kLong).div(group, "floor"));
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && natural &&
+      (!nibbles || group % 2 == 0) && cpu_has_fma()) {
+    const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
+    const uint8_t* d = data.data_ptr<uint8_t>();
+    const int64_t row_bytes = data.size(1);
+    const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
+    return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+      gemv_grouped_rows_avx2(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, nx, yp);
+    });
+  }
+#endif
+  return at::linear(x, dequantize(w, x.scalar_type()));
+}
+
+// ---- the format's entry points (formats.hpp)
+
+QuantizedTensor rtn_quantize(const at::Tensor& x, const QuantSpec& spec) { return quantize_rtn(x, spec); }
+
+at::Tensor grouped_dequantize(const QuantizedTensor& q, at::ScalarType dtype) {
+  const at::Tensor codes = unpack_codes(q.data, q.spec.bits, q.shape[1]).to(at::kFloat);
+  const at::Tensor gi = q.g_idx.to(at::kLong);
+  return (q.scale.index_select(1, gi) * (codes - q.zero.index_select(1, gi))).to(dtype);
+}
+
+void grouped_check(const QuantizedTensor& q, const std::string& where) {
+  if (q.shape.size() != 2) fail(where, ": ", q.spec.str(), " weight must be 2-D");
+  const int64_t rows = q.shape[0], cols = q.shape[1], g = groups_of(q.spec, cols);
+  need_part(where, q.data, "qdata", at::kByte, q.spec.bits <= 4 ? rows * ((cols + 1) / 2) : rows * cols);
+  need_part(where, q.scale, "scale", at::kFloat, rows * g);
+  need_part(where, q.zero, "zero", at::kFloat, rows * g);
+  need_part(where, q.g_idx, "g_idx", at::kInt, cols);
+  const auto gi = q.g_idx.to(at::kCPU);
+  if (cols && (gi.min().item<int>() < 0 || gi.max().item<int>() >= g))
+    fail(where, ": g_idx holds a group outside [0, ", g, ")");
+}
+
+at::Tensor grouped_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias) {
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && few_rows_no_grad(x, w.shape[1])) {
+    at::Tensor y = gemv_grouped(x, w);
+    return bias.defined() ? y + bias : y;
+  }
+  return at::linear(x, grouped_dequantize(w, x.scalar_type()), bias);
+}
+
+}  // namespace qinterp::quant

@@ -1,0 +1,216 @@
+// One test over the table of quantized formats (quant/format.hpp): every row of formats() gets
+// the same checks, so a new format is checked by being in the table (and this file fails until
+// it names specs for it below):
+//   - dequantize() equals an independent decoder written here from quantized_tensor.hpp's layout;
+//   - the quantization error stays within the format's bound;
+//   - parts() / from_parts() round-trip exactly, and a cut or missing part is an Error naming it;
+//   - the layer product (Format::linear, what QLinear uses) equals x · dequant(W)ᵀ + b for a few
+//     rows (the fused kernels where the format has them) and for many, with the gradient
+//     reaching x as the dequantized weight's;
+//   - on a GPU, the same on CUDA against the CPU (skipped, saying so, without one).
+#include <ATen/ATen.h>
+
+#include <cctype>
+#include <cmath>
+#include <map>
+
+#include "common.hpp"
+#include "qinterp/quant/format.hpp"
+#include "qinterp/quant/gptq.hpp"
+#include "qinterp/quant/quantize.hpp"
+#include "qinterp/quant/reference.hpp"
+
+using namespace qinterp;
+using quant::Method;
+
+namespace {
+
+// Specs per format name, each with its bound on ||x - dequant(q(x))|| / ||x|| for Gaussian weights
+// (about 1.5 times what each measures, so a real loss of precision fails).
+const std::map<std::string, std::vector<std::pair<std::string, double>>> kSpecs = {
+    {"nf4", {{"nf4", 0.14}, {"nf4:double_quant=0,block=128", 0.15}}},           // measured 0.091, 0.097
+    {"fp4", {{"fp4", 0.18}, {"fp4:double_quant=0,block=32", 0.17}}},            // 0.121, 0.113
+    {"int8", {{"int8", 0.0095}}},                                                // 0.0061
+    {"rtn", {{"rtn4", 0.16}, {"rtn3:group=32,sym=0", 0.25}, {"rtn8:group=0", 0.0095}, {"rtn2:group=16", 0.65}}},
+    // rtn measured 0.108, 0.166, 0.0063, 0.435
+    {"gptq", {{"gptq4:group=32", 0.16}, {"gptq3:group=0,act_order=1", 0.37}}},  // 0.105, 0.249
+};
+
+std::vector<std::string> all_specs() {
+  std::vector<std::string> out;
+  for (const auto& [name, specs] : kSpecs)
+    for (const auto& s : specs) out.push_back(s.first);
+  return out;
+}
+
+double bound_of(const std::string& spec) {
+  for (const auto& [name, specs] : kSpecs)
+    for (const auto& s : specs)
+      if (s.first == spec) return s.second;
+  return 0;
+}
+
+constexpr int64_t kRows = 37, kCols = 70;  // tails everywhere: blocks, groups, odd nibble counts
+
+at::Tensor weight() {
+  at::manual_seed(7);
+  return at::randn({kRows, kCols});
+}
+
+quant::QuantizedTensor make(const at::Tensor& w, const quant::QuantSpec& spec) {
+  if (spec.method != Method::GPTQ) return quant::quantize(w, spec);
+  at::manual_seed(8);
+  const at::Tensor x = at::randn({256, w.size(1)});
+  return quant::gptq_quantize(w, at::matmul(x.t(), x) * (2.0 / x.size(0)), spec);
+}
+
+// The layout of quantized_tensor.hpp, decoded with plain loops in float32.
+at::Tensor layout_decode(const quant::QuantizedTensor& q) {
+  const int64_t n = q.numel();
+  std::vector<float> out(static_cast<size_t>(n));
+  switch (q.spec.method) {
+    case Method::NF4:
+    case Method::FP4: {
+      const float* code = quant::ref::fourbit_code(q.spec.method == Method::NF4 ? quant::ref::FourBit::NF4
+                                                                                : quant::ref::FourBit::FP4);
+      const at::Tensor d = q.data.cpu().contiguous();
+      const uint8_t* p = d.data_ptr<uint8_t>();
+      std::vector<float> absmax;
+      const int64_t nb = (n + q.spec.block - 1) / q.spec.block;
+      if (q.spec.double_quant) {
+        const at::Tensor qa = q.absmax.cpu(), a2 = q.absmax2.cpu(), c2 = q.code2.cpu();
+        const float off = q.offset.item<float>();
+        for (int64_t b = 0; b < nb; ++b)
+          absmax.push_back(c2.data_ptr<float>()[qa.data_ptr<uint8_t>()[b]] * a2.data_ptr<float>()[b / 256] + off);
+      } else {
+        const at::Tensor a = q.absmax.cpu();
+        absmax.assign(a.data_ptr<float>(), a.data_ptr<float>() + nb);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const uint8_t byte = p[i / 2];
+        out[i] = code[i % 2 ? byte & 15 : byte >> 4] * absmax[i / q.spec.block];
+      }
+      break;
+    }
+    case Method::Int8: {
+      const at::Tensor d = q.data.cpu(), s = q.scale.cpu();
+      for (int64_t r = 0; r < q.shape[0]; ++r)
+        for (int64_t c = 0; c < q.shape[1]; ++c)
+          out[r * q.shape[1] + c] = static_cast<float>(d.data_ptr<int8_t>()[r * q.shape[1] + c]) *
+                                    s.data_ptr<float>()[r] * (1.0f / 127.0f);
+      break;
+    }
+    case Method::RTN:
+    case Method::GPTQ: {
+      const at::Tensor d = q.data.cpu().contiguous(), s = q.scale.cpu(), z = q.zero.cpu(), g = q.g_idx.cpu();
+      const int64_t rows = q.shape[0], cols = q.shape[1], ng = s.size(1), row_bytes = d.size(1);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const uint8_t* row = d.data_ptr<uint8_t>() + r * row_bytes;
+          const int code = q.spec.bits <= 4 ? (c % 2 ? row[c / 2] & 15 : row[c / 2] >> 4) : row[c];
+          const int64_t k = g.data_ptr<int32_t>()[c];
+          out[r * cols + c] = s.data_ptr<float>()[r * ng + k] * (static_cast<float>(code) - z.data_ptr<float>()[r * ng + k]);
+        }
+      break;
+    }
+    case Method::None: ADD_FAILURE() << "no layout decoder for " << q.spec.str() << ": add one to layout_decode";
+  }
+  return at::tensor(out).view(q.shape);
+}
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).norm().item<double>() / b.norm().item<double>();
+}
+
+class Formats : public ::testing::TestWithParam<std::string> {};
+
+}  // namespace
+
+TEST(FormatTable, EveryFormatHasSpecsHereAndNoneHasNoFormat) {
+  for (const quant::Format& f : quant::formats()) {
+    EXPECT_TRUE(kSpecs.count(f.name)) << "format '" << f.name << "' has no specs in test_formats.cpp's kSpecs";
+    EXPECT_EQ(&quant::format_of(f.method), &f);
+    EXPECT_EQ(quant::parse_quant_spec(kSpecs.count(f.name) ? kSpecs.at(f.name)[0].first : "fp32").method, f.method);
+  }
+  EXPECT_QERROR(quant::format_of(Method::None), "not quantized");
+  EXPECT_QERROR(quant::quantize(weight(), quant::parse_quant_spec("gptq4")), "GPTQ needs calibration");
+}
+
+TEST_P(Formats, DequantizeFollowsTheStatedLayout) {
+  const quant::QuantSpec spec = quant::parse_quant_spec(GetParam());
+  const at::Tensor w = weight();
+  const quant::QuantizedTensor q = make(w, spec);
+  const at::Tensor deq = quant::dequantize(q, at::kFloat);
+  ASSERT_EQ(deq.sizes(), w.sizes());
+  const at::Tensor ref = layout_decode(q);
+  EXPECT_LE((deq - ref).abs().max().item<double>(), 1e-6 * ref.abs().max().item<double>()) << spec.str();
+  const double err = rel_err(deq, w);
+  EXPECT_LT(err, bound_of(GetParam())) << spec.str();
+  EXPECT_GT(err, 0.0) << spec.str() << ": a lossy format returned the input exactly";
+  EXPECT_EQ(quant::dequantize(q).scalar_type(), w.scalar_type());
+}
+
+TEST_P(Formats, PartsRoundTripAndDamageIsNamed) {
+  const quant::QuantSpec spec = quant::parse_quant_spec(GetParam());
+  const quant::QuantizedTensor q = make(weight(), spec);
+  const auto parts = q.parts();
+  const auto back = quant::QuantizedTensor::from_parts(spec, q.shape, q.dtype, parts, "w");
+  EXPECT_TRUE(at::equal(quant::dequantize(back), quant::dequantize(q))) << spec.str();
+  int64_t bytes = 0;
+  for (const auto& p : parts) bytes += p.second.numel() * static_cast<int64_t>(p.second.element_size());
+  EXPECT_EQ(q.nbytes(), bytes);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto cut = parts;
+    cut[i].second = cut[i].second.reshape({-1}).narrow(0, 0, cut[i].second.numel() - 1);
+    EXPECT_QERROR(quant::QuantizedTensor::from_parts(spec, q.shape, q.dtype, cut, "w.safetensors"), "w.safetensors",
+                  "'" + parts[i].first + "'");
+    auto missing = parts;
+    missing.erase(missing.begin() + static_cast<long>(i));
+    EXPECT_QERROR(quant::QuantizedTensor::from_parts(spec, q.shape, q.dtype, missing, "w.safetensors"), "lacks",
+                  "'" + parts[i].first + "'");
+  }
+}
+
+TEST_P(Formats, LinearEqualsTheDequantizedProductWithItsGradient) {
+  const quant::QuantSpec spec = quant::parse_quant_spec(GetParam());
+  const quant::QuantizedTensor q = make(weight(), spec);
+  const quant::Format& f = quant::format_of(spec.method);
+  const at::Tensor deq = quant::dequantize(q, at::kFloat);
+  at::manual_seed(9);
+  const at::Tensor bias = at::randn({kRows});
+  for (int64_t rows : {1, 3, 4, 5, 9}) {  // the fused path serves up to 4 rows
+    const at::Tensor x = at::randn({rows, kCols});
+    const at::Tensor y = f.linear(x, q, bias), ref = at::linear(x, deq, bias);
+    ASSERT_EQ(y.sizes(), ref.sizes());
+    // LLM.int8() also rounds x to int8 per row: its own tolerance
+    const double tol = spec.method == Method::Int8 ? 0.03 : 1e-5;
+    EXPECT_LT(rel_err(y, ref), tol) << spec.str() << " with " << rows << " rows";
+  }
+  const at::Tensor x = at::randn({2, kCols}).requires_grad_(true);
+  f.linear(x, q, {}).sum().backward();
+  ASSERT_TRUE(x.grad().defined()) << spec.str();
+  EXPECT_TRUE(at::allclose(x.grad(), deq.sum(0).expand({2, kCols}), 1e-5, 1e-5)) << spec.str();
+}
+
+TEST_P(Formats, CudaMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device here; runs on a GPU machine";
+  const quant::QuantSpec spec = quant::parse_quant_spec(GetParam());
+  const at::Tensor w = weight();
+  const quant::QuantizedTensor q = make(w, spec);
+  const quant::QuantizedTensor qc = spec.method == Method::GPTQ ? q.to(at::kCUDA) : make(w.cuda(), spec);
+  const at::Tensor dc = quant::dequantize(qc, at::kFloat).cpu(), d = quant::dequantize(q, at::kFloat);
+  if (spec.method == Method::NF4 || spec.method == Method::FP4)
+    EXPECT_TRUE(at::equal(dc, d)) << spec.str() << ": the 4-bit kernels are bit-exact on both devices";
+  else
+    EXPECT_LT(rel_err(dc, d), 1e-3) << spec.str();
+  const at::Tensor x = at::randn({3, kCols});
+  const quant::Format& f = quant::format_of(spec.method);
+  EXPECT_LT(rel_err(f.linear(x.cuda(), qc, {}).cpu(), f.linear(x, q, {})), 1e-4) << spec.str();
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, Formats, ::testing::ValuesIn(all_specs()),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s;
+                           for (char c : i.param) s += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return s;
+                         });
