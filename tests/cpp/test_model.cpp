@@ -206,6 +206,52 @@ TEST(Hooks, ErrorsNameTheHook) {
   EXPECT_TRUE(h.empty());
 }
 
+TEST(Hooks, ZeroPaddedLayerNumbersAreRefused) {
+  model::Hooks h;  // "blocks.01..." names no point of any model: it would never fire
+  EXPECT_QERROR(h.add("blocks.01.mlp.hook_act", [](const at::Tensor&, const model::HookContext&) { return std::nullopt; }),
+                "unknown hook point 'blocks.01.mlp.hook_act'");
+  EXPECT_NO_THROW(h.add("blocks.0.mlp.hook_act", [](const at::Tensor&, const model::HookContext&) { return std::nullopt; }));
+  EXPECT_NO_THROW(h.add("blocks.10.mlp.hook_act", [](const at::Tensor&, const model::HookContext&) { return std::nullopt; }));
+}
+
+TEST(Hooks, AHookThatRemovesOrAddsHooksWhileRunningSkipsNoOther) {
+  auto m = stories();
+  model::Hooks h;
+  std::vector<std::string> calls;
+  int first = 0, added = 0;
+  first = h.add("blocks.1.mlp.hook_act", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    calls.push_back("first");
+    h.remove(first);  // once only
+    added = h.add("blocks.1.mlp.hook_act", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+      calls.push_back("added");
+      return std::nullopt;
+    });
+    return std::nullopt;
+  });
+  h.add("blocks.1.mlp.hook_act", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    calls.push_back("second");
+    return std::nullopt;
+  });
+  int victim = 0;
+  h.add("blocks.1.mlp.hook_act", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    calls.push_back("remover");
+    if (victim) h.remove(victim), victim = 0;
+    return std::nullopt;
+  });
+  victim = h.add("blocks.1.mlp.hook_act", [&](const at::Tensor&, const model::HookContext&) -> std::optional<at::Tensor> {
+    calls.push_back("victim");
+    return std::nullopt;
+  });
+  m->forward(ids_of({1, 403}), {}, &h);
+  // the self-removing hook ran once, the next one still ran, one added meanwhile waits for the
+  // next pass, one removed by an earlier hook of the same pass does not run
+  EXPECT_EQ(calls, (std::vector<std::string>{"first", "second", "remover"}));
+  calls.clear();
+  m->forward(ids_of({1, 403}), {}, &h);
+  EXPECT_EQ(calls, (std::vector<std::string>{"second", "remover", "added"}));
+  EXPECT_GT(added, 0);
+}
+
 TEST(Hooks, LayerOutOfRangeAndBadReplacement) {
   auto m = stories();
   model::Hooks h;

@@ -29,6 +29,7 @@ bool Hooks::parse(const std::string& name, int64_t* layer, std::string* point) {
   size_t i = pre.size(), j = i;
   while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
   if (j == i || j - i > 6 || j >= name.size() || name[j] != '.') return false;
+  if (name[i] == '0' && j - i > 1) return false;  // "blocks.01...": no model point is named so; it would never fire
   const std::string rest = name.substr(j + 1);
   for (const char* p : kPoints)
     if (rest == p) {
@@ -94,9 +95,14 @@ void Hooks::check_layers(int64_t num_layers) const {
 at::Tensor Hooks::run(const std::string& name, int64_t layer, at::Tensor act, const at::Tensor& mask) const {
   if (by_name_.find(name) == by_name_.end()) return act;
   const HookContext ctx{name, layer, mask};
-  for (const auto& e : fns_) {
-    if (e.name != name) continue;
-    std::optional<at::Tensor> r = e.fn(act, ctx);
+  // A snapshot of this point's functions: one may add or remove hooks (itself included) while it
+  // runs, which must neither skip nor repeat another; a function removed meanwhile does not run.
+  std::vector<std::pair<int, HookFn>> todo;
+  for (const auto& e : fns_)
+    if (e.name == name) todo.emplace_back(e.handle, e.fn);
+  for (const auto& [handle, fn] : todo) {
+    if (std::none_of(fns_.begin(), fns_.end(), [h = handle](const Entry& e) { return e.handle == h; })) continue;
+    std::optional<at::Tensor> r = fn(act, ctx);
     if (r && r->defined()) {
       const bool expands = batch_expansion_ && act.dim() > 0 && act.size(0) == 1 && r->dim() == act.dim() &&
                            r->sizes().slice(1) == act.sizes().slice(1);
