@@ -97,10 +97,10 @@ at::Tensor Hooks::run(const std::string& name, int64_t layer, at::Tensor act, co
   const HookContext ctx{name, layer, mask};
   // A snapshot of this point's functions: one may add or remove hooks (itself included) while it
   // runs, which must neither skip nor repeat another; a function removed meanwhile does not run.
-  std::vector<std::pair<int, HookFn>> todo;
+  std::vector<std::pair<int, HookFn>> pending;
   for (const auto& e : fns_)
-    if (e.name == name) todo.emplace_back(e.handle, e.fn);
-  for (const auto& [handle, fn] : todo) {
+    if (e.name == name) pending.emplace_back(e.handle, e.fn);
+  for (const auto& [handle, fn] : pending) {
     if (std::none_of(fns_.begin(), fns_.end(), [h = handle](const Entry& e) { return e.handle == h; })) continue;
     std::optional<at::Tensor> r = fn(act, ctx);
     if (r && r->defined()) {
