@@ -2,7 +2,9 @@
 model file and the same tokens, in one run. Prints the ratios.
 
     PYTHONPATH=build/python ~/.cache/qinterp/venv/bin/python bench/load_and_forward.py \
-        [--model PATH.gguf] [--batch 8] [--seq 64] [--reps 3] [--threads N]
+        [--model PATH.gguf ...] [--batch 8] [--seq 64] [--reps 3] [--threads N]
+
+Without --model: every real model set-up fetched (SmolLM2, Qwen2.5-Coder-0.5B, gemma-3-270m).
 """
 import argparse
 import os
@@ -13,8 +15,9 @@ import torch
 
 import qinterp
 
-DEFAULT = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".cache/qinterp/models")) / \
-    "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODELS = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".cache/qinterp/models"))
+DEFAULT = [MODELS / n for n in ("SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct.gguf",
+                                "gemma-3-270m-q4_k_m.gguf")]
 
 
 def timed(fn, reps):
@@ -29,15 +32,19 @@ def timed(fn, reps):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(DEFAULT))
+    ap.add_argument("--model", nargs="+", default=[str(p) for p in DEFAULT if p.exists()])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    for m in a.model:
+        bench(pathlib.Path(m), a)
+
+
+def bench(path, a):
     from transformers import AutoModelForCausalLM
-    path = pathlib.Path(a.model)
 
     t0 = time.perf_counter()
     ours = qinterp.load_model(path)

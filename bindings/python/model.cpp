@@ -70,7 +70,12 @@ void bind_model(py::module_& m) {
            "Returns [batch, seq + n] ids. stop_tokens defaults to the model's eos.")
       .def_property_readonly("hooks", [](const PyModel& p) { return p.hooks; })
       .def_property_readonly("config", [](const PyModel& p) { return config_dict(p.m->config()); })
-      .def_property_readonly("hook_points", [](const PyModel& p) { return model::Hooks::all_names(p.m->config().num_layers); })
+      .def_property_readonly("hook_points", [](const PyModel& p) {
+             std::vector<std::string> out;
+             for (auto& n : model::Hooks::all_names(p.m->config().num_layers))  // parallel blocks have no resid_mid
+               if (!p.m->config().parallel_block || n.find("hook_resid_mid") == std::string::npos) out.push_back(std::move(n));
+             return out;
+           })
       .def_property_readonly("device", [](const PyModel& p) { return p.m->device().str(); })
       .def_property_readonly("dtype", [](const PyModel& p) { return std::string(c10::toString(p.m->dtype())); })
       .def("to", [](PyModel& p, const std::string& device, const std::string& dtype) {
@@ -93,9 +98,14 @@ void bind_model(py::module_& m) {
            "Quantize the block linear layers in place (GPTQ needs calibration ids [N, T]).")
       .def("save", [](const PyModel& p, const std::string& dir) { model::save_model(*p.m, dir); }, py::arg("dir"))
       .def("linear_weight", [](const PyModel& p, int64_t layer, const std::string& name) {
+             std::string known;
              for (int k = 0; k < model::kNumLinear; ++k)
-               if (name == model::linear_name(k)) return p.m->linear_weight(layer, k);
-             throw Error("linear_weight: no linear '" + name + "' (self_attn.q_proj ... mlp.down_proj)");
+               if (model::linear_role(p.m->config(), k)) {
+                 const std::string m = model::linear_module(p.m->config(), k);
+                 if (name == m) return p.m->linear_weight(layer, k);
+                 known += (known.empty() ? "" : ", ") + m;
+               }
+             throw Error("linear_weight: no linear '" + name + "' in this model (" + known + ")");
            }, py::arg("layer"), py::arg("name"), "Dense (dequantized) weight of a block's linear layer.");
 
 

@@ -295,6 +295,12 @@ int cmd_inspect(const Command& c, const Args& a) {
   std::cout << "model:        " << path << "\n"
             << "format:       " << cfg.format << "\n"
             << "architecture: " << cfg.summary() << "\n";
+  {
+    const auto diff = qinterp::model::non_llama_settings(cfg);
+    std::cout << "vs Llama:     " << cfg.arch << (diff.empty() ? ", nothing differs from a plain Llama decoder" : ":");
+    for (const auto& d : diff) std::cout << " " << d;
+    std::cout << "\n";
+  }
   if (cfg.format == "gguf") {  // the file's own storage types, before decoding
     qinterp::io::GgufFile f(path);
     std::map<std::string, std::pair<int, int64_t>> types;

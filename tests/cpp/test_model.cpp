@@ -309,23 +309,32 @@ TEST(ModelConfigJson, EveryFieldRoundTripsAndBadInputIsNamed) {
   c.num_kv_heads = 5, c.head_dim = 16, c.max_seq_len = 17, c.rms_norm_eps = 1.5e-6, c.rope_theta = 5e5;
   c.rope_layout = model::RopeLayout::Interleaved, c.activation = model::Activation::GeluTanh;
   c.gated_mlp = false, c.tie_embeddings = true, c.qkv_bias = true, c.bos_id = 3, c.eos_id = 4, c.pad_id = 7;
+  c.rotary_dim = 8, c.rope_scaling = model::RopeScaling::Llama3, c.rope_factor = 8, c.rope_low_freq_factor = 2;
+  c.rope_high_freq_factor = 5, c.rope_original_context = 99, c.sliding_window = 6, c.norm = model::NormKind::LayerNorm;
+  c.parallel_block = true, c.attn_out_bias = true, c.mlp_bias = true, c.lm_head_bias = true;
   const std::string j = model::config_to_json(c);
   const model::ModelConfig b = model::config_from_json(j, "ck");
   EXPECT_EQ(model::config_to_json(b), j);
   EXPECT_EQ(b.summary(), c.summary());
   EXPECT_EQ(b.source, c.source);
   EXPECT_EQ(b.format, c.format);
-  // files written before source/format were stored still load
-  EXPECT_NO_THROW(model::config_from_json(R"({"arch":"llama","vocab_size":1,"hidden_size":1,"intermediate_size":1,
+  // files written before source/format and the later flags were stored still load, as plain Llama
+  model::ModelConfig old;
+  EXPECT_NO_THROW(old = model::config_from_json(R"({"arch":"llama","vocab_size":1,"hidden_size":1,"intermediate_size":1,
       "num_layers":1,"num_heads":1,"num_kv_heads":1,"head_dim":2,"max_seq_len":1,"rms_norm_eps":1e-5,
       "rope_theta":1e4,"rope_layout":"half-split","activation":"silu","gated_mlp":true,"tie_embeddings":false,
       "qkv_bias":false,"bos_id":1,"eos_id":2,"pad_id":-1})", "old"));
+  EXPECT_TRUE(model::non_llama_settings(old).empty());
+  EXPECT_EQ(old.sliding_window, 0);
   std::string missing = j;
   missing.replace(missing.find("\"qkv_bias\":true"), 15, "\"qkv_bia\":true");
   EXPECT_QERROR(model::config_from_json(missing, "ck.safetensors"), "ck.safetensors", "lacks \"qkv_bias\"");
   std::string extra = j;
-  extra.insert(1, "\"sliding_window\":512,");
-  EXPECT_QERROR(model::config_from_json(extra, "ck"), "unknown field \"sliding_window\"");
+  extra.insert(1, "\"softcap\":30,");
+  EXPECT_QERROR(model::config_from_json(extra, "ck"), "unknown field \"softcap\"");
+  std::string bad_norm = j;
+  bad_norm.replace(bad_norm.find("\"layernorm\""), 11, "\"batchnorm\"");
+  EXPECT_QERROR(model::config_from_json(bad_norm, "ck"), "\"norm\" has a bad value");
   std::string bad = j;
   bad.replace(bad.find("\"gelu_tanh\""), 11, "\"swiglu\"");
   EXPECT_QERROR(model::config_from_json(bad, "ck"), "\"activation\"", "swiglu");

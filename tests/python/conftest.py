@@ -23,6 +23,7 @@ MODELS = pathlib.Path(os.environ.get("QINTERP_MODELS", pathlib.Path.home() / ".c
 STORIES = SHARED / "fixtures" / "stories260K"
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN25 = MODELS / "qwen2.5-coder-0.5b-instruct.gguf"
+GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
 
 
 @pytest.fixture(scope="session")

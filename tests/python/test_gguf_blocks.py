@@ -16,7 +16,10 @@ CASES = [
     ("Q4_1", 32, 20, [0, 2]),
     ("Q5_0", 32, 22, [0]),
     ("Q5_1", 32, 24, [0, 2]),
+    ("Q2_K", 256, 84, [80, 82]),
+    ("Q3_K", 256, 110, [108]),
     ("Q4_K", 256, 144, [0, 2]),
+    ("Q5_K", 256, 176, [0, 2]),
     ("Q6_K", 256, 210, [208]),
 ]
 
@@ -34,7 +37,7 @@ def test_random_blocks_match_gguf_package(name, be, bb, scales):
     ref = dequantize(raw, getattr(T, name))  # [rows, blocks_per_row * be] float32
     got = qinterp.dequantize_gguf(torch.from_numpy(raw.copy()).flatten(), name, (rows, blocks_per_row * be))
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6, atol=1e-6)
-    assert np.array_equal(got.numpy(), ref) or name in ("Q4_K", "Q6_K"), "exact for the simple block types"
+    assert np.array_equal(got.numpy(), ref) or name.endswith("_K"), "exact for the simple block types"
 
 
 @pytest.mark.parametrize("name,dtype", [("F16", np.float16), ("F32", np.float32)])
@@ -50,9 +53,12 @@ def test_bf16():
     assert torch.equal(qinterp.dequantize_gguf(raw, "BF16", (64,)), x.float())
 
 
-def test_bad_sizes_raise():
+@pytest.mark.parametrize("name,be,bb,scales", CASES)
+def test_truncated_or_ragged_tensors_raise(name, be, bb, scales):
     with pytest.raises(qinterp.Error, match="do not hold"):
-        qinterp.dequantize_gguf(torch.zeros(33, dtype=torch.uint8), "Q8_0", (32,))
+        qinterp.dequantize_gguf(torch.zeros(2 * bb - 1, dtype=torch.uint8), name, (2 * be,))
+    with pytest.raises(qinterp.Error, match=f"not a whole number of {name} blocks|do not hold"):
+        qinterp.dequantize_gguf(torch.zeros(2 * bb, dtype=torch.uint8), name, (2 * be - 1,))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SKIPPED: no CUDA device here; runs on a GPU machine")

@@ -35,9 +35,14 @@ def test_rope_theta_from_rope_parameters(tmp_path, theta):
 def test_rope_types_that_are_not_implemented_are_refused(tmp_path):
     tiny_llama(tmp_path, 10000.0)
     cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "dynamic", "factor": 8.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(qinterp.Error, match='rope type "dynamic"'):
+        qinterp.load_model(tmp_path)
+    # llama3 is implemented (test_architectures.py), and a llama3 entry lacking its parameters is named
     cfg["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(qinterp.Error, match='rope type "llama3"'):
+    with pytest.raises(qinterp.Error, match='"rope_parameters" lacks "low_freq_factor"'):
         qinterp.load_model(tmp_path)
 
 

@@ -86,6 +86,16 @@ def test_tokenizer_gives_transformers_ids():
         assert ours.decode(want) == ref.decode(want, skip_special_tokens=True), text
 
 
+def test_tokenizer_gives_transformers_ids_on_the_paper_corpus():
+    from test_tokenizers import assert_same_ids, corpus
+    from transformers import AutoTokenizer
+    ref = AutoTokenizer.from_pretrained(str(QWEN25.parent), gguf_file=QWEN25.name)
+    tok = qinterp.load_tokenizer(QWEN25)
+    texts = corpus()
+    assert_same_ids(tok.encode_many(texts, False, False), ref(texts, add_special_tokens=False)["input_ids"], texts,
+                    "Qwen2.5 GGUF")
+
+
 def test_generates_the_same_greedy_tokens(pair):
     ours, hf = pair
     tok = qinterp.load_tokenizer(QWEN25)

@@ -26,7 +26,7 @@ __version__ = _C.__version__
 _DTYPES = {None: "", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 # ggml type numbers (ggml.h) of the block formats qinterp decodes.
-GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14,
+GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14,
               "BF16": 30}
 
 

@@ -43,7 +43,10 @@ bool ggml_block_layout(GgmlType t, int64_t* elems, int64_t* bytes) {
     case GgmlType::Q5_0: *elems = 32; *bytes = 22; return true;   // fp16 d, 4 bytes of high bits, 16
     case GgmlType::Q5_1: *elems = 32; *bytes = 24; return true;   // fp16 d, fp16 m, high bits, 16
     case GgmlType::Q8_0: *elems = 32; *bytes = 34; return true;   // fp16 d, 32 int8
+    case GgmlType::Q2_K: *elems = 256; *bytes = 84; return true;  // 16 scale bytes, 64, d, dmin
+    case GgmlType::Q3_K: *elems = 256; *bytes = 110; return true; // hmask 32, 64, 12 scale bytes, d
     case GgmlType::Q4_K: *elems = 256; *bytes = 144; return true; // d, dmin, 12 scale bytes, 128
+    case GgmlType::Q5_K: *elems = 256; *bytes = 176; return true; // d, dmin, 12 scale bytes, qh 32, 128
     case GgmlType::Q6_K: *elems = 256; *bytes = 210; return true; // ql 128, qh 64, sc 16, d
     default: return false;
   }

@@ -41,7 +41,7 @@ void save_model(const Model& model, const std::string& dir) {
   for (int64_t l = 0; l < model.config().num_layers; ++l)
     for (int k = 0; k < kNumLinear; ++k)
       if (auto q = model.qlinear(l, k)) {
-        const std::string name = "model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight";
+        const std::string name = hf_name(*linear_role(model.config(), k), l);
         std::string shape;
         for (int64_t d : q->weight().shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
         meta["qinterp.shape." + name] = shape;

@@ -10,8 +10,12 @@ namespace qinterp::model {
 
 namespace {
 // Indexed by HookPoint.
-const char* const kPoints[kNumHookPoints] = {"hook_resid_pre", "attn.hook_out", "hook_resid_mid", "mlp.hook_pre",
-                                             "mlp.hook_act",   "mlp.hook_post", "hook_resid_post"};
+const char* const kPoints[kNumHookPoints] = {
+    "hook_resid_pre", "attn.hook_q",  "attn.hook_k",  "attn.hook_v",   "attn.hook_pattern", "attn.hook_z",
+    "attn.hook_out",  "hook_resid_mid", "mlp.hook_pre", "mlp.hook_act", "mlp.hook_post",     "hook_mlp_out",
+    "hook_resid_post"};
+// TransformerLens's names for points qinterp names otherwise.
+const std::pair<const char*, const char*> kAliases[] = {{"hook_attn_out", "attn.hook_out"}};
 }  // namespace
 
 const char* hook_point_name(HookPoint p) { return kPoints[static_cast<int>(p)]; }
@@ -30,7 +34,9 @@ bool Hooks::parse(const std::string& name, int64_t* layer, std::string* point) {
   while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
   if (j == i || j - i > 6 || j >= name.size() || name[j] != '.') return false;
   if (name[i] == '0' && j - i > 1) return false;  // "blocks.01...": no model point is named so; it would never fire
-  const std::string rest = name.substr(j + 1);
+  std::string rest = name.substr(j + 1);
+  for (const auto& [alias, point] : kAliases)
+    if (rest == alias) rest = point;
   for (const char* p : kPoints)
     if (rest == p) {
       *layer = std::atoll(name.substr(i, j - i).c_str());
@@ -51,15 +57,16 @@ std::vector<std::string> Hooks::all_names(int64_t num_layers) {
 int Hooks::add(const std::string& name, HookFn fn) {
   int64_t layer;
   std::string point;
-  if (!parse(name, &layer, &point))
-    fail("unknown hook point '", name,
-         "'; valid: blocks.{L}.hook_resid_pre, blocks.{L}.attn.hook_out, blocks.{L}.hook_resid_mid, "
-         "blocks.{L}.mlp.hook_pre, blocks.{L}.mlp.hook_act, blocks.{L}.mlp.hook_post, "
-         "blocks.{L}.hook_resid_post, hook_logits");
+  if (!parse(name, &layer, &point)) {
+    std::string valid;
+    for (const char* p : kPoints) valid += std::string("blocks.{L}.") + p + ", ";
+    fail("unknown hook point '", name, "'; valid: ", valid, "hook_logits");
+  }
   if (!fn) fail("hook at '", name, "': empty function");
+  const std::string canonical = layer < 0 ? name : "blocks." + std::to_string(layer) + "." + point;
   const int h = next_++;
-  fns_.push_back({h, name, std::move(fn)});
-  ++by_name_[name];
+  fns_.push_back({h, canonical, std::move(fn)});
+  ++by_name_[canonical];
   return h;
 }
 

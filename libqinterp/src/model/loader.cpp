@@ -101,8 +101,9 @@ std::shared_ptr<Model> from_safetensors(const std::string& path) {
 std::shared_ptr<Model> from_gguf(const std::string& path) {
   io::GgufFile f(path);
   const std::string arch = f.has("general.architecture") ? f.get_string("general.architecture") : "";
-  if (arch != "llama" && arch != "qwen2")
-    fail(path, ": GGUF architecture '", arch, "' is not supported (llama, qwen2)");
+  if (arch != "llama" && arch != "qwen2" && arch != "gemma3")
+    fail(path, ": GGUF architecture '", arch, "' is not supported (llama, qwen2, gemma3)");
+  const bool gemma = arch == "gemma3";
   const std::string k = arch + ".";
   ModelConfig cfg;
   cfg.arch = arch;
@@ -113,13 +114,36 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
   cfg.intermediate_size = f.get_int(k + "feed_forward_length");
   cfg.num_heads = f.get_int(k + "attention.head_count");
   cfg.num_kv_heads = f.get_int(k + "attention.head_count_kv", cfg.num_heads);
-  cfg.head_dim = f.get_int(k + "rope.dimension_count", cfg.num_heads > 0 ? cfg.hidden_size / cfg.num_heads : 0);
+  cfg.head_dim = f.get_int(k + "attention.key_length",
+                           f.get_int(k + "rope.dimension_count", cfg.num_heads > 0 ? cfg.hidden_size / cfg.num_heads : 0));
+  if (f.has(k + "attention.value_length") && f.get_int(k + "attention.value_length") != cfg.head_dim)
+    fail(path, ": attention.value_length differs from key_length; qinterp's heads have one size");
   cfg.max_seq_len = f.get_int(k + "context_length", 2048);
   cfg.rope_theta = f.get_float(k + "rope.freq_base", 10000.0);
   cfg.rms_norm_eps = f.get_float(k + "attention.layer_norm_rms_epsilon", 1e-5);
+  if (f.has(k + "rope.scaling.type")) {
+    const std::string type = f.get_string(k + "rope.scaling.type");
+    if (type == "linear") {
+      cfg.rope_scaling = RopeScaling::Linear;
+      cfg.rope_factor = f.get_float(k + "rope.scaling.factor", 0.0);  // validate() refuses 0
+    } else if (type != "none") {
+      fail(path, ": rope scaling type '", type, "' is not supported in GGUF files (linear)");
+    }
+  }
+  if (gemma) {
+    // What llama.cpp and transformers assume for Gemma 3 where the file says nothing: every sixth
+    // layer global, the others sliding with rope base 10000, scores scaled by 1/sqrt(head_dim).
+    cfg.sliding_window = f.get_int(k + "attention.sliding_window");
+    for (int64_t l = 0; l < cfg.num_layers; ++l) cfg.layer_types += (l + 1) % 6 == 0 ? 'f' : 's';
+    cfg.rope_theta_local = 10000.0;
+    cfg.norm = NormKind::RMSOnePlus;
+    cfg.sandwich_norms = cfg.qk_norm = cfg.scale_embeddings = true;
+    cfg.query_pre_attn_scalar = static_cast<double>(cfg.head_dim);
+    cfg.activation = Activation::GeluTanh;
+  }
   // llama.cpp's converter permutes llama q/k rows so that RoPE rotates adjacent pairs ("normal"
   // rope); qwen2 keeps the Hugging Face order and uses the half-split ("neox") rope.
-  cfg.rope_layout = arch == "llama" ? RopeLayout::Interleaved : RopeLayout::HalfSplit;
+  cfg.rope_layout = arch == "llama" ? RopeLayout::Interleaved : RopeLayout::HalfSplit;  // gemma3: neox too
   cfg.qkv_bias = arch == "qwen2";
   cfg.bos_id = f.get_int("tokenizer.ggml.bos_token_id", 1);
   cfg.eos_id = f.get_int("tokenizer.ggml.eos_token_id", 2);
@@ -143,7 +167,10 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
            "load the Hugging Face checkpoint, whose config.json states the scaling");
     if (name.empty()) fail(path, ": tensor '", t.name, "' has no place in a ", arch, " model; qinterp does not know it");
     const at::Tensor raw = at::from_blob(const_cast<uint8_t*>(t.data), {static_cast<int64_t>(t.nbytes)}, at::kByte);
-    w.push_back({name, quant::dequantize_gguf(raw, t.type, t.numel()).view(t.torch_shape())});
+    at::Tensor v = quant::dequantize_gguf(raw, t.type, t.numel()).view(t.torch_shape());
+    // llama.cpp stores Gemma's norm weights as 1 + w; the model adds the 1 itself (as transformers).
+    if (gemma && ends_with(t.name, "norm.weight")) v = v - 1.0f;
+    w.push_back({name, std::move(v)});
   }
   return std::make_shared<Model>(cfg, std::move(w));
 }

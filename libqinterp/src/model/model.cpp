@@ -17,6 +17,12 @@ namespace {
 
 const std::string kLogitsHook = "hook_logits";
 
+// Gemma's: x / rms(x) * (1 + w) all in float32, cast last.
+at::Tensor rms_norm_one_plus(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps) * (1.0 + w.to(at::kFloat))).to(x.scalar_type());
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   // Reduce in float32 and cast back before the weight, as Hugging Face's LlamaRMSNorm does.
   const at::Tensor xf = x.to(at::kFloat);
@@ -34,9 +40,14 @@ at::Tensor activate(const at::Tensor& x, Activation a) {
   return x;
 }
 
-// x [B, T, heads, hd]; cos/sin [B, T, 1, hd/2] in x's dtype.
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
-  const int64_t hd = x.size(-1);
+// x [B, T, heads, hd]; cos/sin [B, T, 1, rd/2] in x's dtype: the first rd dims of each head
+// rotate, the rest pass through (partial rotary, Phi-2).
+at::Tensor apply_rope(const at::Tensor& x_all, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  const int64_t hd = 2 * cos.size(-1);
+  if (hd < x_all.size(-1))
+    return at::cat({apply_rope(x_all.narrow(-1, 0, hd), cos, sin, layout),
+                    x_all.narrow(-1, hd, x_all.size(-1) - hd)}, -1);
+  const at::Tensor& x = x_all;
   if (layout == RopeLayout::Interleaved) {
     const at::Tensor p = x.unflatten(-1, {hd / 2, 2});
     const at::Tensor x0 = p.select(-1, 0), x1 = p.select(-1, 1);
@@ -58,48 +69,37 @@ std::string shape_str(at::IntArrayRef s) {
 
 }  // namespace
 
-const char* linear_name(int which) {
-  static const char* names[kNumLinear] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                          "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                          "mlp.down_proj"};
-  if (which < 0 || which >= kNumLinear) fail("linear_name: no linear layer ", which);
-  return names[which];
-}
-
-at::Tensor* Model::Layer::weight(int which) {
-  at::Tensor* w[kNumLinear] = {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
-  return w[which];
-}
-const at::Tensor* Model::Layer::bias(int which) const {
-  if (which == kQ) return &bq;
-  if (which == kK) return &bk;
-  if (which == kV) return &bv;
-  return nullptr;
+std::string linear_module(const ModelConfig& cfg, int which) {
+  const WeightRole* r = linear_role(cfg, which);
+  if (!r) fail(cfg.source, ": a ", cfg.arch, " block has no linear layer ", which);
+  const std::string w = r->hf;
+  return w.substr(0, w.size() - std::string(".weight").size());
 }
 
 at::Tensor* Model::role_tensor(Role r, int64_t layer) {
   switch (r) {
     case Role::Embed: return &embed_;
     case Role::FinalNorm: return &final_norm_;
+    case Role::FinalNormBias: return &final_norm_b_;
     case Role::LmHead: return &lm_head_;
+    case Role::LmHeadBias: return &lm_head_b_;
     default: break;
   }
   Layer& L = layers_.at(static_cast<size_t>(layer));
   switch (r) {
     case Role::AttnNorm: return &L.attn_norm;
-    case Role::Q: return &L.wq;
-    case Role::QBias: return &L.bq;
-    case Role::K: return &L.wk;
-    case Role::KBias: return &L.bk;
-    case Role::V: return &L.wv;
-    case Role::VBias: return &L.bv;
-    case Role::O: return &L.wo;
+    case Role::AttnNormBias: return &L.attn_norm_b;
     case Role::FfnNorm: return &L.ffn_norm;
-    case Role::Gate: return &L.w_gate;
-    case Role::Up: return &L.w_up;
-    case Role::Down: return &L.w_down;
-    default: fail("Model: no tensor for this role");
+    case Role::FfnNormBias: return &L.ffn_norm_b;
+    case Role::PostAttnNorm: return &L.post_attn_norm;
+    case Role::PostFfnNorm: return &L.post_ffn_norm;
+    case Role::QNorm: return &L.q_norm;
+    case Role::KNorm: return &L.k_norm;
+    default: break;
   }
+  for (const WeightRole& wr : weight_roles(cfg_))
+    if (wr.role == r && wr.linear >= 0) return wr.bias ? &L.b[wr.linear] : &L.w[wr.linear];
+  fail(cfg_.source, ": a ", cfg_.arch, " model has no tensor for this role");
 }
 
 Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::string, quant::QuantizedTensor> quantized)
@@ -113,7 +113,8 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::st
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     for (const WeightRole& r : roles) {
       if (!r.per_layer && l > 0) continue;
-      if (r.role == Role::LmHead && cfg_.tie_embeddings) continue;  // lm_head_ = embed_ below
+      // A role the configuration does not use stays out of `used`, so its tensor is refused below.
+      if (!role_required(r.role, cfg_)) continue;
       const std::string name = hf_name(r, l);
       const std::vector<int64_t> shape = role_shape(r.role, cfg_);
       used.insert(name);
@@ -125,10 +126,7 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::st
         continue;  // installed as a QLinear below
       }
       auto it = w.find(name);
-      if (it == w.end()) {
-        if (role_required(r.role, cfg_)) fail(cfg_.source, ": missing tensor '", name, "'");
-        continue;
-      }
+      if (it == w.end()) fail(cfg_.source, ": missing tensor '", name, "'");
       if (it->second.sizes() != at::IntArrayRef(shape))
         fail(cfg_.source, ": tensor '", name, "' has shape ", shape_str(it->second.sizes()),
              " but the configuration needs ", shape_str(shape));
@@ -139,11 +137,12 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::st
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];
     for (int k = 0; k < kNumLinear; ++k) {
-      auto it = quantized.find("model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight");
+      const WeightRole* r = linear_role(cfg_, k);
+      if (!r) continue;
+      auto it = quantized.find(hf_name(*r, l));
       if (it == quantized.end()) continue;
       if (!quant_.quantized()) quant_ = it->second.spec;
-      const at::Tensor* b = L.bias(k);
-      L.q[k] = std::make_shared<const quant::QLinear>(it->second, b && b->defined() ? *b : at::Tensor());
+      L.q[k] = std::make_shared<const quant::QLinear>(it->second, L.b[k]);
     }
   }
   // A tensor no role takes would be dropped without a word (an o_proj.bias left out changes the
@@ -166,14 +165,42 @@ Model::Model(ModelConfig cfg, std::vector<NamedTensor> weights, std::map<std::st
                           : at::kFloat);
 }
 
+namespace {
+// Exactly Hugging Face's float32 computation: inv_freq = 1 / theta^(2i/d) over the d rotated dims,
+// rescaled as the rope type says (modeling_rope_utils); returns cos and sin of pos * inv_freq.
+std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& c, double theta, RopeScaling scaling) {
+  const int64_t hd = c.rotary_dim ? c.rotary_dim : c.head_dim;
+  at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(theta, at::kFloat),
+                                 at::arange(0, hd, 2, at::kLong).to(at::kFloat) / static_cast<double>(hd));
+  if (scaling == RopeScaling::Linear) {
+    inv = inv / c.rope_factor;
+  } else if (scaling == RopeScaling::Llama3) {
+    // Wavelengths shorter than original/high_freq_factor keep their frequency, longer than
+    // original/low_freq_factor are divided by factor, and the band between is interpolated.
+    const double f = c.rope_factor, lo = c.rope_low_freq_factor, hi = c.rope_high_freq_factor;
+    const double old_ctx = static_cast<double>(c.rope_original_context);
+    const double low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
+    const at::Tensor wavelen = 2 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv / f, inv);
+    const at::Tensor smooth = (old_ctx / wavelen - lo) / (hi - lo);
+    const at::Tensor smoothed = (1 - smooth) * scaled / f + smooth * scaled;
+    const at::Tensor medium = (wavelen < high_wavelen).logical_not().logical_and((wavelen > low_wavelen).logical_not());
+    inv = at::where(medium, smoothed, scaled);
+  }
+  const at::Tensor ang = at::outer(at::arange(c.max_seq_len, at::kLong).to(at::kFloat), inv);
+  return {ang.cos(), ang.sin()};
+}
+}  // namespace
+
 void Model::build_rope() {
-  // Exactly Hugging Face's float32 computation: inv_freq = 1 / theta^(2i/d), angle = pos * inv_freq.
-  const int64_t hd = cfg_.head_dim;
-  const at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(cfg_.rope_theta, at::kFloat),
-                                       at::arange(0, hd, 2, at::kLong).to(at::kFloat) / static_cast<double>(hd));
-  const at::Tensor ang = at::outer(at::arange(cfg_.max_seq_len, at::kLong).to(at::kFloat), inv);
-  rope_cos_ = ang.cos().to(embed_.device());
-  rope_sin_ = ang.sin().to(embed_.device());
+  auto [cos, sin] = rope_tables(cfg_, cfg_.rope_theta, cfg_.rope_scaling);
+  rope_cos_ = cos.to(embed_.device());
+  rope_sin_ = sin.to(embed_.device());
+  if (cfg_.rope_theta_local > 0) {
+    auto [lc, ls] = rope_tables(cfg_, cfg_.rope_theta_local, RopeScaling::None);
+    rope_cos_local_ = lc.to(embed_.device());
+    rope_sin_local_ = ls.to(embed_.device());
+  }
 }
 
 void Model::to(at::Device device, at::ScalarType dtype) {
@@ -186,11 +213,17 @@ void Model::to(at::Device device, at::ScalarType dtype) {
   const bool tied = lm_head_.defined() && lm_head_.is_same(embed_);
   cv(embed_);
   cv(final_norm_);
+  cv(final_norm_b_);
+  cv(lm_head_b_);
   if (tied) lm_head_ = embed_; else cv(lm_head_);
   for (auto& L : layers_) {
-    for (at::Tensor* t : {&L.attn_norm, &L.wq, &L.bq, &L.wk, &L.bk, &L.wv, &L.bv, &L.wo, &L.ffn_norm, &L.w_gate,
-                          &L.w_up, &L.w_down})
+    for (at::Tensor* t : {&L.attn_norm, &L.attn_norm_b, &L.ffn_norm, &L.ffn_norm_b, &L.post_attn_norm,
+                          &L.post_ffn_norm, &L.q_norm, &L.k_norm})
       cv(*t);
+    for (int k = 0; k < kNumLinear; ++k) {
+      cv(L.w[k]);
+      cv(L.b[k]);
+    }
     for (auto& q : L.q)
       if (q && q->weight().device() != device) {
         auto moved = std::make_shared<quant::QLinear>(*q);
@@ -225,11 +258,12 @@ std::vector<NamedTensor> Model::named_parameters() const {
     for (int k = 0; k < kNumLinear; ++k)
       if (layers_[l].q[k])
         for (const auto& part : layers_[l].q[k]->weight().parts())
-          out.push_back({"model.layers." + std::to_string(l) + "." + linear_name(k) + ".weight." + part.first,
-                         part.second});
+          out.push_back({hf_name(*linear_role(cfg_, k), static_cast<int64_t>(l)) + "." + part.first, part.second});
   }
   model_level(Role::FinalNorm);
+  model_level(Role::FinalNormBias);
   model_level(Role::LmHead);
+  model_level(Role::LmHeadBias);
   return out;
 }
 
@@ -287,7 +321,14 @@ Pass Model::begin(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hoo
     if (lo < 0 || hi >= cfg_.vocab_size)
       fail("Model::forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   }
-  if (p.hooks) p.hooks->check_layers(cfg_.num_layers);
+  if (p.hooks) {
+    p.hooks->check_layers(cfg_.num_layers);
+    if (cfg_.parallel_block)
+      for (const std::string& n : p.hooks->names())
+        if (n.find(hook_point_name(HookPoint::ResidMid)) != std::string::npos)
+          fail("Model::forward: hook '", n, "' never fires: a ", cfg_.arch,
+               " block runs attention and MLP side by side, so it has no residual stream between them");
+  }
   const int64_t past = cache ? cache->length : 0, S = past + T;
   p.past = past;
   if (cache) {
@@ -302,11 +343,15 @@ Pass Model::begin(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hoo
   if (pos.max().item<int64_t>() >= cfg_.max_seq_len)
     fail("Model::forward: position ", pos.max().item<int64_t>(), " is beyond the model's context of ",
          cfg_.max_seq_len, " tokens");
-  const int64_t half = cfg_.head_dim / 2;
+  const int64_t half = rope_cos_.size(1);
   const at::ScalarType dt = dtype();
   const at::Tensor flat = pos.reshape({-1});
   p.cos = rope_cos_.index_select(0, flat).view({B, T, 1, half}).to(dt);
   p.sin = rope_sin_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+  if (rope_cos_local_.defined()) {
+    p.cos_local = rope_cos_local_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+    p.sin_local = rope_sin_local_.index_select(0, flat).view({B, T, 1, half}).to(dt);
+  }
 
   // Attention mask [B, 1, T, S], true = may attend: causal and not padding. A padding query
   // would have no key left and give NaN, so every query may always see itself.
@@ -314,19 +359,38 @@ Pass Model::begin(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hoo
   const auto bopt = p.mask.options();
   const at::Tensor qpos = at::arange(past, S, bopt.dtype(at::kLong)).unsqueeze(1);
   const at::Tensor kpos = at::arange(S, bopt.dtype(at::kLong)).unsqueeze(0);
-  const at::Tensor allowed =
-      (kpos.le(qpos).unsqueeze(0).logical_and(key_valid.unsqueeze(1))).logical_or(kpos.eq(qpos).unsqueeze(0));
-  p.attn_mask = allowed.unsqueeze(1);
+  // A sliding window (Mistral) keeps the keys with q - k < window, as transformers does. Padding
+  // is on the left, so slot distance equals token distance between real tokens.
+  // With layer_types (Gemma 3) the window applies to the sliding layers only.
+  auto allowed = [&](bool window) {
+    at::Tensor causal = kpos.le(qpos);
+    if (window) causal = causal.logical_and(kpos.gt(qpos - cfg_.sliding_window));
+    return (causal.unsqueeze(0).logical_and(key_valid.unsqueeze(1))).logical_or(kpos.eq(qpos).unsqueeze(0)).unsqueeze(1);
+  };
+  const bool per_layer = !cfg_.layer_types.empty();
+  p.attn_mask = allowed(cfg_.sliding_window > 0 && !per_layer);
+  if (per_layer && cfg_.layer_types.find('s') != std::string::npos) p.attn_mask_local = allowed(true);
   return p;
 }
 
-at::Tensor Model::embed(const Pass& p) const { return at::embedding(embed_, p.ids); }
+at::Tensor Model::embed(const Pass& p) const {
+  const at::Tensor e = at::embedding(embed_, p.ids);
+  if (!cfg_.scale_embeddings) return e;
+  // sqrt(hidden) as a float32 scalar rounded to the compute dtype, as Gemma's scaled embedding.
+  return e * at::scalar_tensor(static_cast<float>(std::sqrt(static_cast<double>(cfg_.hidden_size))), at::kFloat)
+                 .to(e.scalar_type());
+}
+
+at::Tensor Model::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  if (cfg_.norm == NormKind::LayerNorm) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.rms_norm_eps);
+  if (cfg_.norm == NormKind::RMSOnePlus) return rms_norm_one_plus(x, w, cfg_.rms_norm_eps);
+  return rms_norm(x, w, cfg_.rms_norm_eps);
+}
 
 at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const {
   if (obs) obs(l, which, x);
   if (L.q[which]) return L.q[which]->forward(x);
-  const at::Tensor* b = L.bias(which);
-  return dense(x, *L.weight(which), b ? *b : at::Tensor());
+  return dense(x, L.w[which], L.b[which]);
 }
 
 at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs,
@@ -347,34 +411,70 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   auto hn = [&](HookPoint k) -> const std::string& { return names[static_cast<int>(k)]; };
   at::Tensor x = hook(hn(HookPoint::ResidPre), p.mask, x_in);
   const int64_t B = x.size(0);  // a hook may have expanded one row into several (Hooks::set_batch_expansion)
-  at::Tensor h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
+  at::Tensor h = norm(x, L.attn_norm, L.attn_norm_b);
   const at::Tensor hq = last_only ? h.narrow(1, q0, 1) : h;
-  const at::Tensor cq = last_only ? p.cos.narrow(1, q0, 1) : p.cos, sq = last_only ? p.sin.narrow(1, q0, 1) : p.sin;
-  at::Tensor q = apply_rope(linear(L, kQ, hq, l, obs).view({B, Tq, H, hd}), cq, sq, cfg_.rope_layout).transpose(1, 2);
-  at::Tensor k = apply_rope(linear(L, kK, h, l, obs).view({B, T, KV, hd}), p.cos, p.sin, cfg_.rope_layout).transpose(1, 2);
-  at::Tensor v = linear(L, kV, h, l, obs).view({B, T, KV, hd}).transpose(1, 2);
+  const bool local = !cfg_.layer_types.empty() && cfg_.layer_types[static_cast<size_t>(l)] == 's';
+  const at::Tensor& cos = local && p.cos_local.defined() ? p.cos_local : p.cos;
+  const at::Tensor& sin = local && p.sin_local.defined() ? p.sin_local : p.sin;
+  const at::Tensor cq = last_only ? cos.narrow(1, q0, 1) : cos, sq = last_only ? sin.narrow(1, q0, 1) : sin;
+  at::Tensor q = hook(hn(HookPoint::AttnQ), qmask, linear(L, kQ, hq, l, obs).view({B, Tq, H, hd}));
+  at::Tensor k = hook(hn(HookPoint::AttnK), p.mask, linear(L, kK, h, l, obs).view({B, T, KV, hd}));
+  at::Tensor v = hook(hn(HookPoint::AttnV), p.mask, linear(L, kV, h, l, obs).view({B, T, KV, hd})).transpose(1, 2);
+  if (cfg_.qk_norm) {
+    q = norm(q, L.q_norm, {});
+    k = norm(k, L.k_norm, {});
+  }
+  q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+  k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
   if (cache) {
     cache->k[l].narrow(2, past, T).copy_(k);
     cache->v[l].narrow(2, past, T).copy_(v);
     k = cache->k[l].narrow(2, 0, S);
     v = cache->v[l].narrow(2, 0, S);
   }
-  const at::Tensor amask = last_only ? p.attn_mask.narrow(2, q0, 1) : p.attn_mask;
-  // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.
-  at::Tensor a = at::scaled_dot_product_attention(q, k, v, amask, 0.0, false, std::nullopt, KV != H);
-  a = a.transpose(1, 2).reshape({B, Tq, H * hd});
-  at::Tensor o = hook(hn(HookPoint::AttnOut), qmask, linear(L, kO, a, l, obs));
-  x = hook(hn(HookPoint::ResidMid), qmask, (last_only ? x.narrow(1, q0, 1) : x) + o);
-  h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
+  const at::Tensor& layer_mask = local && p.attn_mask_local.defined() ? p.attn_mask_local : p.attn_mask;
+  const at::Tensor amask = last_only ? layer_mask.narrow(2, q0, 1) : layer_mask;
+  const double scale = 1.0 / std::sqrt(cfg_.query_pre_attn_scalar > 0 ? cfg_.query_pre_attn_scalar
+                                                                      : static_cast<double>(hd));
+  at::Tensor a;
+  if (p.hooks && p.hooks->has(hn(HookPoint::AttnPattern))) {
+    // The pattern is asked for: attention written out, softmax in float32 as transformers' eager path.
+    const at::Tensor kk = KV != H ? k.repeat_interleave(H / KV, 1) : k, vv = KV != H ? v.repeat_interleave(H / KV, 1) : v;
+    const at::Tensor scores = at::matmul(q, kk.transpose(-1, -2)) * scale;
+    at::Tensor pattern = at::softmax(scores.masked_fill(amask.logical_not(), -INFINITY).to(at::kFloat), -1)
+                             .to(q.scalar_type());
+    pattern = hook(hn(HookPoint::AttnPattern), qmask, pattern);
+    a = at::matmul(pattern, vv);
+  } else {
+    // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.
+    const std::optional<double> sdpa_scale = cfg_.query_pre_attn_scalar > 0 ? std::optional<double>(scale) : std::nullopt;
+    a = at::scaled_dot_product_attention(q, k, v, amask, 0.0, false, sdpa_scale, KV != H);
+  }
+  a = hook(hn(HookPoint::AttnZ), qmask, a.transpose(1, 2)).reshape({B, Tq, H * hd});
+  at::Tensor o = linear(L, kO, a, l, obs);
+  if (cfg_.sandwich_norms) o = norm(o, L.post_attn_norm, {});
+  o = hook(hn(HookPoint::AttnOut), qmask, o);
+  if (last_only) x = x.narrow(1, q0, 1);
+  if (cfg_.parallel_block) {
+    h = hq;  // the MLP reads the same norm as attention (Phi-2)
+  } else {
+    x = hook(hn(HookPoint::ResidMid), qmask, x + o);
+    h = norm(x, L.ffn_norm, L.ffn_norm_b);
+  }
   at::Tensor pre = hook(hn(HookPoint::MlpPre), qmask, linear(L, kGate, h, l, obs));
   at::Tensor act = hook(hn(HookPoint::MlpAct), qmask, activate(pre, cfg_.activation));
   at::Tensor post = hook(hn(HookPoint::MlpPost), qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
-  return hook(hn(HookPoint::ResidPost), qmask, x + linear(L, kDown, post, l, obs));
+  at::Tensor m = linear(L, kDown, post, l, obs);
+  if (cfg_.sandwich_norms) m = norm(m, L.post_ffn_norm, {});
+  m = hook(hn(HookPoint::MlpOut), qmask, m);
+  // Phi-2 sums as transformers does: attn + mlp + residual.
+  return hook(hn(HookPoint::ResidPost), qmask, cfg_.parallel_block ? o + m + x : x + m);
 }
 
 at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
-  const at::Tensor x = rms_norm(x_in, final_norm_, cfg_.rms_norm_eps);
-  at::Tensor logits = dense(x, lm_head_).to(at::kFloat);
+  const at::Tensor x = norm(x_in, final_norm_, final_norm_b_);
+  at::Tensor logits = dense(x, lm_head_, lm_head_b_).to(at::kFloat);
+  if (cfg_.final_logit_softcap > 0) logits = at::tanh(logits / cfg_.final_logit_softcap) * cfg_.final_logit_softcap;
   const at::Tensor mask = x_in.size(1) == p.T ? p.mask : p.mask.narrow(1, p.T - x_in.size(1), x_in.size(1));
   if (p.hooks) logits = p.hooks->run(kLogitsHook, -1, std::move(logits), mask);
   if (p.cache) {
@@ -399,16 +499,16 @@ void Model::set_linear(int64_t layer, int which, std::shared_ptr<const quant::QL
   if (which < 0 || which >= kNumLinear) fail("Model::set_linear: no linear ", which);
   if (!q) fail("Model::set_linear: null layer");
   Layer& L = layers_[layer];
-  const at::Tensor* w = L.weight(which);
-  if (!w->defined() && !L.q[which]) fail("Model::set_linear: layer ", layer, " has no ", linear_name(which));
-  const int64_t out = w->defined() ? w->size(0) : L.q[which]->out_features();
-  const int64_t in = w->defined() ? w->size(1) : L.q[which]->in_features();
+  const at::Tensor& w = L.w[which];
+  if (!w.defined() && !L.q[which]) fail("Model::set_linear: layer ", layer, " has no ", linear_module(cfg_, which));
+  const int64_t out = w.defined() ? w.size(0) : L.q[which]->out_features();
+  const int64_t in = w.defined() ? w.size(1) : L.q[which]->in_features();
   if (q && (q->out_features() != out || q->in_features() != in))
-    fail("Model::set_linear: layer ", layer, " ", linear_name(which), " is [", out, ", ", in, "], the replacement [",
-         q->out_features(), ", ", q->in_features(), "]");
+    fail("Model::set_linear: layer ", layer, " ", linear_module(cfg_, which), " is [", out, ", ", in,
+         "], the replacement [", q->out_features(), ", ", q->in_features(), "]");
   if (!quant_.quantized()) quant_ = q->weight().spec;
   L.q[which] = std::move(q);
-  *L.weight(which) = at::Tensor();  // the dense copy is no longer needed
+  L.w[which] = at::Tensor();  // the dense copy is no longer needed
 }
 
 std::shared_ptr<const quant::QLinear> Model::qlinear(int64_t layer, int which) const {
@@ -421,14 +521,13 @@ at::Tensor Model::linear_weight(int64_t layer, int which) const {
     fail("Model::linear_weight: out of range");
   const Layer& L = layers_[layer];
   if (L.q[which]) return quant::dequantize(L.q[which]->weight(), at::kFloat);
-  return *L.weight(which);
+  return L.w[which];
 }
 
 at::Tensor Model::linear_bias(int64_t layer, int which) const {
   if (layer < 0 || layer >= cfg_.num_layers || which < 0 || which >= kNumLinear)
     fail("Model::linear_bias: out of range");
-  const at::Tensor* b = layers_[layer].bias(which);
-  return b ? *b : at::Tensor();
+  return layers_[layer].b[which];
 }
 
 void Model::quantize(const quant::QuantSpec& spec, const std::function<void(int64_t, int64_t)>& progress) {
@@ -439,11 +538,8 @@ void Model::quantize(const quant::QuantSpec& spec, const std::function<void(int6
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     Layer& L = layers_[l];
     for (int k = 0; k < kNumLinear; ++k) {
-      const at::Tensor* w = L.weight(k);
-      if (!w->defined()) continue;  // non-gated MLP has no up_proj
-      const at::Tensor* b = L.bias(k);
-      set_linear(l, k, std::make_shared<const quant::QLinear>(quant::quantize(*w, spec),
-                                                              b && b->defined() ? *b : at::Tensor()));
+      if (!L.w[k].defined()) continue;  // non-gated MLP has no up_proj
+      set_linear(l, k, std::make_shared<const quant::QLinear>(quant::quantize(L.w[k], spec), L.b[k]));
     }
     if (progress) progress(l + 1, cfg_.num_layers);
   }

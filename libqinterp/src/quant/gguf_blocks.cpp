@@ -127,6 +127,68 @@ void q4_k(const uint8_t* b, float* y, int64_t nb) {
   }
 }
 
+// Q2_K: scales[16] (low nibble: scale, high nibble: min, one pair per 16 elements), qs[64], fp16
+// d, fp16 dmin. Element e = 128 h + 32 s + l takes bits 2s..2s+1 of qs[32 h + l];
+// x = d (sc & 15) q - dmin (sc >> 4).
+void q2_k(const uint8_t* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, b += 84, y += 256) {
+    const uint8_t* sc = b;
+    const uint8_t* qs = b + 16;
+    const float d = half_to_float(rd16(b + 80)), dmin = half_to_float(rd16(b + 82));
+    for (int e = 0; e < 256; ++e) {
+      const int h = e / 128, s = (e / 32) % 4, l = e % 32;
+      const float dl = d * static_cast<float>(sc[e / 16] & 15), ml = dmin * static_cast<float>(sc[e / 16] >> 4);
+      const float q = static_cast<float>((qs[32 * h + l] >> (2 * s)) & 3);
+      y[e] = dl * q - ml;
+    }
+  }
+}
+
+// Q3_K: hmask[32], qs[64], scales[12], fp16 d. Sixteen 6-bit signed scales (one per 16 elements):
+// low 4 bits from scales[i % 8] (nibble i / 8), high 2 bits from scales[8 + i % 4] (bits
+// 2 (i / 4)), minus 32. Element e = 128 h + 32 s + l: low 2 bits from qs[32 h + l] >> 2s, and
+// 4 is subtracted where bit e / 32 of hmask[l] is clear. x = d sc q.
+void q3_k(const uint8_t* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, b += 110, y += 256) {
+    const uint8_t* hm = b;
+    const uint8_t* qs = b + 32;
+    const uint8_t* sb = b + 96;
+    const float d = half_to_float(rd16(b + 108));
+    float dl[16];
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (sb[j % 8] >> (4 * (j / 8))) & 0x0f, hi = (sb[8 + j % 4] >> (2 * (j / 4))) & 3;
+      dl[j] = d * static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(lo | (hi << 4))) - 32);
+    }
+    for (int e = 0; e < 256; ++e) {
+      const int h = e / 128, s = (e / 32) % 4, l = e % 32;
+      const int q = ((qs[32 * h + l] >> (2 * s)) & 3) - (((hm[l] >> (e / 32)) & 1) ? 0 : 4);
+      y[e] = dl[e / 16] * static_cast<float>(q);
+    }
+  }
+}
+
+// Q5_K: fp16 d, fp16 dmin, 12 scale bytes as Q4_K (eight 6-bit scales and mins, one per 32
+// elements), qh[32], qs[128]. Element e = 64 g + 32 s + l: nibble s of qs[32 g + l], plus bit e / 32
+// of qh[l] as bit 4. x = d sc q - dmin m.
+void q5_k(const uint8_t* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, b += 176, y += 256) {
+    const float d = half_to_float(rd16(b)), dmin = half_to_float(rd16(b + 2));
+    const uint8_t* scales = b + 4;
+    const uint8_t* qh = b + 16;
+    const uint8_t* qs = b + 48;
+    for (int sb = 0; sb < 8; ++sb) {
+      uint8_t sc, m;
+      scale_min_k4(sb, scales, &sc, &m);
+      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+      const int g = sb / 2, s = sb % 2;
+      for (int l = 0; l < 32; ++l) {
+        const int q = ((qs[32 * g + l] >> (4 * s)) & 0x0f) | (((qh[l] >> sb) & 1) << 4);
+        y[32 * sb + l] = d1 * static_cast<float>(q) - m1;
+      }
+    }
+  }
+}
+
 void q6_k(const uint8_t* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, b += 210) {
     const uint8_t* ql = b;
@@ -166,7 +228,10 @@ void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n)
     case io::GgmlType::Q4_1: q4_1(s, dst, nb); return;
     case io::GgmlType::Q5_0: q5<false>(s, dst, nb); return;
     case io::GgmlType::Q5_1: q5<true>(s, dst, nb); return;
+    case io::GgmlType::Q2_K: q2_k(s, dst, nb); return;
+    case io::GgmlType::Q3_K: q3_k(s, dst, nb); return;
     case io::GgmlType::Q4_K: q4_k(s, dst, nb); return;
+    case io::GgmlType::Q5_K: q5_k(s, dst, nb); return;
     case io::GgmlType::Q6_K: q6_k(s, dst, nb); return;
     default: fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));
   }

@@ -84,6 +84,7 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& f) {
     }
     m.add_dummy_prefix = flag(f, "tokenizer.ggml.add_space_prefix", true);
     m.remove_extra_whitespaces = false;
+    m.user_defined_in_raw_text = true;
     m.unk = id_or(f, "tokenizer.ggml.unknown_token_id", n64, 0);
     m.bos = id_or(f, "tokenizer.ggml.bos_token_id", n64, 1);
     m.eos = id_or(f, "tokenizer.ggml.eos_token_id", n64, 2);

@@ -179,6 +179,7 @@ void SentencePieceTokenizer::init() {
   if (m_.byte_fallback)
     for (int b = 0; b < 256; ++b)
       if (byte_id_[b] < 0) fail(source_, ": byte_fallback is on but the byte piece <0x", std::hex, b, "> is missing");
+  for (const auto& u : user_defined_) user_defined_first_[static_cast<unsigned char>(u[0])] = true;
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
   // Merging word by word (and caching words) is exact when no piece that merging can produce has
@@ -214,16 +215,49 @@ void SentencePieceTokenizer::append_ids(const std::string& piece, std::vector<in
 }
 
 std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) const {
-  // Normalize as sentencepiece's identity normalizer: malformed bytes -> U+FFFD, optional
-  // whitespace clean-up, the dummy prefix, spaces -> "▁".
   const std::string clean = utf8::sanitize(text);
+  std::vector<int64_t> out;
+  out.reserve(clean.size() / 3 + 4);
+  if (!m_.user_defined_in_raw_text || user_defined_.empty()) {
+    encode_segment(clean, true, out);
+    return out;
+  }
+  // Raw-text user-defined pieces first (longest match at each position), the rest between them.
+  size_t b = 0;
+  for (size_t p = 0; p < clean.size();) {
+    const std::string* hit = nullptr;
+    if (!user_defined_first_[static_cast<unsigned char>(clean[p])]) {
+      ++p;
+      continue;
+    }
+    for (const auto& u : user_defined_)  // longest first
+      if (clean.compare(p, u.size(), u) == 0) {
+        hit = &u;
+        break;
+      }
+    if (!hit) {
+      ++p;
+      continue;
+    }
+    if (p > b) encode_segment(clean.substr(b, p - b), b == 0, out);
+    out.push_back(normal_.at(*hit));
+    p += hit->size();
+    b = p;
+  }
+  if (b < clean.size()) encode_segment(clean.substr(b), b == 0, out);
+  return out;
+}
+
+void SentencePieceTokenizer::encode_segment(const std::string& clean, bool at_start, std::vector<int64_t>& out) const {
+  // Normalize as sentencepiece's identity normalizer: malformed bytes -> U+FFFD (done by the
+  // caller), optional whitespace clean-up, the dummy prefix, spaces -> "▁".
   const std::string ws = m_.escape_whitespaces ? utf8::kMetaspace : " ";
   std::string s;
   s.reserve(clean.size() + 8);
   size_t i = 0;
   if (m_.remove_extra_whitespaces) while (i < clean.size() && clean[i] == ' ') ++i;
-  if (i == clean.size()) return {};
-  if (m_.add_dummy_prefix) s += ws;
+  if (i == clean.size()) return;
+  if (m_.add_dummy_prefix && at_start) s += ws;
   bool prev_space = m_.remove_extra_whitespaces;
   for (; i < clean.size(); ++i) {
     const char c = clean[i];
@@ -238,11 +272,9 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
   if (m_.remove_extra_whitespaces)
     while (s.size() >= ws.size() && s.compare(s.size() - ws.size(), ws.size(), ws) == 0) s.resize(s.size() - ws.size());
 
-  std::vector<int64_t> out;
-  out.reserve(s.size() / 3 + 4);
   if (!split_words_) {
     merge_word(s, out);
-    return out;
+    return;
   }
   // Words start at a space that follows another character ("▁the", "▁▁▁indent").
   std::string word;
@@ -261,7 +293,6 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
     b = k;
   }
   flush(s.size());
-  return out;
 }
 
 // sentencepiece's bpe_model on one string: characters (user-defined pieces whole), merges by

@@ -1,12 +1,20 @@
 // Hook points: named places in the forward pass where an analysis observes, or replaces, an
-// activation. Names (TransformerLens-compatible where they overlap):
-//   blocks.{L}.hook_resid_pre   [B, T, d_model]   input of block L
-//   blocks.{L}.attn.hook_out    [B, T, d_model]   attention output (after o_proj)
-//   blocks.{L}.hook_resid_mid   [B, T, d_model]   after the attention residual add
-//   blocks.{L}.mlp.hook_pre     [B, T, d_mlp]     gate / fc1 output before the activation
-//   blocks.{L}.mlp.hook_act     [B, T, d_mlp]     activation output: the paper's "neurons"
-//   blocks.{L}.mlp.hook_post    [B, T, d_mlp]     input of down_proj (act * up when gated)
-//   blocks.{L}.hook_resid_post  [B, T, d_model]   output of block L
+// activation. Names follow TransformerLens where they overlap (docs/models.md has the table):
+//   blocks.{L}.hook_resid_pre   [B, T, d_model]        input of block L
+//   blocks.{L}.attn.hook_q      [B, T, heads, d_head]  q_proj output before rotary embedding
+//   blocks.{L}.attn.hook_k      [B, T, kv_heads, d_head]  k_proj output before rotary (new positions)
+//   blocks.{L}.attn.hook_v      [B, T, kv_heads, d_head]  v_proj output (new positions)
+//   blocks.{L}.attn.hook_pattern [B, heads, T, S]      attention probabilities over the S keys;
+//                                                     computed explicitly only when hooked
+//   blocks.{L}.attn.hook_z      [B, T, heads, d_head]  attention output per head, before o_proj
+//   blocks.{L}.attn.hook_out    [B, T, d_model]        attention output (after o_proj); also
+//                                                     reachable as TransformerLens's blocks.{L}.hook_attn_out
+//   blocks.{L}.hook_resid_mid   [B, T, d_model]        after the attention residual add (not in parallel blocks)
+//   blocks.{L}.mlp.hook_pre     [B, T, d_mlp]          gate / fc1 output before the activation
+//   blocks.{L}.mlp.hook_act     [B, T, d_mlp]          activation output: the paper's "neurons"
+//   blocks.{L}.mlp.hook_post    [B, T, d_mlp]          input of down_proj (act * up when gated)
+//   blocks.{L}.hook_mlp_out     [B, T, d_model]        MLP output (after down_proj / fc2)
+//   blocks.{L}.hook_resid_post  [B, T, d_model]        output of block L
 //   hook_logits                 [B, T, vocab]
 // Every hook also receives the token mask [B, T] (bool, true = real token, false = padding),
 // so an analysis can skip padding.
@@ -22,8 +30,10 @@
 namespace qinterp::model {
 
 // The hook points inside block L, in forward order: the table of names is hook_point_name().
-enum class HookPoint : int { ResidPre, AttnOut, ResidMid, MlpPre, MlpAct, MlpPost, ResidPost };
-constexpr int kNumHookPoints = 7;
+enum class HookPoint : int {
+  ResidPre, AttnQ, AttnK, AttnV, AttnPattern, AttnZ, AttnOut, ResidMid, MlpPre, MlpAct, MlpPost, MlpOut, ResidPost
+};
+constexpr int kNumHookPoints = 13;
 const char* hook_point_name(HookPoint p);            // "hook_resid_pre", "attn.hook_out", ...
 std::string hook_name(int64_t layer, HookPoint p);   // "blocks.{layer}.{point}"
 
@@ -39,7 +49,8 @@ using HookFn = std::function<std::optional<at::Tensor>(const at::Tensor& act, co
 class Hooks {
  public:
   // Registers fn at a hook point; returns a handle for remove(). Throws Error for a name that is
-  // not a hook point (the message lists the valid forms).
+  // not a hook point (the message lists the valid forms). An alias (blocks.{L}.hook_attn_out) is
+  // registered under its point's name (blocks.{L}.attn.hook_out).
   int add(const std::string& name, HookFn fn);
   void remove(int handle);
   void clear();
@@ -61,6 +72,8 @@ class Hooks {
 
   // All hook point names of a model with this many layers, in forward order.
   static std::vector<std::string> all_names(int64_t num_layers);
+  // Splits a hook name into layer (-1 for hook_logits) and point, resolving aliases; false if it
+  // names no hook point.
   static bool parse(const std::string& name, int64_t* layer, std::string* point);
 
  private:

@@ -1,5 +1,6 @@
 // Model — a decoder-only transformer of the Llama family (Llama-2/3, Mistral, Qwen2, SmolLM,
-// llama2.c) run with ATen ops on CPU or CUDA in fp32, fp16 or bf16.
+// llama2.c) or Phi-2, run with ATen ops on CPU or CUDA in fp32, fp16 or bf16. What differs between
+// architectures is ModelConfig's flags (config.hpp) and the weight names (weights.hpp).
 //
 // Data layout, stated once:
 //   ids    [B, T] int64 token ids
@@ -51,9 +52,11 @@ struct NamedTensor {
   at::Tensor tensor;
 };
 
-// The linear layers of a block, in this order (linear_name() gives the HF module name).
+// The linear layers of a block, in this order (linear_module() gives the module's name). A
+// non-gated MLP (Phi-2's fc1/fc2) uses kGate and kDown; its kUp is absent.
 enum LinearId { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinear };
-const char* linear_name(int which);  // "self_attn.q_proj", ..., "mlp.down_proj"
+// The Hugging Face module of a block linear in cfg's architecture: "self_attn.q_proj", "mlp.fc1".
+std::string linear_module(const ModelConfig& cfg, int which);
 
 // Called with the input of a block's linear layer (GPTQ calibration).
 using LinearObserver = std::function<void(int64_t layer, int which, const at::Tensor& input)>;
@@ -62,6 +65,7 @@ using LinearObserver = std::function<void(int64_t layer, int which, const at::Te
 struct Pass {
   int64_t B = 0, T = 0, past = 0;
   at::Tensor ids, mask, cos, sin, attn_mask;
+  at::Tensor cos_local, sin_local, attn_mask_local;  // sliding layers', where they differ (Gemma 3)
   const Hooks* hooks = nullptr;
   KVCache* cache = nullptr;
 };
@@ -125,19 +129,20 @@ class Model {
 
  private:
   struct Layer {
-    at::Tensor attn_norm, wq, bq, wk, bk, wv, bv, wo, ffn_norm, w_gate, w_up, w_down;
+    at::Tensor attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;  // _b: LayerNorm biases
+    at::Tensor post_attn_norm, post_ffn_norm, q_norm, k_norm;  // sandwich and q/k norms (Gemma 3)
+    std::array<at::Tensor, kNumLinear> w, b;                  // dense weight (until quantized), bias
     std::array<std::shared_ptr<const quant::QLinear>, kNumLinear> q;  // set when quantized
-    at::Tensor* weight(int which);
-    const at::Tensor* weight(int which) const { return const_cast<Layer*>(this)->weight(which); }
-    const at::Tensor* bias(int which) const;
   };
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   at::Tensor linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const;
   at::Tensor* role_tensor(Role r, int64_t layer);  // the member holding a role (weights.hpp)
   ModelConfig cfg_;
   quant::QuantSpec quant_;
-  at::Tensor embed_, final_norm_, lm_head_;
+  at::Tensor embed_, final_norm_, final_norm_b_, lm_head_, lm_head_b_;
   std::vector<Layer> layers_;
-  at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2] float32
+  at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, rotary dims / 2] float32
+  at::Tensor rope_cos_local_, rope_sin_local_;  // sliding layers' own base, if any
   std::vector<std::array<std::string, kNumHookPoints>> hook_names_;  // [layer][HookPoint], built once
   void build_rope();
 };

@@ -4,7 +4,8 @@
 //   Q4_0  32 elems / 18 bytes: fp16 d, 16 bytes, low nibbles are elements 0..15, high 16..31
 //                                                                    x = d * (q - 8)
 //   Q4_1  32 elems / 20 bytes: fp16 d, fp16 m, nibbles as Q4_0     x = d * q + m
-//   Q4_K 256 elems / 144 bytes, Q6_K 256 elems / 210 bytes: ggml's k-quant super-blocks.
+//   Q2_K 84, Q3_K 110, Q4_K 144, Q5_K 176, Q6_K 210 bytes per 256 elems: ggml's k-quant
+//   super-blocks (each decoder's comment in gguf_blocks.cpp states its layout).
 #pragma once
 #include <cstdint>
 

@@ -93,6 +93,11 @@ struct SentencePieceModel {
   bool byte_fallback = false;             // unknown characters as <0xNN> pieces
   int64_t bos = -1, eos = -1, pad = -1, unk = -1;
   bool add_bos = true, add_eos = false;
+  // GGUF vocabularies (llama.cpp, and transformers reading them): user-defined pieces are found in
+  // the raw text before normalization, longest first, and the text between them is encoded alone
+  // (Gemma's "\n\n" and runs of spaces are such pieces). sentencepiece itself matches them in the
+  // normalized text.
+  bool user_defined_in_raw_text = false;
 };
 
 // SentencePiece BPE (sentencepiece's bpe_model): characters (user-defined pieces whole), then the
@@ -114,12 +119,14 @@ class SentencePieceTokenizer : public Tokenizer {
   SentencePieceModel m_;
   std::unordered_map<std::string, int64_t> normal_;  // normal, user-defined and unused pieces
   std::vector<std::string> user_defined_;             // matched whole, longest first
+  bool user_defined_first_[256] = {};                 // bytes a user-defined piece starts with
   int64_t byte_id_[256];
   bool split_words_ = false;  // no mergeable piece has a space after another character
   std::shared_ptr<WordCache> cache_;
   void init();
   void append_ids(const std::string& piece, std::vector<int64_t>& out) const;
   void merge_word(const std::string& s, std::vector<int64_t>& out) const;
+  void encode_segment(const std::string& clean, bool at_start, std::vector<int64_t>& out) const;
   std::string surface(int64_t id) const;  // the bytes a piece stands for
 };
 
