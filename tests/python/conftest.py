@@ -83,3 +83,23 @@ def write_hf_checkpoint(model, path):
         "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": True, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
         "torch_dtype": "float32"}))
+
+
+def left_padded_vs_transformers(ours, hf, vocab_hi, layer, seed=3):
+    """A left-padded batch [2, 24] (9 pads in row 0) through qinterp and transformers; returns the
+    logits of both, qinterp's blocks.{layer}.mlp.hook_act and transformers' mlp.act_fn output,
+    and the bool mask of real tokens."""
+    import torch
+    ids = torch.randint(3, vocab_hi, (2, 24), generator=torch.Generator().manual_seed(seed))
+    mask = (torch.arange(24) >= torch.tensor([[9], [0]])).long()
+    seen, ref_act = {}, []
+    h = ours.hooks.add(f"blocks.{layer}.mlp.hook_act", lambda a, m: seen.update(act=a.clone()))
+    r = hf.model.layers[layer].mlp.act_fn.register_forward_hook(lambda mod, i, o: ref_act.append(o.clone()))
+    try:
+        got = ours.forward(ids, mask)
+        with torch.no_grad():
+            ref = hf(ids, attention_mask=mask).logits
+    finally:
+        ours.hooks.remove(h)
+        r.remove()
+    return got, ref, seen["act"], ref_act[0], mask.bool()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import qinterp
-from conftest import GEMMA3
+from conftest import GEMMA3, left_padded_vs_transformers
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +55,14 @@ def test_logits_match_transformers(pair, seed, T):
 
 
 def test_left_padded_batch_and_hook_act_match_transformers(pair):
-    ours, hf = pair
-    ids = torch.randint(3, 262000, (2, 24), generator=torch.Generator().manual_seed(3))
-    mask = (torch.arange(24) >= torch.tensor([[9], [0]])).long()
-    seen, ref_act = {}, []
-    h = ours.hooks.add("blocks.7.mlp.hook_act", lambda a, m: seen.update(act=a.clone()))
-    r = hf.model.layers[7].mlp.act_fn.register_forward_hook(lambda mod, i, o: ref_act.append(o.clone()))
-    try:
-        got = ours.forward(ids, mask)
-        with torch.no_grad():
-            ref = hf(ids, attention_mask=mask).logits
-    finally:
-        ours.hooks.remove(h)
-        r.remove()
-    real = mask.bool()
+    got, ref, act, ref_act, real = left_padded_vs_transformers(*pair, vocab_hi=262000, layer=7)
     err = (got[real] - ref[real]).abs().max().item()
-    act_err = (seen["act"][real] - ref_act[0][real]).abs().max().item()
-    scale = ref_act[0][real].abs().max().item()
+    act_err = (act[real] - ref_act[real]).abs().max().item()
+    scale = ref_act[real].abs().max().item()
     print(f"gemma-3-270m left-padded: max |dlogit| {err:.3g}, max |d hook_act| {act_err:.3g} of {scale:.3g}")
     assert err < 2e-3 * ref[real].abs().max().item()
     assert act_err < 5e-4 * scale
-    assert seen["act"].shape == (2, 24, 2048)
+    assert act.shape == (2, 24, 2048)
 
 
 def test_generates_the_same_greedy_tokens(pair, hf_tok):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import qinterp
-from conftest import QWEN25
+from conftest import QWEN25, left_padded_vs_transformers
 
 TOL = 2e-3
 
@@ -109,30 +109,17 @@ def test_generates_the_same_greedy_tokens(pair):
 def test_left_padded_batch_and_hook_act_match_transformers(pair):
     """A left-padded batch (the paper's batching) with the attention mask, and the neurons the
     paper counts: qinterp's blocks.{L}.mlp.hook_act equals transformers' mlp.act_fn output."""
-    ours, hf = pair
-    ids = torch.randint(0, 151000, (2, 24), generator=torch.Generator().manual_seed(3))
-    mask = (torch.arange(24) >= torch.tensor([[9], [0]])).long()
-    seen, ref_act = {}, []
-    h = ours.hooks.add("blocks.11.mlp.hook_act", lambda a, m: seen.update(act=a.clone()))
-    r = hf.model.layers[11].mlp.act_fn.register_forward_hook(lambda mod, i, o: ref_act.append(o.clone()))
-    try:
-        got = ours.forward(ids, mask)
-        with torch.no_grad():
-            ref = hf(ids, attention_mask=mask).logits
-    finally:
-        ours.hooks.remove(h)
-        r.remove()
-    real = mask.bool()
+    got, ref, act, ref_act, real = left_padded_vs_transformers(*pair, vocab_hi=151000, layer=11)
     # Unpadded, both sides run the same kernels (difference 0); with a mask the attention kernels
     # differ in rounding, which 24 layers grow to ~1e-4 of the values (measured 1.3e-3 on logits
     # up to ~30, 3.8e-4 on activations up to 2.8). A misplaced position or mask would be O(1).
     assert (got[real] - ref[real]).abs().max().item() < 5e-3
-    act_err = (seen["act"][real] - ref_act[0][real]).abs().max().item()
-    scale = ref_act[0][real].abs().max().item()
+    act_err = (act[real] - ref_act[real]).abs().max().item()
+    scale = ref_act[real].abs().max().item()
     print(f"Qwen2.5 left-padded: max |dlogit| {(got[real] - ref[real]).abs().max().item():.3g}, "
           f"max |d hook_act| {act_err:.3g} of max |act| {scale:.3g}")
     assert act_err < 5e-4 * scale
-    assert seen["act"].shape == (2, 24, 4864)
+    assert act.shape == (2, 24, 4864)
 
 
 @pytest.mark.parametrize("spec,tol", [("nf4", 0.35), ("int8", 0.1)])

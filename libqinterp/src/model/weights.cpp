@@ -53,30 +53,23 @@ const std::vector<WeightRole> kPhi = {
     {Role::LmHeadBias, false, "lm_head.bias", "", -1, true},
 };
 
-// Gemma 3 (Gemma3ForCausalLM): Llama's names plus q/k norms and a norm after attention and after
-// the MLP; its pre-MLP norm is pre_feedforward_layernorm. GGUF names as llama.cpp's gemma3.
-const std::vector<WeightRole> kGemma3 = {
-    {Role::Embed, false, "model.embed_tokens.weight", "token_embd.weight", -1, false},
-    {Role::AttnNorm, true, "input_layernorm.weight", "attn_norm.weight", -1, false},
-    {Role::Q, true, "self_attn.q_proj.weight", "attn_q.weight", 0, false},
-    {Role::QBias, true, "self_attn.q_proj.bias", "attn_q.bias", 0, true},
-    {Role::K, true, "self_attn.k_proj.weight", "attn_k.weight", 1, false},
-    {Role::KBias, true, "self_attn.k_proj.bias", "attn_k.bias", 1, true},
-    {Role::V, true, "self_attn.v_proj.weight", "attn_v.weight", 2, false},
-    {Role::VBias, true, "self_attn.v_proj.bias", "attn_v.bias", 2, true},
-    {Role::O, true, "self_attn.o_proj.weight", "attn_output.weight", 3, false},
-    {Role::OBias, true, "self_attn.o_proj.bias", "attn_output.bias", 3, true},
-    {Role::QNorm, true, "self_attn.q_norm.weight", "attn_q_norm.weight", -1, false},
-    {Role::KNorm, true, "self_attn.k_norm.weight", "attn_k_norm.weight", -1, false},
-    {Role::PostAttnNorm, true, "post_attention_layernorm.weight", "post_attention_norm.weight", -1, false},
-    {Role::FfnNorm, true, "pre_feedforward_layernorm.weight", "ffn_norm.weight", -1, false},
-    {Role::Gate, true, "mlp.gate_proj.weight", "ffn_gate.weight", 4, false},
-    {Role::Up, true, "mlp.up_proj.weight", "ffn_up.weight", 5, false},
-    {Role::Down, true, "mlp.down_proj.weight", "ffn_down.weight", 6, false},
-    {Role::PostFfnNorm, true, "post_feedforward_layernorm.weight", "post_ffw_norm.weight", -1, false},
-    {Role::FinalNorm, false, "model.norm.weight", "output_norm.weight", -1, false},
-    {Role::LmHead, false, "lm_head.weight", "output.weight", -1, false},
-};
+// Gemma 3 (Gemma3ForCausalLM): Llama's names, its pre-MLP norm named pre_feedforward_layernorm,
+// plus q/k norms and a norm after attention and after the MLP. GGUF names as llama.cpp's gemma3.
+std::vector<WeightRole> gemma3_roles() {
+  std::vector<WeightRole> out;
+  for (WeightRole r : kLlama) {
+    if (r.role == Role::FinalNorm) {
+      out.push_back({Role::QNorm, true, "self_attn.q_norm.weight", "attn_q_norm.weight", -1, false});
+      out.push_back({Role::KNorm, true, "self_attn.k_norm.weight", "attn_k_norm.weight", -1, false});
+      out.push_back({Role::PostAttnNorm, true, "post_attention_layernorm.weight", "post_attention_norm.weight", -1, false});
+      out.push_back({Role::PostFfnNorm, true, "post_feedforward_layernorm.weight", "post_ffw_norm.weight", -1, false});
+    }
+    if (r.role == Role::FfnNorm) r.hf = "pre_feedforward_layernorm.weight";
+    out.push_back(r);
+  }
+  return out;
+}
+const std::vector<WeightRole> kGemma3 = gemma3_roles();
 }  // namespace
 
 const std::vector<WeightRole>& weight_roles(const ModelConfig& cfg) {
