@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstring>
+#include <random>
 
 #include "common.hpp"
 #include "qinterp/quant/dequantize.hpp"
@@ -61,6 +63,36 @@ TEST(GgufBlocks, Q4_0AndQ4_1NibbleOrder) {
     EXPECT_EQ(y1[j], j * 2.0f - 1.0f);
     EXPECT_EQ(y1[j + 16], (15 - j) * 2.0f - 1.0f);
   }
+}
+
+// The AVX2 k-quant decoders against the scalar ones beside them, bit for bit, on random blocks
+// with finite scales (every other byte pattern is a valid block).
+TEST(GgufBlocks, VectorisedDecodersEqualTheScalarReference) {
+  struct Case {
+    io::GgmlType t;
+    int bytes;
+    std::vector<int> scales;  // offsets of fp16 scales
+  };
+  const Case cases[] = {{io::GgmlType::Q2_K, 84, {80, 82}}, {io::GgmlType::Q3_K, 110, {108}},
+                        {io::GgmlType::Q5_K, 176, {0, 2}}, {io::GgmlType::Q4_K, 144, {0, 2}},
+                        {io::GgmlType::Q6_K, 210, {208}}};
+  std::mt19937 rng(7);
+  for (const Case& c : cases) {
+    const int nb = 37;
+    std::vector<uint8_t> raw(static_cast<size_t>(nb * c.bytes));
+    for (auto& x : raw) x = static_cast<uint8_t>(rng());
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    for (int i = 0; i < nb; ++i)
+      for (int off : c.scales) {
+        const uint16_t h = c10::Half(u(rng)).x;
+        std::memcpy(raw.data() + i * c.bytes + off, &h, 2);
+      }
+    std::vector<float> fast(static_cast<size_t>(nb) * 256), ref(fast.size());
+    quant::dequantize_gguf_cpu(c.t, raw.data(), fast.data(), nb * 256);
+    quant::dequantize_gguf_cpu_reference(c.t, raw.data(), ref.data(), nb * 256);
+    EXPECT_EQ(std::memcmp(fast.data(), ref.data(), fast.size() * sizeof(float)), 0) << io::ggml_type_name(c.t);
+  }
+  if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar decoders ran";
 }
 
 TEST(GgufBlocks, TensorEntryPointChecksSizes) {

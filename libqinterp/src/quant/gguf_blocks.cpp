@@ -2,6 +2,11 @@
 
 #include <cstring>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define QINTERP_GGUF_AVX2 1  // compiled in; used only where the CPU has AVX2 (checked at run time)
+#endif
+
 #include "qinterp/error.hpp"
 
 namespace qinterp::quant {
@@ -211,7 +216,115 @@ void q6_k(const uint8_t* b, float* y, int64_t nb) {
   }
 }
 
+#ifdef QINTERP_GGUF_AVX2
+// AVX2 twins of q2_k, q3_k and q5_k: the same operations per element in the same order (one
+// multiply, then one subtraction; no fused multiply-add), so the results are equal bit for bit
+// (tests/cpp/test_gguf_blocks.cpp checks this against the scalar decoders above).
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+
+__attribute__((target("avx2"))) inline __m256i srl8(__m256i v, int n) {  // per-byte v >> n
+  return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n)), _mm256_set1_epi8(static_cast<char>(0xff >> n)));
+}
+
+// y[0..32) = float(q[k]) * d[k / 8] - m[k / 8] for 32 unsigned bytes q (m may be null).
+__attribute__((target("avx2"))) inline void emit32_u8(__m256i q, const float* d, const float* m, float* y) {
+  alignas(32) uint8_t b[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), q);
+  for (int k = 0; k < 4; ++k) {
+    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 8 * k))));
+    __m256 v = _mm256_mul_ps(_mm256_set1_ps(d[k]), f);
+    if (m) v = _mm256_sub_ps(v, _mm256_set1_ps(m[k]));
+    _mm256_storeu_ps(y + 8 * k, v);
+  }
+}
+
+__attribute__((target("avx2"))) void q2_k_avx2(const uint8_t* b, float* y, int64_t nb) {
+  const __m256i three = _mm256_set1_epi8(3);
+  for (int64_t i = 0; i < nb; ++i, b += 84, y += 256) {
+    const uint8_t* sc = b;
+    const float d = half_to_float(rd16(b + 80)), dmin = half_to_float(rd16(b + 82));
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * h));
+      for (int s = 0; s < 4; ++s) {
+        const int j = 8 * h + 2 * s;  // the scale of elements 0..15 of this run; j + 1 for 16..31
+        const float dl[4] = {d * static_cast<float>(sc[j] & 15), d * static_cast<float>(sc[j] & 15),
+                             d * static_cast<float>(sc[j + 1] & 15), d * static_cast<float>(sc[j + 1] & 15)};
+        const float ml[4] = {dmin * static_cast<float>(sc[j] >> 4), dmin * static_cast<float>(sc[j] >> 4),
+                             dmin * static_cast<float>(sc[j + 1] >> 4), dmin * static_cast<float>(sc[j + 1] >> 4)};
+        emit32_u8(_mm256_and_si256(srl8(qs, 2 * s), three), dl, ml, y + 128 * h + 32 * s);
+      }
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void q3_k_avx2(const uint8_t* b, float* y, int64_t nb) {
+  const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+  for (int64_t i = 0; i < nb; ++i, b += 110, y += 256) {
+    const uint8_t* sb = b + 96;
+    const float d = half_to_float(rd16(b + 108));
+    float dl[16];
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (sb[j % 8] >> (4 * (j / 8))) & 0x0f, hi = (sb[8 + j % 4] >> (2 * (j / 4))) & 3;
+      dl[j] = d * static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(lo | (hi << 4))) - 32);
+    }
+    const __m256i hm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32 + 32 * h));
+      for (int s = 0; s < 4; ++s) {
+        const int e0 = 128 * h + 32 * s;
+        const __m256i ql = _mm256_and_si256(srl8(qs, 2 * s), three);
+        const __m256i hb = _mm256_and_si256(srl8(hm, e0 / 32), one);
+        // q = ql - 4 where the high bit is clear: in [-4, 3], as signed bytes
+        const __m256i q = _mm256_sub_epi8(ql, _mm256_andnot_si256(_mm256_cmpeq_epi8(hb, one), four));
+        alignas(32) int8_t qb[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(qb), q);
+        for (int k = 0; k < 4; ++k) {
+          const __m256 f =
+              _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qb + 8 * k))));
+          _mm256_storeu_ps(y + e0 + 8 * k, _mm256_mul_ps(_mm256_set1_ps(dl[(e0 + 8 * k) / 16]), f));
+        }
+      }
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void q5_k_avx2(const uint8_t* b, float* y, int64_t nb) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  for (int64_t i = 0; i < nb; ++i, b += 176, y += 256) {
+    const float d = half_to_float(rd16(b)), dmin = half_to_float(rd16(b + 2));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    for (int sb = 0; sb < 8; ++sb) {
+      uint8_t sc, m;
+      scale_min_k4(sb, b + 4, &sc, &m);
+      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+      const float dd[4] = {d1, d1, d1, d1}, mm[4] = {m1, m1, m1, m1};
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 48 + 32 * (sb / 2)));
+      const __m256i lo = _mm256_and_si256(srl8(qs, 4 * (sb % 2)), low4);
+      const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(srl8(qh, sb), one), 4);  // bytes stay < 32
+      emit32_u8(_mm256_or_si256(lo, hi), dd, mm, y + 32 * sb);
+    }
+  }
+}
+#endif
+
 }  // namespace
+
+void dequantize_gguf_cpu_reference(io::GgmlType t, const void* src, float* dst, int64_t n) {
+  int64_t be = 0, bb = 0;
+  if (!io::ggml_block_layout(t, &be, &bb)) fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));
+  if (n % be != 0) fail("dequantize_gguf: ", n, " elements is not a whole number of ", io::ggml_type_name(t), " blocks");
+  const auto* s = static_cast<const uint8_t*>(src);
+  const int64_t nb = n / be;
+  switch (t) {
+    case io::GgmlType::Q2_K: q2_k(s, dst, nb); return;
+    case io::GgmlType::Q3_K: q3_k(s, dst, nb); return;
+    case io::GgmlType::Q5_K: q5_k(s, dst, nb); return;
+    default: dequantize_gguf_cpu(t, src, dst, n);  // the other types have one (scalar) decoder
+  }
+}
 
 void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n) {
   int64_t be = 0, bb = 0;
@@ -228,10 +341,16 @@ void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n)
     case io::GgmlType::Q4_1: q4_1(s, dst, nb); return;
     case io::GgmlType::Q5_0: q5<false>(s, dst, nb); return;
     case io::GgmlType::Q5_1: q5<true>(s, dst, nb); return;
+#ifdef QINTERP_GGUF_AVX2
+    case io::GgmlType::Q2_K: cpu_has_avx2() ? q2_k_avx2(s, dst, nb) : q2_k(s, dst, nb); return;
+    case io::GgmlType::Q3_K: cpu_has_avx2() ? q3_k_avx2(s, dst, nb) : q3_k(s, dst, nb); return;
+    case io::GgmlType::Q5_K: cpu_has_avx2() ? q5_k_avx2(s, dst, nb) : q5_k(s, dst, nb); return;
+#else
     case io::GgmlType::Q2_K: q2_k(s, dst, nb); return;
     case io::GgmlType::Q3_K: q3_k(s, dst, nb); return;
-    case io::GgmlType::Q4_K: q4_k(s, dst, nb); return;
     case io::GgmlType::Q5_K: q5_k(s, dst, nb); return;
+#endif
+    case io::GgmlType::Q4_K: q4_k(s, dst, nb); return;
     case io::GgmlType::Q6_K: q6_k(s, dst, nb); return;
     default: fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));
   }

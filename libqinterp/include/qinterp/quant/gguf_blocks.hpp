@@ -17,8 +17,10 @@ namespace qinterp::quant {
 float half_to_float(uint16_t h);
 float bf16_to_float(uint16_t h);
 
-// Decodes n elements of type t (n a multiple of the block size) from src into dst.
-// Throws Error for a type without a decoder.
+// Decodes n elements of type t (n a multiple of the block size) from src into dst, with the AVX2
+// decoders (Q2_K, Q3_K, Q5_K) where the CPU has AVX2. Throws Error for a type without a decoder.
 void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n);
+// The same with the plain scalar decoders only: the reference the vectorised ones equal bit for bit.
+void dequantize_gguf_cpu_reference(io::GgmlType t, const void* src, float* dst, int64_t n);
 
 }  // namespace qinterp::quant
