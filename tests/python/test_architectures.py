@@ -348,3 +348,48 @@ def test_gptq4_on_each_architecture(tmp_path, kind, over):
     assert 0 < rel < 0.5  # measured 0.04-0.3 on these tiny random models; a broken layout gives ~1
     q.save(str(tmp_path / "q"))
     assert torch.equal(qinterp.load_model(tmp_path / "q").forward(ids), b)
+
+
+@pytest.mark.parametrize("layers,scalar", [(2, 16.0), (62, 8.0)])
+def test_gemma3_gguf_settings_the_file_does_not_state(tmp_path, layers, scalar):
+    """A Gemma 3 GGUF carries no layer pattern, local rope base or score scale: qinterp takes
+    llama.cpp's (every sixth layer global, base 1e4, 1/sqrt(head size), but d_model / heads for the
+    62-layer 27B), and subtracts the 1 llama.cpp adds to each norm weight. A tiny file written
+    with gguf-py: d_model 32, 4 heads of 16, so the 27B rule gives 8, the others 16."""
+    import gguf
+    import numpy as np
+    D, H, hd, I, Vg = 32, 4, 16, 48, 64
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma3")
+    w.add_context_length(128)
+    w.add_embedding_length(D)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(I)
+    w.add_head_count(H)
+    w.add_head_count_kv(1)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(8)
+    rng = np.random.default_rng(0)
+    t = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.1
+    w.add_tensor("token_embd.weight", t(Vg, D))
+    w.add_tensor("output_norm.weight", 1 + t(D))
+    for l in range(layers):
+        for name, shape in [("attn_norm", (D,)), ("attn_q", (H * hd, D)), ("attn_k", (hd, D)), ("attn_v", (hd, D)),
+                            ("attn_output", (D, H * hd)), ("attn_q_norm", (hd,)), ("attn_k_norm", (hd,)),
+                            ("post_attention_norm", (D,)), ("ffn_norm", (D,)), ("ffn_gate", (I, D)),
+                            ("ffn_up", (I, D)), ("ffn_down", (D, I)), ("post_ffw_norm", (D,))]:
+            w.add_tensor(f"blk.{l}.{name}.weight", (1 + t(*shape)) if name.endswith("norm") else t(*shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = qinterp.load_model(tmp_path / "g.gguf")
+    c = m.config
+    assert c["query_pre_attn_scalar"] == scalar
+    assert c["layer_types"] == "".join("f" if (l + 1) % 6 == 0 else "s" for l in range(layers))
+    assert (c["rope_theta_local"], c["head_dim"], c["sliding_window"]) == (1e4, hd, 8)
+    r = gguf.GGUFReader(str(tmp_path / "g.gguf"))
+    stored = next(x for x in r.tensors if x.name == "blk.1.attn_q_norm.weight").data
+    assert torch.equal(m.named_parameters()["model.layers.1.self_attn.q_norm.weight"], torch.from_numpy(stored - 1))

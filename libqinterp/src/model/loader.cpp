@@ -131,14 +131,17 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
     }
   }
   if (gemma) {
-    // What llama.cpp and transformers assume for Gemma 3 where the file says nothing: every sixth
-    // layer global, the others sliding with rope base 10000, scores scaled by 1/sqrt(head_dim).
+    // What llama.cpp assumes for Gemma 3 where the file says nothing: every sixth layer global, the
+    // others sliding with rope base 10000, and the score scale below.
     cfg.sliding_window = f.get_int(k + "attention.sliding_window");
     for (int64_t l = 0; l < cfg.num_layers; ++l) cfg.layer_types += (l + 1) % 6 == 0 ? 'f' : 's';
     cfg.rope_theta_local = 10000.0;
     cfg.norm = NormKind::RMSOnePlus;
     cfg.sandwich_norms = cfg.qk_norm = cfg.scale_embeddings = true;
-    cfg.query_pre_attn_scalar = static_cast<double>(cfg.head_dim);
+    // Gemma 3 27B (62 layers) scales by d_model / heads (168), not its head size (128), as its
+    // config.json says and llama.cpp hard-codes; every other size by the head size.
+    cfg.query_pre_attn_scalar = cfg.num_layers == 62 ? static_cast<double>(cfg.hidden_size / cfg.num_heads)
+                                                     : static_cast<double>(cfg.head_dim);
     cfg.activation = Activation::GeluTanh;
   }
   // llama.cpp's converter permutes llama q/k rows so that RoPE rotates adjacent pairs ("normal"
