@@ -63,7 +63,9 @@ def dump(path):
 def test_layout(run_file):
     with ResultStore(str(run_file), "r") as s:
         assert s.list("") == ["stories260K"]
-        assert set(s.list("stories260K")) == set(PRECS)
+        # A stage that ran past checkpoint_seconds (60) left _checkpoints/{task}; its state is
+        # removed when the stage finishes, the empty group stays (checked at the end).
+        assert set(s.list("stories260K")) - {"_checkpoints"} == set(PRECS)
         for p in PRECS:
             for t in ("boolq", "piqa"):
                 g = f"stories260K/{p}/{t}"
@@ -84,7 +86,12 @@ def test_layout(run_file):
                 ta = s.attrs(g)
                 assert ta["mode"] == "clean" and ta["model_file"] == str(MODEL) and ta["seed"] == 42
                 assert "qinterp_version" in ta and ta["precision"] == p
-        assert not s.exists("stories260K/_checkpoints") or s.list("stories260K/_checkpoints/boolq") == []
+    import h5py  # no stage state left behind: at most empty groups under _checkpoints
+    with h5py.File(run_file, "r") as f:
+        left = []
+        if "stories260K/_checkpoints" in f:
+            f["stories260K/_checkpoints"].visititems(lambda n, o: left.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert left == []
 
 
 def authors_ace(conf, correct, bins=10):
