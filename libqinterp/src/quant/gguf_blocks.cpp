@@ -310,14 +310,20 @@ __attribute__((target("avx2"))) void q5_k_avx2(const uint8_t* b, float* y, int64
 }
 #endif
 
-}  // namespace
-
-void dequantize_gguf_cpu_reference(io::GgmlType t, const void* src, float* dst, int64_t n) {
+// The number of blocks n elements of type t fill; Error for a type without a decoder or a
+// partial block.
+int64_t whole_blocks(io::GgmlType t, int64_t n) {
   int64_t be = 0, bb = 0;
   if (!io::ggml_block_layout(t, &be, &bb)) fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));
   if (n % be != 0) fail("dequantize_gguf: ", n, " elements is not a whole number of ", io::ggml_type_name(t), " blocks");
+  return n / be;
+}
+
+}  // namespace
+
+void dequantize_gguf_cpu_reference(io::GgmlType t, const void* src, float* dst, int64_t n) {
   const auto* s = static_cast<const uint8_t*>(src);
-  const int64_t nb = n / be;
+  const int64_t nb = whole_blocks(t, n);
   switch (t) {
     case io::GgmlType::Q2_K: q2_k(s, dst, nb); return;
     case io::GgmlType::Q3_K: q3_k(s, dst, nb); return;
@@ -327,11 +333,8 @@ void dequantize_gguf_cpu_reference(io::GgmlType t, const void* src, float* dst, 
 }
 
 void dequantize_gguf_cpu(io::GgmlType t, const void* src, float* dst, int64_t n) {
-  int64_t be = 0, bb = 0;
-  if (!io::ggml_block_layout(t, &be, &bb)) fail("dequantize_gguf: no decoder for ggml type ", io::ggml_type_name(t));
-  if (n % be != 0) fail("dequantize_gguf: ", n, " elements is not a whole number of ", io::ggml_type_name(t), " blocks");
   const auto* s = static_cast<const uint8_t*>(src);
-  const int64_t nb = n / be;
+  const int64_t nb = whole_blocks(t, n);
   switch (t) {
     case io::GgmlType::F32: std::memcpy(dst, s, n * 4); return;
     case io::GgmlType::F16: for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(rd16(s + 2 * i)); return;
