@@ -70,12 +70,7 @@ void bind_model(py::module_& m) {
            "Returns [batch, seq + n] ids. stop_tokens defaults to the model's eos.")
       .def_property_readonly("hooks", [](const PyModel& p) { return p.hooks; })
       .def_property_readonly("config", [](const PyModel& p) { return config_dict(p.m->config()); })
-      .def_property_readonly("hook_points", [](const PyModel& p) {
-             std::vector<std::string> out;
-             for (auto& n : model::Hooks::all_names(p.m->config().num_layers))  // parallel blocks have no resid_mid
-               if (!p.m->config().parallel_block || n.find("hook_resid_mid") == std::string::npos) out.push_back(std::move(n));
-             return out;
-           })
+      .def_property_readonly("hook_points", [](const PyModel& p) { return p.m->hook_points(); })
       .def_property_readonly("device", [](const PyModel& p) { return p.m->device().str(); })
       .def_property_readonly("dtype", [](const PyModel& p) { return std::string(c10::toString(p.m->dtype())); })
       .def("to", [](PyModel& p, const std::string& device, const std::string& dtype) {

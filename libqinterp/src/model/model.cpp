@@ -373,6 +373,14 @@ Pass Model::begin(const at::Tensor& ids_in, const at::Tensor& mask_in, const Hoo
   return p;
 }
 
+std::vector<std::string> Model::hook_points() const {
+  std::vector<std::string> out;
+  for (auto& n : Hooks::all_names(cfg_.num_layers))
+    if (!cfg_.parallel_block || n.find(hook_point_name(HookPoint::ResidMid)) == std::string::npos)
+      out.push_back(std::move(n));
+  return out;
+}
+
 at::Tensor Model::embed(const Pass& p) const {
   const at::Tensor e = at::embedding(embed_, p.ids);
   if (!cfg_.scale_embeddings) return e;

@@ -78,6 +78,8 @@ class Model {
         std::map<std::string, quant::QuantizedTensor> quantized = {});
 
   const ModelConfig& config() const { return cfg_; }
+  // Every hook point this model fires, in forward order (a parallel block has no hook_resid_mid).
+  std::vector<std::string> hook_points() const;
 
   // Full forward over ids. With a cache, appends these positions to it and attends to the past.
   at::Tensor forward(const at::Tensor& ids, const at::Tensor& mask = {}, const Hooks* hooks = nullptr,
