@@ -48,6 +48,7 @@ void bind_quant(py::module_& m) {
         }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
   m.def("gemv_4bit", &quant::gemv_4bit, py::arg("x"), py::arg("weight"));
   m.def("gemv_grouped", &quant::gemv_grouped, py::arg("x"), py::arg("weight"));
+  m.def("gemv_dense", &quant::gemv_dense, py::arg("x"), py::arg("weight"));
   m.def("gptq_quantize", [](const at::Tensor& w, const at::Tensor& h, const std::string& spec) {
           double loss = 0;
           auto q = quant::gptq_quantize(w, h, quant::parse_quant_spec(spec), &loss);

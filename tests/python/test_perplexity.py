@@ -212,8 +212,30 @@ def test_fused_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
             assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
 
 
-def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward():
-    m = qinterp.load_model(STORIES / "stories260K.bin", quant="nf4:compute=fp32")
+@pytest.mark.parametrize("rows,cols", [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129), (1, 17)])
+def test_dense_gemv_on_the_cpu_equals_a_matmul(rows, cols):
+    # the decoding-step kernel of dense float32 layers and the LM head (quant::gemv_dense)
+    g = torch.Generator().manual_seed(rows * 1000 + cols)
+    w = torch.randn(rows, cols, generator=g)
+    for n in [1, 2, 3, 4, 5]:
+        x = torch.randn(n, cols, generator=g)
+        y = qinterp.quant.gemv_dense(x, w)
+        ref = x.double() @ w.double().T
+        bound = 2e-6 * (x.double().abs() @ w.double().abs().T) + 1e-30
+        assert y.dtype == torch.float32 and y.shape == (n, rows)
+        assert ((y.double() - ref).abs() <= bound).all(), (rows, cols, n, (y.double() - ref).abs().max())
+    x3 = torch.randn(2, 3, cols, generator=g)  # leading dimensions kept, rows taken four at a time
+    y3 = qinterp.quant.gemv_dense(x3, w).double()
+    assert y3.shape == (2, 3, rows)
+    assert ((y3 - x3.double() @ w.double().T).abs() <= 2e-6 * (x3.double().abs() @ w.double().abs().T) + 1e-30).all()
+    with pytest.raises(qinterp.Error, match="does not fit the weight"):
+        qinterp.quant.gemv_dense(torch.randn(1, cols + 1), w)
+
+
+@pytest.mark.parametrize("quant", [None, "nf4:compute=fp32"])
+def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward(quant):
+    # one row per step takes the fused kernels (dense: gemv_dense for every layer and the LM head)
+    m = qinterp.load_model(STORIES / "stories260K.bin", quant=quant)
     tok = qinterp.load_tokenizer(STORIES / "tok512.bin")
     ids = torch.tensor([tok.encode("Once upon a time")])
     out = m.generate(ids, max_new_tokens=40)  # one row per step: the fused kernel

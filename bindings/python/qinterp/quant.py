@@ -63,11 +63,18 @@ def gemv_grouped(x: torch.Tensor, weight: QuantizedTensor) -> torch.Tensor:
     return _C.gemv_grouped(x, weight)
 
 
+def gemv_dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x Wᵀ for a dense float32 weight [out, in], the decoding-step kernel (AVX2 + FMA, rows streamed by
+    every thread) on a CPU; at::linear otherwise. The model's dense layers and LM head use it for a
+    few rows without gradient."""
+    return _C.gemv_dense(x, weight)
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: str = "gptq4") -> Tuple[QuantizedTensor, float]:
     """GPTQ on one layer: weight [out, in], hessian [in, in] (GptqHessian.matrix). Returns (qt, loss)."""
     return _C.gptq_quantize(weight, hessian, spec)
 
 
 __all__ = ["QuantizedTensor", "GptqHessian", "quantize", "dequantize", "linear", "quantize_4bit", "dequantize_4bit",
-           "gemv_grouped",
+           "gemv_grouped", "gemv_dense",
            "int8_vectorwise_quant", "gemv_4bit", "gptq_quantize", "parse_spec", "dynamic_map"]

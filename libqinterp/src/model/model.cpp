@@ -57,8 +57,9 @@ at::Tensor apply_rope(const at::Tensor& x_all, const at::Tensor& cos, const at::
   return at::cat({x0 * cos - x1 * sin, x1 * cos + x0 * sin}, -1);
 }
 
+// A decoding step's few rows take the streaming kernel (quant::dense_linear), others at::linear.
 at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+  return quant::dense_linear(x, w, b);
 }
 
 std::string shape_str(at::IntArrayRef s) {

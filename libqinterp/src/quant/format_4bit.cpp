@@ -2,6 +2,7 @@
 // CPU kernels bit-identical to reference.cpp (which the tests check), the dispatch to the CUDA
 // glue, the fused matrix-vector product, and the format's entry points for format.hpp's table.
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -91,14 +92,110 @@ __attribute__((target("avx2,f16c"))) void decode_blocks_avx2(const uint8_t* p, c
   }
 }
 
-// y[k, r] = sum_c x[k, c] * (code[nibble(r, c)] * absmax[block of (r, c)]) for rows r0..r1 and
-// nx <= 4 input rows: the 4-bit weight is decoded in registers 16 at a time (as decode_blocks_avx2,
-// so the products use the dequantized values exactly) and never written out. Needs cols even (every
-// row starts on a byte); a block boundary inside a row is handled by scalar tails.
-__attribute__((target("avx2,fma"))) void gemv_4bit_rows_avx2(const uint8_t* p, const float* absmax, int64_t r0,
-                                                             int64_t r1, int64_t rows, int64_t cols, int64_t block,
-                                                             const float* code, const float* x, int64_t nx,
-                                                             float* y) {
+// 16 codes from 8 packed bytes as float32 table values, not yet scaled (decode_blocks_avx2's steps).
+__attribute__((target("avx2,fma"))) inline void decode16(const uint8_t* p, __m256 tlo, __m256 thi, __m128i m4,
+                                                         __m256& v0, __m256& v1) {
+  const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i idx = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+  const __m256i k0 = _mm256_cvtepu8_epi32(idx), k1 = _mm256_cvtepu8_epi32(_mm_srli_si128(idx, 8));
+  v0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, k0), _mm256_permutevar8x32_ps(thi, k0),
+                        _mm256_castsi256_ps(_mm256_slli_epi32(k0, 28)));  // bit 3 -> sign bit
+  v1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, k1), _mm256_permutevar8x32_ps(thi, k1),
+                        _mm256_castsi256_ps(_mm256_slli_epi32(k1, 28)));
+}
+
+// 32 codes from 16 packed bytes as float32 table values, not yet scaled: the four bytes of each
+// table entry are looked up by pshufb (high nibbles in the low lane, low nibbles in the high lane)
+// and interleaved back into floats. The four vectors hold the codes in the order of
+// fourbit_slot_order, so x is permuted once per call to match (permute_x32).
+__attribute__((target("avx2,fma"))) inline void decode32(const uint8_t* p, const __m256i tb[4], __m256 v[4]) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i idx = _mm256_set_m128i(_mm_and_si128(raw, m4), _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+  const __m256i b0 = _mm256_shuffle_epi8(tb[0], idx), b1 = _mm256_shuffle_epi8(tb[1], idx);
+  const __m256i b2 = _mm256_shuffle_epi8(tb[2], idx), b3 = _mm256_shuffle_epi8(tb[3], idx);
+  const __m256i lo01 = _mm256_unpacklo_epi8(b0, b1), hi01 = _mm256_unpackhi_epi8(b0, b1);
+  const __m256i lo23 = _mm256_unpacklo_epi8(b2, b3), hi23 = _mm256_unpackhi_epi8(b2, b3);
+  v[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23));
+  v[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23));
+  v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23));
+  v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23));
+}
+
+// Code index held by slot s (0..31) of decode32's output: vector s / 8, lane (s % 8) / 4 (low
+// lane even codes, high lane odd), element s % 4 of the lane's quarter.
+inline int fourbit_slot_order(int s) { return 2 * (4 * (s / 8) + s % 4) + (s % 8) / 4; }
+
+// x [.., cols] float32 with each run of 32 columns in decode32's order (cols % 32 == 0).
+at::Tensor permute_x32(const at::Tensor& x, int64_t cols) {
+  const at::Tensor xs = x.contiguous();
+  at::Tensor out = at::empty(xs.sizes(), xs.options());
+  const float* src = xs.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  int order[32];
+  for (int s = 0; s < 32; ++s) order[s] = fourbit_slot_order(s);
+  for (int64_t i = 0, n = xs.numel(); i < n; i += 32)
+    for (int s = 0; s < 32; ++s) dst[i + s] = src[i + order[s]];
+  (void)cols;
+  return out;
+}
+
+// The common layout (every row a whole number of blocks of 32k codes), NX input rows, x permuted
+// by permute_x32: y[k, r] = sum over the row's blocks b of absmax[b] * sum_{c in b} code * x[k, c].
+// The block's absmax multiplies its partial sum once instead of every weight (one rounding per
+// block more than dequantize-then-multiply, within the tests' fp32 bound). absmax points at the
+// first block of row r0. NX is a template argument so that the accumulators stay in registers.
+template <int NX>
+__attribute__((target("avx2,fma"))) void gemv_4bit_rows_blocked(const uint8_t* p, const float* absmax, int64_t r0,
+                                                                int64_t r1, int64_t rows, int64_t cols,
+                                                                int64_t block, const float* code, const float* x,
+                                                                float* y) {
+  constexpr int S = NX <= 2 ? 2 : 1;  // independent sums per input row: enough FMAs in flight
+  __m256i tb[4];
+  {
+    alignas(16) uint8_t bytes[4][16];
+    for (int e = 0; e < 16; ++e) {
+      uint32_t u;
+      std::memcpy(&u, code + e, 4);
+      for (int j = 0; j < 4; ++j) bytes[j][e] = static_cast<uint8_t>(u >> (8 * j));
+    }
+    for (int j = 0; j < 4; ++j)
+      tb[j] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[j])));
+  }
+  const int64_t nb = cols / block;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* pr = p + r * cols / 2;
+    const float* ar = absmax + (r - r0) * nb;
+    __m256 acc[NX];
+    for (int k = 0; k < NX; ++k) acc[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 s[NX][S];
+      for (int k = 0; k < NX; ++k)
+        for (int j = 0; j < S; ++j) s[k][j] = _mm256_setzero_ps();
+      for (int64_t c = b * block, end = c + block; c < end; c += 32) {
+        __m256 v[4];
+        decode32(pr + c / 2, tb, v);
+        for (int k = 0; k < NX; ++k) {
+          const float* xk = x + k * cols + c;
+          s[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xk), s[k][0]);
+          s[k][S - 1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xk + 8), s[k][S - 1]);
+          s[k][0] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xk + 16), s[k][0]);
+          s[k][S - 1] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xk + 24), s[k][S - 1]);
+        }
+      }
+      const __m256 va = _mm256_set1_ps(ar[b]);
+      for (int k = 0; k < NX; ++k) acc[k] = _mm256_fmadd_ps(S == 2 ? _mm256_add_ps(s[k][0], s[k][1]) : s[k][0], va, acc[k]);
+    }
+    for (int k = 0; k < NX; ++k) y[k * rows + r] = hsum_avx(acc[k]);
+  }
+}
+
+// Any layout (blocks straddling rows, odd block sizes): each code is scaled by its absmax before
+// the product, blocks split by scalar tails. absmax is indexed by global block number.
+__attribute__((target("avx2,fma"))) void gemv_4bit_rows_any(const uint8_t* p, const float* absmax, int64_t r0,
+                                                            int64_t r1, int64_t rows, int64_t cols, int64_t block,
+                                                            const float* code, const float* x, int64_t nx,
+                                                            float* y) {
   const __m256 tlo = _mm256_loadu_ps(code), thi = _mm256_loadu_ps(code + 8);
   const __m128i m4 = _mm_set1_epi8(0x0f);
   for (int64_t r = r0; r < r1; ++r) {
@@ -111,19 +208,14 @@ __attribute__((target("avx2,fma"))) void gemv_4bit_rows_avx2(const uint8_t* p, c
       const float a = absmax[b];
       const __m256 va = _mm256_set1_ps(a);
       for (; i + 16 <= seg; i += 16) {
-        const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i / 2));
-        const __m128i idx = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-        __m256 v[2];
-        for (int h = 0; h < 2; ++h) {
-          const __m256i kk = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(idx, 8) : idx);
-          const __m256 hi_sel = _mm256_castsi256_ps(_mm256_slli_epi32(kk, 28));
-          v[h] = _mm256_mul_ps(
-              _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, kk), _mm256_permutevar8x32_ps(thi, kk), hi_sel), va);
-        }
+        __m256 v0, v1;
+        decode16(p + i / 2, tlo, thi, m4, v0, v1);
+        v0 = _mm256_mul_ps(v0, va);
+        v1 = _mm256_mul_ps(v1, va);
         const int64_t c = i - row0;
         for (int64_t k = 0; k < nx; ++k) {
-          acc[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
-          acc[k][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
+          acc[k][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
+          acc[k][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
         }
       }
       for (; i < seg; ++i) {
@@ -290,6 +382,17 @@ at::Tensor dequantize_blockwise8(const at::Tensor& q, const at::Tensor& absmax, 
   return code.index_select(0, q.reshape({-1}).to(at::kLong)) * a;
 }
 
+// absmax of blocks [b0, b1) under double quantization, as absmax_f32 computes it: the 8-bit code
+// times its group's scale, then the offset, two float roundings (this file is built without FMA
+// contraction, so they stay two).
+static void double_quant_absmax(const uint8_t* q, const float* scale, const float* code, float offset, int64_t b0,
+                         int64_t b1, float* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const float v = code[q[b]] * scale[b / 256];
+    out[b - b0] = v + offset;
+  }
+}
+
 at::Tensor absmax_f32(const QuantizedTensor& q) {
   if (!q.spec.double_quant) return q.absmax;
   // two roundings (product, then + offset) as bitsandbytes computes it
@@ -316,14 +419,40 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
 #ifdef QINTERP_X86_AVX2
   if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && w.shape[1] % 2 == 0 &&
       cpu_has_fma()) {
-    const int64_t rows = w.shape[0], cols = w.shape[1];
-    const at::Tensor absmax = absmax_f32(w).contiguous();
+    const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block;
     const float* code = ref::fourbit_code(four(w.spec.method));
     const uint8_t* p = w.data.data_ptr<uint8_t>();
+    const bool parts_contiguous = w.data.is_contiguous() && w.absmax.is_contiguous() &&
+                                  (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()));
+    if (cols % block == 0 && block % 32 == 0 && parts_contiguous) {
+      // Each thread scales its own rows' absmax (double quantization decoded here, in the same two
+      // roundings as absmax_f32), so a decoding step runs no ATen op besides the output's allocation.
+      const int64_t nb = cols / block;
+      const float* a32 = w.spec.double_quant ? nullptr : w.absmax.data_ptr<float>();
+      const uint8_t* a8 = w.spec.double_quant ? w.absmax.data_ptr<uint8_t>() : nullptr;
+      const float* a2 = w.spec.double_quant ? w.absmax2.data_ptr<float>() : nullptr;
+      const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
+      const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
+      return gemv_rows(permute_x32(x, cols), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+        std::vector<float> buf;
+        const float* am = a32 ? a32 + r0 * nb : nullptr;
+        if (!a32) {
+          buf.resize(static_cast<size_t>((r1 - r0) * nb));
+          double_quant_absmax(a8, a2, c2, off, r0 * nb, r1 * nb, buf.data());
+          am = buf.data();
+        }
+        switch (nx) {
+          case 1: gemv_4bit_rows_blocked<1>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
+          case 2: gemv_4bit_rows_blocked<2>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
+          case 3: gemv_4bit_rows_blocked<3>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
+          default: gemv_4bit_rows_blocked<4>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
+        }
+      });
+    }
+    const at::Tensor absmax = absmax_f32(w).contiguous();
     const float* a = absmax.data_ptr<float>();
-    const int64_t block = w.spec.block;
     return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      gemv_4bit_rows_avx2(p, a, r0, r1, rows, cols, block, code, xp, nx, yp);
+      gemv_4bit_rows_any(p, a, r0, r1, rows, cols, block, code, xp, nx, yp);
     });
   }
 #endif

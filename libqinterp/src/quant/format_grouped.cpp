@@ -14,24 +14,36 @@ using namespace detail;
 namespace {
 
 #ifdef QINTERP_X86_AVX2
-// y[k, r] = sum_c x[k, c] * scale[r, g] * (code[r, c] - zero[r, g]), g = c / group, for rows r0..r1
-// and nx <= 4 input rows: codes two per byte (bits <= 4, high nibble first; every row starts on a
-// byte) or one per byte, decoded in registers; the products use the dequantized values exactly.
+// y[k, r] = sum_g scale[r, g] * sum_{c in g} (code[r, c] - zero[r, g]) * x[k, c], g = c / group,
+// for rows r0..r1 and NX <= 4 input rows: codes two per byte (bits <= 4, high nibble first; every
+// row starts on a byte) or one per byte, decoded in registers. code - zero is exact in float32, so
+// the only rounding beyond dequantize-then-multiply's is the scale applied once per group. NX is a
+// template argument so that the accumulators stay in registers.
+template <int NX>
 __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d, int64_t row_bytes, bool nibbles,
                                                                 const float* scale, const float* zero,
                                                                 int64_t ngroups, int64_t group, int64_t r0,
                                                                 int64_t r1, int64_t rows, int64_t cols,
-                                                                const float* x, int64_t nx, float* y) {
+                                                                const float* x, float* y) {
   const __m128i m4 = _mm_set1_epi8(0x0f);
   for (int64_t r = r0; r < r1; ++r) {
-    __m256 acc[4][2];
-    float tail[4] = {0, 0, 0, 0};
-    for (int k = 0; k < 4; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    __m256 acc[NX];
+    float tail[NX];
+    for (int k = 0; k < NX; ++k) {
+      acc[k] = _mm256_setzero_ps();
+      tail[k] = 0.0f;
+    }
     const uint8_t* row = d + r * row_bytes;
     for (int64_t g = 0; g < ngroups; ++g) {
       const int64_t c0 = g * group, c1 = std::min(cols, c0 + group);
       const float sc = scale[r * ngroups + g], ze = zero[r * ngroups + g];
-      const __m256 vs = _mm256_set1_ps(sc), vz = _mm256_set1_ps(ze);
+      const __m256 vz = _mm256_set1_ps(ze);
+      __m256 s[NX][2];
+      float ts[NX];
+      for (int k = 0; k < NX; ++k) {
+        s[k][0] = s[k][1] = _mm256_setzero_ps();
+        ts[k] = 0.0f;
+      }
       int64_t c = c0;
       for (; c + 16 <= c1; c += 16) {
         __m128i idx;
@@ -41,23 +53,25 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
         } else {
           idx = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
         }
-        __m256 v[2];
-        for (int h = 0; h < 2; ++h) {
-          const __m256 code = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(h ? _mm_srli_si128(idx, 8) : idx));
-          v[h] = _mm256_mul_ps(vs, _mm256_sub_ps(code, vz));
-        }
-        for (int64_t k = 0; k < nx; ++k) {
-          acc[k][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x + k * cols + c), acc[k][0]);
-          acc[k][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + k * cols + c + 8), acc[k][1]);
+        const __m256 v0 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(idx)), vz);
+        const __m256 v1 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(idx, 8))), vz);
+        for (int k = 0; k < NX; ++k) {
+          s[k][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + k * cols + c), s[k][0]);
+          s[k][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + k * cols + c + 8), s[k][1]);
         }
       }
       for (; c < c1; ++c) {
         const int code = nibbles ? ((c & 1) ? (row[c >> 1] & 15) : (row[c >> 1] >> 4)) : row[c];
-        const float w = sc * (static_cast<float>(code) - ze);
-        for (int64_t k = 0; k < nx; ++k) tail[k] += w * x[k * cols + c];
+        const float w = static_cast<float>(code) - ze;
+        for (int k = 0; k < NX; ++k) ts[k] += w * x[k * cols + c];
+      }
+      const __m256 vs = _mm256_set1_ps(sc);
+      for (int k = 0; k < NX; ++k) {
+        acc[k] = _mm256_fmadd_ps(_mm256_add_ps(s[k][0], s[k][1]), vs, acc[k]);
+        tail[k] += sc * ts[k];
       }
     }
-    for (int64_t k = 0; k < nx; ++k) y[k * rows + r] = hsum_avx(_mm256_add_ps(acc[k][0], acc[k][1])) + tail[k];
+    for (int k = 0; k < NX; ++k) y[k * rows + r] = hsum_avx(acc[k]) + tail[k];
   }
 }
 
@@ -149,8 +163,13 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   const int64_t ngroups = groups_of(w.spec, cols);
   const bool nibbles = w.spec.bits <= 4;
   // Columns in their natural groups only (act-order permutes them: dequantize + matmul then).
-  const bool natural = w.g_idx.defined() && w.g_idx.numel() == cols &&
-                       at::equal(w.g_idx.to(at::kLong), at::arange(cols, at::kLong).div(group, "floor"));
+  // Checked in a plain loop: a decoding step should run no ATen op it does not need.
+  bool natural = w.g_idx.defined() && w.g_idx.numel() == cols && w.g_idx.is_cpu() &&
+                 w.g_idx.scalar_type() == at::kInt && w.g_idx.is_contiguous();
+  if (natural) {
+    const int32_t* gi = w.g_idx.data_ptr<int32_t>();
+    for (int64_t c = 0; c < cols && natural; ++c) natural = gi[c] == c / group;
+  }
   if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && natural &&
       (!nibbles || group % 2 == 0) && cpu_has_fma()) {
     const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
@@ -158,7 +177,12 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
     const int64_t row_bytes = data.size(1);
     const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
     return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      gemv_grouped_rows_avx2(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, nx, yp);
+      switch (nx) {
+        case 1: gemv_grouped_rows_avx2<1>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
+        case 2: gemv_grouped_rows_avx2<2>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
+        case 3: gemv_grouped_rows_avx2<3>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
+        default: gemv_grouped_rows_avx2<4>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
+      }
     });
   }
 #endif

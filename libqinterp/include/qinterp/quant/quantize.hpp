@@ -60,4 +60,11 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w);
 // devices and dtypes) dequantize + matmul. Returns x's dtype.
 at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w);
 
+// y = x Wᵀ for a dense float32 weight [out, in] and a few rows of float32 x on a CPU with AVX2 +
+// FMA: rows streamed by every thread, summed in fp32 in another order than a matmul; else
+// at::linear. dense_linear adds the bias and takes this path only for <= 4 rows without gradient
+// (a decoding step); the model's dense layers and LM head go through it.
+at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w);
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
+
 }  // namespace qinterp::quant
