@@ -293,6 +293,41 @@ TEST(SmolLM2, LoadsFromGguf) {
   EXPECT_FALSE(l.isnan().any().item<bool>());
 }
 
+// A decoding step (one new token per row, float32 on the CPU) runs the model's fast paths: the
+// streaming GEMV for every dense layer and the LM head, and plain loops for the norms, the rotary
+// embedding and single-query attention over the KV cache. Each step's logits must be the full
+// forward's at that position, up to float32 summation order, on a left-padded batch of two rows.
+void expect_steps_equal_full_forward(const model::Model& m, int64_t vocab_hi) {
+  const int64_t T = 6, steps = 5;
+  at::Tensor ids = at::randint(3, vocab_hi, {2, T}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::ones({2, T}, at::kBool);
+  mask[1].narrow(0, 0, 2).fill_(false);  // row 1 left-padded by two
+  model::KVCache cache = m.new_cache(2, T + steps);
+  at::Tensor logits = m.forward(ids, mask, nullptr, &cache).select(1, T - 1);
+  for (int64_t i = 0; i < steps; ++i) {
+    const at::Tensor tok = logits.argmax(-1).unsqueeze(1);
+    ids = at::cat({ids, tok}, 1);
+    mask = at::cat({mask, at::ones({2, 1}, at::kBool)}, 1);
+    logits = m.forward(tok, at::ones({2, 1}, at::kBool), nullptr, &cache).select(1, 0);
+    const at::Tensor full = m.forward(ids, mask).select(1, ids.size(1) - 1);
+    const double err = (logits - full).abs().max().item<double>(), scale = full.abs().max().item<double>();
+    EXPECT_LT(err, 2e-5 * scale) << "step " << i << ": max |step - full| = " << err << " of " << scale;
+  }
+}
+
+TEST(Stories260K, DecodingStepsEqualTheFullForward) {
+  at::manual_seed(5);
+  expect_steps_equal_full_forward(*stories(), 512);
+  LoadOptions lo;
+  lo.quant = "nf4:compute=fp32";
+  expect_steps_equal_full_forward(*load_model(qt::stories("stories260K.bin"), lo), 512);
+}
+
+TEST(SmolLM2, DecodingStepsEqualTheFullForward) {
+  at::manual_seed(6);
+  expect_steps_equal_full_forward(*load_model(qt::smollm2_gguf()), 49152);  // grouped-query, head dim 64
+}
+
 TEST(Model, RunsOnCuda) {
   if (!at::hasCUDA()) GTEST_SKIP() << "SKIPPED: no CUDA device here; runs on a GPU machine";
   LoadOptions lo;

@@ -101,6 +101,31 @@ def test_int8_activations_and_layer_output(outliers):
     assert (ours.float() - exact).norm() / exact.norm() < 0.02
 
 
+@pytest.mark.parametrize("outliers", [False, True])
+def test_int8_decoding_step_on_the_cpu_is_the_general_path_bit_for_bit(outliers):
+    # <= 4 float32 rows take the fused CPU path (x quantized in C++, AVX2 int32 dot products);
+    # its value must be the general path's, written out here with the same torch operations.
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(70, 200, generator=g) * 0.05  # 200 columns: six 32-byte steps and a tail of 8
+    bias = torch.randn(70, generator=g) * 0.1
+    qt = Q.quantize(w, "int8:threshold=6.0,compute=fp32")
+    wq, scale = qt.parts()["qdata"], qt.parts()["scale"]
+    for n in [1, 2, 3, 4]:
+        x = (torch.randn(n, 200, generator=g) * 2).clamp(-5.9, 5.9)
+        if outliers:
+            x[0, 17] = 40.0  # an outlier in one row: for n > 1 its column leaves every row's int8 part
+            x[n - 1, 150] = -7.5
+        q, s, cols = Q.int8_vectorwise_quant(x, 6.0)
+        acc = (q.double() @ wq.double().T).to(torch.int32)  # exact
+        ref = acc * (s.unsqueeze(1) * scale.unsqueeze(0)) * 6.200124e-05 + bias
+        if cols.numel():
+            ref = ref.addmm(x.index_select(1, cols), (wq.index_select(1, cols) * scale.unsqueeze(1) * 7.874015718698502e-3).t())
+        assert (cols.numel() > 0) == outliers
+        ours = Q.linear(x, qt, bias)
+        assert torch.equal(ours, ref), (n, (ours - ref).abs().max())
+        assert torch.equal(Q.linear(x.unsqueeze(0), qt, bias), ref.unsqueeze(0))  # leading dimensions kept
+
+
 def test_threshold_zero_disables_decomposition():
     x = torch.randn(8, 64).half()
     x[:, 5] = 50.0

@@ -2,11 +2,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include <cmath>
 #include <map>
 #include <set>
+#include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define QINTERP_MODEL_AVX2 1
+#endif
 
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
@@ -16,6 +22,130 @@ namespace qinterp::model {
 namespace {
 
 const std::string kLogitsHook = "hook_logits";
+
+// A decoding step's tensors: float32 on the CPU, at most 4 rows, no gradient. For these the model
+// skips ATen's per-op overhead (dispatch, allocation, TensorIterator set-up), which a 135M model
+// pays dozens of times per layer and token: norms, rotary embedding and single-query attention
+// run as plain loops below, the same arithmetic up to float32 summation order.
+bool decode_rows(const at::Tensor& x) {
+  return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.size(-1) > 0 &&
+         x.numel() / x.size(-1) <= 4 && !(at::GradMode::is_enabled() && x.requires_grad());
+}
+
+// w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's LlamaRMSNorm in float32, row by row.
+at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t D = x.size(-1), n = x.numel() / D;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = xp + r * D;
+    double ss = 0.0;
+    for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float var = static_cast<float>(ss / static_cast<double>(D));
+    const float inv = 1.0f / std::sqrt(var + static_cast<float>(eps));
+    for (int64_t i = 0; i < D; ++i) o[r * D + i] = wp[i] * (xr[i] * inv);
+  }
+  return out;
+}
+
+// apply_rope for a decoding step: x [B, T, heads, hd] (contiguous), cos/sin [B, T, 1, rd/2].
+at::Tensor rope_rows(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, RopeLayout layout) {
+  const at::Tensor x = x_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3), half = cos.size(-1), rd = 2 * half;
+  const float* xp = x.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t bt = 0; bt < B * T; ++bt) {
+    const float* c = cp + bt * half;
+    const float* s = sp + bt * half;
+    for (int64_t h = 0; h < H; ++h) {
+      const float* xi = xp + (bt * H + h) * hd;
+      float* oi = o + (bt * H + h) * hd;
+      if (layout == RopeLayout::Interleaved) {
+        for (int64_t i = 0; i < half; ++i) {
+          const float x0 = xi[2 * i], x1 = xi[2 * i + 1];
+          oi[2 * i] = x0 * c[i] - x1 * s[i];
+          oi[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          const float x0 = xi[i], x1 = xi[half + i];
+          oi[i] = x0 * c[i] - x1 * s[i];
+          oi[half + i] = x1 * c[i] + x0 * s[i];
+        }
+      }
+      for (int64_t i = rd; i < hd; ++i) oi[i] = xi[i];  // partial rotary: the rest passes through
+    }
+  }
+  return out;
+}
+
+#ifdef QINTERP_MODEL_AVX2
+bool cpu_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(s0, s1);
+  __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+  t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+  return _mm_cvtss_f32(t);
+}
+
+// out[i] = softmax over allowed keys of (q[i] . k[s]) * scale, times v[s], for one query head i
+// (row b, head h) of a decoding step; its kv head read in place. p: scratch of S floats; hd % 8 == 0.
+__attribute__((target("avx2,fma"))) void attend_one(const float* qi, const float* kb, const float* vb,
+                                                   int64_t kstride_s, const bool* mask, int64_t mask_s, int64_t S,
+                                                   int64_t hd, float scale, float* p, float* oi) {
+  float m = -INFINITY;
+  for (int64_t s = 0; s < S; ++s) {
+    p[s] = mask[s * mask_s] ? dot_avx2(qi, kb + s * kstride_s, hd) * scale : -INFINITY;
+    m = std::max(m, p[s]);
+  }
+  for (int64_t j = 0; j < hd; j += 8) _mm256_storeu_ps(oi + j, _mm256_setzero_ps());
+  float sum = 0.0f;
+  for (int64_t s = 0; s < S; ++s) {
+    if (p[s] == -INFINITY) continue;
+    const float e = std::exp(p[s] - m);
+    sum += e;
+    const __m256 ve = _mm256_set1_ps(e);
+    const float* vs = vb + s * kstride_s;
+    for (int64_t j = 0; j < hd; j += 8)
+      _mm256_storeu_ps(oi + j, _mm256_fmadd_ps(ve, _mm256_loadu_ps(vs + j), _mm256_loadu_ps(oi + j)));
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  for (int64_t j = 0; j < hd; j += 8) _mm256_storeu_ps(oi + j, _mm256_mul_ps(_mm256_loadu_ps(oi + j), inv));
+}
+
+// Every (row, head) of a decoding step: q [B, H, hd] contiguous, k and v [B, KV, S, hd] views with
+// unit stride in hd and equal strides (the KV cache), mask [B, S] strided; out [B, H, hd].
+void decode_attention(const float* q, const float* k, const float* v, const bool* mask, int64_t mask_b,
+                      int64_t mask_s, int64_t B, int64_t H, int64_t KV, int64_t S, int64_t hd,
+                      const int64_t* kstride, float scale, float* out) {
+  const int64_t g = H / KV;
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(static_cast<size_t>(S));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i % H, off = b * kstride[0] + (h / g) * kstride[1];
+      attend_one(q + i * hd, k + off, v + off, kstride[2], mask + b * mask_b, mask_s, S, hd, scale, p.data(),
+                 out + i * hd);
+    }
+  });
+}
+#endif
 
 // Gemma's: x / rms(x) * (1 + w) all in float32, cast last.
 at::Tensor rms_norm_one_plus(const at::Tensor& x, const at::Tensor& w, double eps) {
@@ -393,6 +523,7 @@ at::Tensor Model::embed(const Pass& p) const {
 at::Tensor Model::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
   if (cfg_.norm == NormKind::LayerNorm) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.rms_norm_eps);
   if (cfg_.norm == NormKind::RMSOnePlus) return rms_norm_one_plus(x, w, cfg_.rms_norm_eps);
+  if (decode_rows(x) && w.scalar_type() == at::kFloat && w.is_contiguous()) return rms_norm_rows(x, w, cfg_.rms_norm_eps);
   return rms_norm(x, w, cfg_.rms_norm_eps);
 }
 
@@ -433,8 +564,16 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
     q = norm(q, L.q_norm, {});
     k = norm(k, L.k_norm, {});
   }
-  q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
-  k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
+  // A decoding step (one new position per row, few rows, float32 on the CPU, no gradient).
+  const bool step = p.cache && Tq == 1 && B <= 4 && q.is_cpu() && q.scalar_type() == at::kFloat &&
+                    k.scalar_type() == at::kFloat && !(at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad()));
+  if (step) {
+    q = rope_rows(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+    k = rope_rows(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
+  } else {
+    q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+    k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
+  }
   if (cache) {
     cache->k[l].narrow(2, past, T).copy_(k);
     cache->v[l].narrow(2, past, T).copy_(v);
@@ -454,6 +593,17 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
                              .to(q.scalar_type());
     pattern = hook(hn(HookPoint::AttnPattern), qmask, pattern);
     a = at::matmul(pattern, vv);
+#ifdef QINTERP_MODEL_AVX2
+  } else if (step && hd % 8 == 0 && k.strides() == v.strides() && k.stride(3) == 1 && cpu_avx2_fma()) {
+    // One query per row: the loops above, reading the cache in place.
+    const at::Tensor qc = q.contiguous();
+    a = at::empty({B, H, 1, hd}, qc.options());
+    const at::Tensor m2 = amask.select(1, 0).select(1, 0);  // [B, S] bool, strided
+    const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)};
+    decode_attention(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), m2.data_ptr<bool>(),
+                          m2.stride(0), m2.stride(1), B, H, KV, S, hd, ks, static_cast<float>(scale),
+                          a.data_ptr<float>());
+#endif
   } else {
     // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.
     const std::optional<double> sdpa_scale = cfg_.query_pre_attn_scalar > 0 ? std::optional<double>(scale) : std::nullopt;

@@ -3,6 +3,9 @@
 #include "format_common.hpp"
 #include "formats.hpp"
 
+#include <cmath>
+#include <vector>
+
 namespace qinterp::quant {
 
 using namespace detail;
@@ -50,6 +53,100 @@ at::Tensor int_mm(const at::Tensor& a, const at::Tensor& b) {
   return acc;
 }
 
+#ifdef QINTERP_X86_AVX2
+// acc[k * rows + r] = sum_c q[k, c] * w[r, c] in int32, exactly, for rows r0..r1 and NX input rows
+// (|q|, |w| <= 127: maddubs' pair sums stay below 2^15, and a row of up to 2^17 columns below 2^31).
+// maddubs multiplies unsigned by signed bytes, so |q| meets w with q's sign moved onto it.
+template <int NX>
+__attribute__((target("avx2"))) void int8_dot_rows(const int8_t* w, int64_t r0, int64_t r1, int64_t cols,
+                                                    int64_t rows, const int8_t* q, int32_t* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* wr = w + r * cols;
+    __m256i s[NX];
+    for (int k = 0; k < NX; ++k) s[k] = _mm256_setzero_si256();
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + c));
+      for (int k = 0; k < NX; ++k) {
+        const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k * cols + c));
+        const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(qv), _mm256_sign_epi8(wv, qv));
+        s[k] = _mm256_add_epi32(s[k], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+    for (int k = 0; k < NX; ++k) {
+      __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s[k]), _mm256_extracti128_si256(s[k], 1));
+      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+      t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+      int32_t total = _mm_cvtsi128_si32(t);
+      for (int64_t cc = c; cc < cols; ++cc) total += static_cast<int32_t>(q[k * cols + cc]) * wr[cc];
+      acc[k * rows + r] = total;
+    }
+  }
+}
+
+// int8_linear for a few float32 rows on the CPU without an ATen op per step: the same row-wise
+// quantization of x (outlier elements zeroed, round half to even of x * (127 / absmax) with the
+// reciprocal rounded first), the exact int32 product, and the same float32 dequantization
+// (acc * (absmax * scale), then * 1/127^2, then + bias). Bit-identical to the general path; the
+// outlier columns' product is left to the caller (the same addmm as there).
+at::Tensor int8_rows_cpu(const at::Tensor& a, const QuantizedTensor& w, const at::Tensor& bias,
+                         std::vector<int64_t>& outlier_cols) {
+  const int64_t n = a.size(0), cols = a.size(1), rows = w.shape[0];
+  const float thr = static_cast<float>(w.spec.threshold);
+  const float* x = a.data_ptr<float>();
+  std::vector<uint8_t> is_out(static_cast<size_t>(cols), 0);
+  if (w.spec.threshold > 0)
+    for (int64_t i = 0; i < n * cols; ++i)
+      if (std::fabs(x[i]) >= thr) is_out[static_cast<size_t>(i % cols)] = 1;
+  for (int64_t c = 0; c < cols; ++c)
+    if (is_out[static_cast<size_t>(c)]) outlier_cols.push_back(c);
+  std::vector<int8_t> q(static_cast<size_t>(n * cols));
+  std::vector<float> absmax(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    const float* xk = x + k * cols;
+    auto kept = [&](int64_t c) { return !(w.spec.threshold > 0 && std::fabs(xk[c]) >= thr); };
+    float m = 0.0f;
+    for (int64_t c = 0; c < cols; ++c)
+      if (kept(c)) m = std::max(m, std::fabs(xk[c]));
+    absmax[static_cast<size_t>(k)] = m;
+    const float inv = m > 0 ? (1.0f / m) * 127.0f : 0.0f;
+    for (int64_t c = 0; c < cols; ++c) {
+      const bool zero = !kept(c) || (n > 1 && is_out[static_cast<size_t>(c)]);
+      q[static_cast<size_t>(k * cols + c)] = zero ? 0 : static_cast<int8_t>(std::nearbyint(xk[c] * inv));
+    }
+  }
+  std::vector<int32_t> acc(static_cast<size_t>(n * rows));
+  const int8_t* wp = w.data.data_ptr<int8_t>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t k0 = 0; k0 < n; k0 += 4) {
+      const int64_t nx = std::min<int64_t>(4, n - k0);
+      const int8_t* qk = q.data() + k0 * cols;
+      int32_t* ak = acc.data() + k0 * rows;
+      switch (nx) {
+        case 1: int8_dot_rows<1>(wp, r0, r1, cols, rows, qk, ak); break;
+        case 2: int8_dot_rows<2>(wp, r0, r1, cols, rows, qk, ak); break;
+        case 3: int8_dot_rows<3>(wp, r0, r1, cols, rows, qk, ak); break;
+        default: int8_dot_rows<4>(wp, r0, r1, cols, rows, qk, ak); break;
+      }
+    }
+  });
+  at::Tensor out = at::empty({n, rows}, a.options());
+  float* o = out.data_ptr<float>();
+  const float* sc = w.scale.data_ptr<float>();
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const float inv127sq = static_cast<float>(6.200124e-05);
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float rc = absmax[static_cast<size_t>(k)] * sc[r];
+      float v = static_cast<float>(acc[static_cast<size_t>(k * rows + r)]) * rc;
+      v = v * inv127sq;
+      o[k * rows + r] = b ? v + b[r] : v;
+    }
+  return out;
+}
+#endif
+
 }  // namespace
 
 at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias) {
@@ -58,6 +155,24 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
   const int64_t in = w.shape[1], out_f = w.shape[0];
   if (x.size(-1) != in) fail("int8_linear: input has ", x.size(-1), " features, the weight takes ", in);
   const at::Tensor a = x.reshape({-1, in});
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_f;
+#ifdef QINTERP_X86_AVX2
+  // A decoding step: a few float32 rows on the CPU, weights contiguous.
+  if (a.is_cpu() && w.data.is_cpu() && a.scalar_type() == at::kFloat && a.size(0) <= 4 && w.data.is_contiguous() &&
+      w.scale.is_contiguous() && (!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous())) &&
+      cpu_has_avx2()) {
+    const at::Tensor ac = a.contiguous();
+    std::vector<int64_t> outliers;
+    at::Tensor out = int8_rows_cpu(ac, w, bias, outliers);
+    if (!outliers.empty()) {
+      const at::Tensor cols = at::tensor(outliers, at::kLong);
+      const at::Tensor sub_b = (w.data.index_select(1, cols) * w.scale.unsqueeze(1) * 7.874015718698502e-3);
+      out = out.addmm(ac.index_select(1, cols), sub_b.t());
+    }
+    return out.view(shape);
+  }
+#endif
   const Int8Rows r = int8_vectorwise_quant(a, w.spec.threshold);
   at::Tensor acc = int_mm(r.q, w.data);
   // bitsandbytes' int8_mm_dequant: int32 * (row * col) * (1 / 127^2), then + bias, then cast
@@ -70,8 +185,6 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
         (w.data.index_select(1, r.outlier_cols) * w.scale.unsqueeze(1) * 7.874015718698502e-3).to(x.scalar_type());
     out = out.addmm(sub_a, sub_b.t());
   }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out_f;
   return out.view(shape);
 }
 
