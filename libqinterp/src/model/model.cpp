@@ -9,11 +9,8 @@
 #include <map>
 #include <set>
 #include <vector>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define QINTERP_MODEL_AVX2 1
-#endif
 
+#include "../quant/format_common.hpp"  // run-time CPU feature tests, hsum_avx
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
 
@@ -84,12 +81,7 @@ at::Tensor rope_rows(const at::Tensor& x_in, const at::Tensor& cos_in, const at:
   return out;
 }
 
-#ifdef QINTERP_MODEL_AVX2
-bool cpu_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
+#ifdef QINTERP_X86_AVX2
 __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -98,11 +90,7 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* 
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
   }
   for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  const __m256 s = _mm256_add_ps(s0, s1);
-  __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-  t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
-  return _mm_cvtss_f32(t);
+  return quant::detail::hsum_avx(_mm256_add_ps(s0, s1));
 }
 
 // out[i] = softmax over allowed keys of (q[i] . k[s]) * scale, times v[s], for one query head i
@@ -593,16 +581,15 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
                              .to(q.scalar_type());
     pattern = hook(hn(HookPoint::AttnPattern), qmask, pattern);
     a = at::matmul(pattern, vv);
-#ifdef QINTERP_MODEL_AVX2
-  } else if (step && hd % 8 == 0 && k.strides() == v.strides() && k.stride(3) == 1 && cpu_avx2_fma()) {
+#ifdef QINTERP_X86_AVX2
+  } else if (step && hd % 8 == 0 && k.strides() == v.strides() && k.stride(3) == 1 && quant::detail::cpu_has_fma()) {
     // One query per row: the loops above, reading the cache in place.
     const at::Tensor qc = q.contiguous();
     a = at::empty({B, H, 1, hd}, qc.options());
     const at::Tensor m2 = amask.select(1, 0).select(1, 0);  // [B, S] bool, strided
     const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)};
     decode_attention(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), m2.data_ptr<bool>(),
-                          m2.stride(0), m2.stride(1), B, H, KV, S, hd, ks, static_cast<float>(scale),
-                          a.data_ptr<float>());
+                     m2.stride(0), m2.stride(1), B, H, KV, S, hd, ks, static_cast<float>(scale), a.data_ptr<float>());
 #endif
   } else {
     // Grouped-query attention (kv head j serves query heads j*g .. j*g+g-1) without copying k, v.

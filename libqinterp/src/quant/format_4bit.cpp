@@ -127,7 +127,7 @@ __attribute__((target("avx2,fma"))) inline void decode32(const uint8_t* p, const
 inline int fourbit_slot_order(int s) { return 2 * (4 * (s / 8) + s % 4) + (s % 8) / 4; }
 
 // x [.., cols] float32 with each run of 32 columns in decode32's order (cols % 32 == 0).
-at::Tensor permute_x32(const at::Tensor& x, int64_t cols) {
+at::Tensor permute_x32(const at::Tensor& x) {
   const at::Tensor xs = x.contiguous();
   at::Tensor out = at::empty(xs.sizes(), xs.options());
   const float* src = xs.data_ptr<float>();
@@ -136,7 +136,6 @@ at::Tensor permute_x32(const at::Tensor& x, int64_t cols) {
   for (int s = 0; s < 32; ++s) order[s] = fourbit_slot_order(s);
   for (int64_t i = 0, n = xs.numel(); i < n; i += 32)
     for (int s = 0; s < 32; ++s) dst[i + s] = src[i + order[s]];
-  (void)cols;
   return out;
 }
 
@@ -433,7 +432,7 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
       const float* a2 = w.spec.double_quant ? w.absmax2.data_ptr<float>() : nullptr;
       const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
       const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
-      return gemv_rows(permute_x32(x, cols), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+      return gemv_rows(permute_x32(x), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
         std::vector<float> buf;
         const float* am = a32 ? a32 + r0 * nb : nullptr;
         if (!a32) {
@@ -441,12 +440,7 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
           double_quant_absmax(a8, a2, c2, off, r0 * nb, r1 * nb, buf.data());
           am = buf.data();
         }
-        switch (nx) {
-          case 1: gemv_4bit_rows_blocked<1>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
-          case 2: gemv_4bit_rows_blocked<2>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
-          case 3: gemv_4bit_rows_blocked<3>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
-          default: gemv_4bit_rows_blocked<4>(p, am, r0, r1, rows, cols, block, code, xp, yp); break;
-        }
+        with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, r0, r1, rows, cols, block, code, xp, yp); });
       });
     }
     const at::Tensor absmax = absmax_f32(w).contiguous();

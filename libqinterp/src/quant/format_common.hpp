@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "qinterp/error.hpp"
@@ -80,6 +81,18 @@ __attribute__((target("avx2"))) inline float hsum_avx(__m256 v) {
   return _mm_cvtss_f32(s4);
 }
 
+
+// Calls f(std::integral_constant<int, nx>{}) for nx in 1..4 (gemv_rows' input-row count), so a
+// kernel can take it as a template argument and keep its accumulators in registers.
+template <class F>
+void with_input_rows(int64_t nx, F&& f) {
+  switch (nx) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
 
 // y = x Wᵀ on the CPU for float32 x [.., cols] and a weight of `rows` outputs: four input rows at a
 // time, the output rows split over threads; rows_kernel(r0, r1, x4, nx, y4) writes y4[k * rows + r]

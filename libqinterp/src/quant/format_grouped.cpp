@@ -177,12 +177,9 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
     const int64_t row_bytes = data.size(1);
     const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
     return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      switch (nx) {
-        case 1: gemv_grouped_rows_avx2<1>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
-        case 2: gemv_grouped_rows_avx2<2>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
-        case 3: gemv_grouped_rows_avx2<3>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
-        default: gemv_grouped_rows_avx2<4>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp); break;
-      }
+      with_input_rows(nx, [&](auto n) {
+        gemv_grouped_rows_avx2<n()>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp);
+      });
     });
   }
 #endif

@@ -123,12 +123,7 @@ at::Tensor int8_rows_cpu(const at::Tensor& a, const QuantizedTensor& w, const at
       const int64_t nx = std::min<int64_t>(4, n - k0);
       const int8_t* qk = q.data() + k0 * cols;
       int32_t* ak = acc.data() + k0 * rows;
-      switch (nx) {
-        case 1: int8_dot_rows<1>(wp, r0, r1, cols, rows, qk, ak); break;
-        case 2: int8_dot_rows<2>(wp, r0, r1, cols, rows, qk, ak); break;
-        case 3: int8_dot_rows<3>(wp, r0, r1, cols, rows, qk, ak); break;
-        default: int8_dot_rows<4>(wp, r0, r1, cols, rows, qk, ak); break;
-      }
+      with_input_rows(nx, [&](auto c) { int8_dot_rows<c()>(wp, r0, r1, cols, rows, qk, ak); });
     }
   });
   at::Tensor out = at::empty({n, rows}, a.options());

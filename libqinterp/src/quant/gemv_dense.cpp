@@ -50,12 +50,7 @@ at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w) {
     const int64_t rows = w.size(0), cols = w.size(1);
     const float* wp = w.data_ptr<float>();
     return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      switch (nx) {
-        case 1: gemv_dense_rows<1>(wp, r0, r1, rows, cols, xp, yp); break;
-        case 2: gemv_dense_rows<2>(wp, r0, r1, rows, cols, xp, yp); break;
-        case 3: gemv_dense_rows<3>(wp, r0, r1, rows, cols, xp, yp); break;
-        default: gemv_dense_rows<4>(wp, r0, r1, rows, cols, xp, yp); break;
-      }
+      with_input_rows(nx, [&](auto n) { gemv_dense_rows<n()>(wp, r0, r1, rows, cols, xp, yp); });
     });
   }
 #endif
