@@ -419,3 +419,29 @@ def test_demo_moves_aside_a_file_of_other_settings(tmp_path):
     with h5py.File(moved[0], "r") as old, h5py.File(tmp_path / "run.h5", "r") as new:
         assert old["stories260K/fp32/boolq"].attrs["examples"] == 4
         assert new["stories260K/fp32/boolq"].attrs["examples"] == 6
+
+
+def test_gptq_run_calibrates_on_the_first_task_and_reports_its_layers(tmp_path, stories_tok):
+    """A GPTQ precision in a run: the dense model is quantized in place with 8 random windows (seed 0)
+    of the first task's prompts, and GPTQ's layers show in the progress. Its predictions equal a
+    model quantized on load with those windows."""
+    spec = "gptq4:group=32,calib=8,seqlen=32"
+    events = []
+    out = tmp_path / "g.h5"
+    small_run(out, quant=[spec], task=["boolq"], limit=8, analyses="predictions", progress=events.append)
+    gptq = [e for e in events if e.stage == f"GPTQ {spec}"]
+    assert [(e.done, e.total) for e in gptq] == [(i, 5) for i in range(1, 6)] and gptq[-1].finished
+    task = qinterp.load_task("boolq", str(DATA))
+    ids = [t for i in range(len(task)) for t in stories_tok.encode(task.prompt(i))]
+    windows = qinterp.random_calibration_windows(torch.tensor(ids), 8, 32, 0)
+    m = qinterp.load_model(MODEL, quant=qinterp._C.spec_for_device(spec, "cpu"), calibration=windows)
+    rows = [stories_tok.encode(task.prompt(i))[:512] for i in range(8)]
+    width = max(map(len, rows))
+    x = torch.tensor([[2] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool)
+    with torch.no_grad():
+        c, i = torch.softmax(m.forward(x, mask)[:, -1].float(), -1).max(-1)
+    with ResultStore(str(out), "r") as s:
+        g = f"stories260K/{spec}/boolq/predictions"
+        assert s.read(g + "/predicted_id").tolist() == i.tolist()
+        np.testing.assert_allclose(s.read(g + "/confidence").numpy(), c.numpy(), rtol=0, atol=2e-6)

@@ -704,21 +704,26 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
       if (p.spec.method == quant::Method::GPTQ) {
         // Calibration as the field draws it: random windows (seed 0) of the first task's prompts,
         // encoded one after another; windows shrink to fit a short stream (the saved spec records them).
+        // The dense model is loaded once and quantized in place: its context bounds the windows.
+        p.model = model::load_model(o.model, model::LoadOptions{o.device, lo.dtype, "", {}});
         std::vector<int64_t> ids;
         for (size_t i = 0; i < tasks[0].examples.size(); ++i) {
           const auto v = c.tok->encode(tasks[0].prompt(i));
           ids.insert(ids.end(), v.begin(), v.end());
         }
-        const int64_t ctx = !c.precs.empty() ? c.precs.front().model->config().max_seq_len
-                                             : model::load_model(o.model, model::LoadOptions{o.device, "", "", {}})->config().max_seq_len;
+        const int64_t ctx = p.model->config().max_seq_len;
         const int64_t seqlen = std::min<int64_t>({p.spec.seqlen, ctx, static_cast<int64_t>(ids.size()) - 1});
         if (seqlen < 1) fail("run ", name, ": the first task's prompts are too short to calibrate GPTQ");
-        lo.calibration = model::random_calibration_windows(at::tensor(ids, at::kLong), p.spec.calib, seqlen, 0);
+        model::quantize_model(*p.model, quant::parse_quant_spec(lo.quant),
+                              model::random_calibration_windows(at::tensor(ids, at::kLong), p.spec.calib, seqlen, 0),
+                              [&](int64_t d, int64_t t) {
+                                if (progress) progress({"GPTQ " + name, d, t, "layers", d == t});
+                              });
       }
     } else {
       lo.quant = name;
     }
-    p.model = model::load_model(o.model, lo);
+    if (!p.model) p.model = model::load_model(o.model, lo);
     text::check_tokenizer(*c.tok, p.model->config().vocab_size, o.model);
     if (!p.quantized && c.ref < 0) c.ref = static_cast<int>(c.precs.size());
     c.precs.push_back(std::move(p));
