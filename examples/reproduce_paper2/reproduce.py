@@ -36,12 +36,24 @@ def model_files(name):
     raise SystemExit(f"unknown model {name} (stories260K, smollm2, qwen2.5)")
 
 
-def calibration(tok, seqlen):
-    """GPTQ's calibration: 128 random windows (seed 0) of the paper-1 BoolQ prompts (WikiText-2's
-    training split is not available offline, and the test split is what is scored)."""
+def calibration(tok, seqlen, source, scored_tokens):
+    """GPTQ's calibration: 128 random windows (seed 0) of `source`.
+
+    boolq: the paper-1 BoolQ prompts, one after another (the default: the paper calibrates on
+    Alpaca, text of another kind than the WikiText-2 it scores, and WikiText-2's training split is
+    not available offline). wikitext2-unscored: the test split's tokens after the scored windows,
+    text of the scored kind that no scored window contains."""
     import torch
-    rows = list(csv.DictReader(open(SHARED / "datasets/paper1/boolq.csv", newline="")))
-    ids = [t for r in rows for t in tok.encode(r["prompt"])]
+    if source == "boolq":
+        rows = list(csv.DictReader(open(SHARED / "datasets/paper1/boolq.csv", newline="")))
+        ids = [t for r in rows for t in tok.encode(r["prompt"])]
+    elif source == "wikitext2-unscored":
+        if scored_tokens is None:
+            raise SystemExit("--calib wikitext2-unscored needs --max-windows > 0: the whole split is scored")
+        raw = open(SHARED / "datasets/wikitext2/wiki.test.raw", encoding="utf-8", newline="").read()
+        ids = tok.encode(qinterp._C.wikitext_joined(raw))[scored_tokens:]
+    else:
+        raise SystemExit(f"unknown --calib {source} (boolq, wikitext2-unscored)")
     return qinterp.random_calibration_windows(torch.tensor(ids), 128, min(seqlen, len(ids) - 1), 0)
 
 
@@ -52,6 +64,7 @@ def main():
     ap.add_argument("--quant", nargs="+", default=PRECISIONS)
     ap.add_argument("--max-windows", type=int, default=8, help="0 = the whole test split")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--calib", default="boolq", help="GPTQ's calibration text: boolq (default) or wikitext2-unscored")
     ap.add_argument("--out", default=str(ROOT / "results/paper2"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -62,8 +75,9 @@ def main():
         for prec in a.quant:
             spec = qinterp._C.spec_for_device(prec, "cpu") if prec not in ("fp32", "fp16", "bf16") else prec
             dense = qinterp.load_model(path)
-            calib = calibration(tok, 256) if prec.startswith("gptq") else None
             ctx = dense.config["max_seq_len"]
+            scored = a.max_windows * min(2048, ctx) if a.max_windows else None
+            calib = calibration(tok, 256, a.calib, scored) if prec.startswith("gptq") else None
             del dense
             m = qinterp.load_model(path, quant=spec, calibration=calib)
             p = qinterp.perplexity(m, tok, "wikitext2", max_windows=a.max_windows or None)
@@ -81,7 +95,8 @@ def main():
             w.writerows(rows)
         with open(os.path.join(a.out, f"{name}.md"), "w") as f:
             f.write(f"# {name}: WikiText-2 perplexity (protocol gptq, {rows[0]['windows']} windows of "
-                    f"{rows[0]['seqlen']}) and decoding at batch 1 on the CPU\n\n")
+                    f"{rows[0]['seqlen']}) and decoding at batch 1 on the CPU\n\n"
+                    f"GPTQ calibration: 128 random windows (seed 0) of {a.calib}.\n\n")
             f.write("| precision | PPL | weights MiB | peak RSS MiB | prefill s | decode tokens/s | Qwen-7B (paper): PPL / GB / tokens/s |\n")
             f.write("|---|---:|---:|---:|---:|---:|---|\n")
             for r in rows:

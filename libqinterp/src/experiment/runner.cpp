@@ -348,6 +348,24 @@ bool stage_done(Ctx& c, const std::string& task_group_any, const std::string& fl
   return done == 1;
 }
 
+// A stage already in the file is skipped; a checkpoint left by a run killed after writing the
+// results, before the clean-up, goes with it.
+bool skip_finished_stage(Ctx& c, const std::string& task_group_any, const std::string& flag, int64_t fp,
+                         const std::string& ck) {
+  if (!stage_done(c, task_group_any, flag, fp)) return false;
+  if (c.ckpt->exists(ck)) c.ckpt->remove(ck);
+  ++c.summary.stages_skipped;
+  return true;
+}
+
+// The stage's checkpoint when it was written with these settings (fingerprint `ck_fp`); else none.
+std::optional<State> resumable_checkpoint(Ctx& c, const std::string& ck, int64_t ck_fp) {
+  if (c.o.restart || !c.ckpt->exists(ck)) return std::nullopt;
+  State s = c.ckpt->load_state(ck);
+  if (!s.tensors.count("fingerprint") || s.tensors.at("fingerprint").item<int64_t>() != ck_fp) return std::nullopt;
+  return s;
+}
+
 void write_forward_results(Ctx& c, const Task& t, int64_t fp) {
   for (size_t pi = 0; pi < c.precs.size(); ++pi) {
     Prec& p = c.precs[pi];
@@ -407,20 +425,13 @@ void forward_stage(Ctx& c, const Task& t, int64_t n) {
   const int64_t fp = fingerprint(forward_settings(c, t, n));
   const int64_t ck_fp = fingerprint(forward_settings(c, t, n) + "|world " + std::to_string(c.par.world));
   const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "forward"});
-  if (stage_done(c, group(c, c.precs.front().name, t.name), "forward_done", fp)) {
-    if (c.ckpt->exists(ck)) c.ckpt->remove(ck);  // killed after the results, before the clean-up
-    ++c.summary.stages_skipped;
-    return;
-  }
+  if (skip_finished_stage(c, group(c, c.precs.front().name, t.name), "forward_done", fp, ck)) return;
   reset_accumulators(c);
   const auto [lo, hi] = shard(c, n);
   int64_t start = lo;
-  if (!c.o.restart && c.ckpt->exists(ck)) {
-    const State s = c.ckpt->load_state(ck);
-    if (s.tensors.count("fingerprint") && s.tensors.at("fingerprint").item<int64_t>() == ck_fp) {
-      load_forward_state(c, s.tensors, false);
-      start = s.tensors.at("examples_done").item<int64_t>();
-    }
+  if (const auto s = resumable_checkpoint(c, ck, ck_fp)) {
+    load_forward_state(c, s->tensors, false);
+    start = s->tensors.at("examples_done").item<int64_t>();
   }
   if (c.progress) c.progress({"forward " + t.name, start - lo, hi - lo, "examples", false});
   const bool separate_act_pass = c.paper && t.prompt_template != "{}";  // the authors' raw CSV prompts
@@ -538,11 +549,7 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   const int64_t ck_fp = fingerprint(ig_settings(c, t, p, n) + "|world " + std::to_string(c.par.world));
   const std::string g = group(c, p.name, t.name);
   const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "ig", p.name});
-  if (stage_done(c, g, "ig_done", fp)) {
-    if (c.ckpt->exists(ck)) c.ckpt->remove(ck);
-    ++c.summary.stages_skipped;
-    return;
-  }
+  if (skip_finished_stage(c, g, "ig_done", fp, ck)) return;
   const std::string target_mode = !c.o.ig_target.empty() ? c.o.ig_target : c.paper ? "retokenized" : "generated";
   const std::string sal_mode = c.paper ? "paper" : "positions";
   std::vector<analysis::SalientNeurons> sal(c.hooks.size(), analysis::SalientNeurons(sal_mode));
@@ -566,12 +573,9 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
       }
     }
   };
-  if (!c.o.restart && c.ckpt->exists(ck)) {
-    const State s = c.ckpt->load_state(ck);
-    if (s.tensors.count("fingerprint") && s.tensors.at("fingerprint").item<int64_t>() == ck_fp) {
-      unpack(s.tensors, false);
-      start = s.tensors.at("examples_done").item<int64_t>();
-    }
+  if (const auto s = resumable_checkpoint(c, ck, ck_fp)) {
+    unpack(s->tensors, false);
+    start = s->tensors.at("examples_done").item<int64_t>();
   }
   if (c.progress) c.progress({"ig " + t.name + " " + p.name, start - lo, hi - lo, "examples", false});
   analysis::IgOptions io;
