@@ -72,13 +72,11 @@ def main():
         path, tok_path = model_files(name)
         tok = qinterp.load_tokenizer(tok_path)
         rows = []
+        ctx = qinterp.load_model(path).config["max_seq_len"]
+        scored = a.max_windows * min(2048, ctx) if a.max_windows else None
         for prec in a.quant:
             spec = qinterp._C.spec_for_device(prec, "cpu") if prec not in ("fp32", "fp16", "bf16") else prec
-            dense = qinterp.load_model(path)
-            ctx = dense.config["max_seq_len"]
-            scored = a.max_windows * min(2048, ctx) if a.max_windows else None
             calib = calibration(tok, 256, a.calib, scored) if prec.startswith("gptq") else None
-            del dense
             m = qinterp.load_model(path, quant=spec, calibration=calib)
             p = qinterp.perplexity(m, tok, "wikitext2", max_windows=a.max_windows or None)
             prompt = min(256, ctx // 2)
