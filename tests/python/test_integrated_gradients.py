@@ -111,6 +111,24 @@ def test_several_hooks_equal_separate_calls_and_chunks_equal_one_batch(stories_m
         assert (together[h]["attributions"] - one_batch).abs().max().item() <= 1e-6 * scale, h
 
 
+def test_automatic_chunks_are_equal_and_fit_the_budget(stories_model):
+    # The budget's steps per chunk for stories260K's layer 1 at 40 positions, from the header's formula:
+    # layers x positions x (12 d_model + 6 d_mlp + 2 heads x positions) x 4 bytes + 4 x vocab.
+    cfg = stories_model.config
+    layers, T = cfg["num_layers"] - 1, 40
+    per_step = layers * T * (12 * cfg["hidden_size"] + 6 * cfg["intermediate_size"] + 2 * cfg["num_heads"] * T) * 4 \
+        + 4 * cfg["vocab_size"]
+    seen = set()
+    for fit in (1, 2, 3, 7, 16, 24, 25, 26, 49, 50, 80):
+        ig = IntegratedGradients(stories_model, "blocks.1.mlp.hook_act", n_steps=50, memory_budget=fit * per_step + 1)
+        s = ig.chunk_steps("blocks.1.mlp.hook_act", T)
+        chunks = -(-50 // min(fit, 50))
+        assert s <= fit and -(-50 // s) == chunks, (fit, s)  # the budget's number of chunks, none larger than it allows
+        assert chunks * s - 50 < chunks, (fit, s)  # equal sizes: the last chunk is at most chunks - 1 short
+        seen.add(s)
+    assert {17, 25, 50} <= seen  # 24 steps fit: 17 + 17 + 16, not 24 + 24 + 2
+
+
 def test_last_layer_gets_attribution_only_at_the_last_position(stories_model, stories_tok):
     ids = torch.tensor([stories_tok.encode(PROMPT)])
     attr, _ = IntegratedGradients(stories_model, "blocks.4.mlp.hook_act").attribute(ids, 290)
