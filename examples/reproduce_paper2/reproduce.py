@@ -74,10 +74,12 @@ def main():
         rows = []
         ctx = qinterp.load_model(path).config["max_seq_len"]
         scored = a.max_windows * min(2048, ctx) if a.max_windows else None
+        calib = None  # the same windows for every GPTQ precision of this model, drawn once
         for prec in a.quant:
             spec = qinterp._C.spec_for_device(prec, "cpu") if prec not in ("fp32", "fp16", "bf16") else prec
-            calib = calibration(tok, 256, a.calib, scored) if prec.startswith("gptq") else None
-            m = qinterp.load_model(path, quant=spec, calibration=calib)
+            if prec.startswith("gptq") and calib is None:
+                calib = calibration(tok, 256, a.calib, scored)
+            m = qinterp.load_model(path, quant=spec, calibration=calib if prec.startswith("gptq") else None)
             p = qinterp.perplexity(m, tok, "wikitext2", max_windows=a.max_windows or None)
             prompt = min(256, ctx // 2)
             s = qinterp.speed(m, prompt_tokens=prompt, new_tokens=min(a.new_tokens, ctx - prompt))

@@ -131,7 +131,7 @@ int64_t IntegratedGradients::chunk_steps(const std::string& hook, int64_t T) con
       4.0 * c.vocab_size;
   const int64_t fit = std::max<int64_t>(1, std::min<int64_t>(o_.n_steps, static_cast<int64_t>(o_.memory_budget / per_step)));
   // As many chunks as the budget needs, of equal size: 50 steps in chunks of 24 would leave a
-  // chunk of 2 whose matrix products run at half the speed of the others.
+  // chunk of 2 whose few-row matrix products run well below the others' speed.
   const int64_t chunks = (o_.n_steps + fit - 1) / fit;
   return (o_.n_steps + chunks - 1) / chunks;
 }
