@@ -212,6 +212,36 @@ def test_fused_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
             assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
 
 
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_grouped_gemv_nibble_decoding_equals_the_byte_path_bit_for_bit(bits):
+    # Nibble codes are decoded by shifts and 2^23 arithmetic (integer zeros) or by unpack-and-convert
+    # (any other zero); bytes always convert. With the same codes, scales and zeros stored both ways,
+    # every path sums in the same order, so the outputs must be identical bits.
+    g = torch.Generator().manual_seed(bits)
+    for rows, cols, group in [(40, 576, 128), (9, 256, 32), (5, 200, 64)]:
+        w = torch.randn(rows, cols, generator=g)
+        q4 = qinterp.quant.quantize(w, f"rtn{bits}:group={group}")
+        q8 = qinterp.quant.quantize(w, f"rtn8:group={group}")
+        p4, p8 = q4.parts(), q8.parts()
+        packed = p4["qdata"]
+        codes = torch.stack([packed >> 4, packed & 15], 2).reshape(rows, -1)[:, :cols]
+        p8["qdata"].copy_(codes)
+        p8["scale"].copy_(p4["scale"])
+        p8["zero"].copy_(p4["zero"])
+        assert torch.equal(qinterp.quant.dequantize(q8), qinterp.quant.dequantize(q4))
+        for zero_shift in [0.0, 40.0, 0.5]:  # integer zeros take the shift path, 0.5 the conversion
+            if zero_shift:
+                p4["zero"].add_(zero_shift)
+                p8["zero"].add_(zero_shift)
+            for n in [1, 2, 4]:
+                x = torch.randn(n, cols, generator=g)
+                y4, y8 = qinterp.quant.gemv_grouped(x, q4), qinterp.quant.gemv_grouped(x, q8)
+                assert torch.equal(y4, y8), (bits, rows, cols, zero_shift, n, (y4 - y8).abs().max())
+                ref = x.double() @ qinterp.quant.dequantize(q4).double().T
+                bound = 2e-6 * (x.double().abs() @ qinterp.quant.dequantize(q4).double().abs().T) + 1e-30
+                assert ((y4.double() - ref).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("rows,cols", [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129), (1, 17)])
 def test_dense_gemv_on_the_cpu_equals_a_matmul(rows, cols):
     # the decoding-step kernel of dense float32 layers and the LM head (quant::gemv_dense)

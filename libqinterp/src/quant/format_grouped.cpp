@@ -19,6 +19,20 @@ namespace {
 // row starts on a byte) or one per byte, decoded in registers. code - zero is exact in float32, so
 // the only rounding beyond dequantize-then-multiply's is the scale applied once per group. NX is a
 // template argument so that the accumulators stay in registers.
+//
+// Nibbles are decoded without shuffles: a row's four bytes (eight codes) are broadcast to every
+// lane and shifted by a per-lane amount, and code - zero is computed as (2^23 + code) - (2^23 +
+// zero), the first term by OR-ing the code into the bits of 2^23. For a group whose zero is an
+// integer of magnitude <= 2^16 (every zero GPTQ's quantizer makes) both terms and their difference
+// are exact, so the sums are bit for bit those of converting and subtracting, about 1.4x faster
+// (bench/gemv_cpu.py). Bytes (bits > 4) and other zeros (a file may hold any float) convert.
+__attribute__((target("avx2"))) inline __m256 nibble_codes8(const uint8_t* p, __m256i shifts, __m256 magic_zero) {
+  const __m256i k = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_castps_si256(_mm256_broadcast_ss(reinterpret_cast<const float*>(p))), shifts),
+      _mm256_set1_epi32(15));
+  return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(k, _mm256_set1_epi32(0x4B000000))), magic_zero);
+}
+
 template <int NX>
 __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d, int64_t row_bytes, bool nibbles,
                                                                 const float* scale, const float* zero,
@@ -26,6 +40,7 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
                                                                 int64_t r1, int64_t rows, int64_t cols,
                                                                 const float* x, float* y) {
   const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);  // high nibble first
   for (int64_t r = r0; r < r1; ++r) {
     __m256 acc[NX];
     float tail[NX];
@@ -45,6 +60,17 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
         ts[k] = 0.0f;
       }
       int64_t c = c0;
+      if (nibbles && ze == std::nearbyint(ze) && std::fabs(ze) <= 65536.0f) {  // 2^23 + zero exact
+        // codes c..c+7 into s[k][0], c+8..c+15 into s[k][1], in the order of the loop below
+        const __m256 mz = _mm256_set1_ps(8388608.0f + ze);
+        for (; c + 16 <= c1; c += 16) {
+          const __m256 v0 = nibble_codes8(row + c / 2, shifts, mz), v1 = nibble_codes8(row + c / 2 + 4, shifts, mz);
+          for (int k = 0; k < NX; ++k) {
+            s[k][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + k * cols + c), s[k][0]);
+            s[k][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + k * cols + c + 8), s[k][1]);
+          }
+        }
+      }
       for (; c + 16 <= c1; c += 16) {
         __m128i idx;
         if (nibbles) {
