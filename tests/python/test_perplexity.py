@@ -212,6 +212,28 @@ def test_fused_gemv_on_the_cpu_equals_dequantize_then_multiply(fmt):
             assert ((y.double() - ref).abs() <= bound).all(), (fmt, rows, cols, n, (y.double() - ref).abs().max())
 
 
+def test_fused_4bit_gemv_decodes_double_quantized_absmax_bit_for_bit():
+    # The kernel decodes the 8-bit absmax itself (eight blocks per gather); with the same codes and
+    # the absmax decoded here as bitsandbytes does (product, then + offset, in float32), a weight
+    # stored without double quantization must give identical bits.
+    g = torch.Generator().manual_seed(11)
+    # the kernel decodes 2048 blocks at a time: several row chunks (16384 / 32 blocks a row), and a
+    # row longer than that (131072 / 32)
+    for rows, cols, block in [(33, 256, 64), (70, 576, 64), (300, 128, 32), (9, 1024, 128), (37, 16384, 32),
+                              (3, 131072, 32)]:
+        w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 3
+        dq = qinterp.quant.quantize(w, f"nf4:block={block}")
+        plain = qinterp.quant.quantize(w, f"nf4:block={block},double_quant=0")
+        pd, pp = dq.parts(), plain.parts()
+        assert "absmax2" in pd and "absmax2" not in pp
+        decoded = pd["code2"][pd["absmax"].long()] * pd["absmax2"].repeat_interleave(256)[: pd["absmax"].numel()]
+        pp["absmax"].copy_(decoded + pd["offset"])
+        pp["qdata"].copy_(pd["qdata"])
+        for n in [1, 3]:
+            x = torch.randn(n, cols, generator=g)
+            assert torch.equal(qinterp.quant.gemv_4bit(x, dq), qinterp.quant.gemv_4bit(x, plain)), (rows, cols, n)
+
+
 @pytest.mark.parametrize("bits", [4, 3, 2])
 def test_grouped_gemv_nibble_decoding_equals_the_byte_path_bit_for_bit(bits):
     # Nibble codes are decoded by shifts and 2^23 arithmetic (integer zeros) or by unpack-and-convert

@@ -3,6 +3,7 @@
 // glue, the fused matrix-vector product, and the format's entry points for format.hpp's table.
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -392,6 +393,27 @@ static void double_quant_absmax(const uint8_t* q, const float* scale, const floa
   }
 }
 
+#ifdef QINTERP_X86_AVX2
+// The same, eight blocks at a time by a gather from the 256-entry map (an aligned run of eight
+// lies in one run of 256 and shares its scale). Compiled without FMA so that the product and the
+// sum stay two roundings, bit for bit the loop above.
+__attribute__((target("avx2"), noinline)) void double_quant_absmax_avx2(const uint8_t* q, const float* scale,
+                                                                       const float* code, float offset, int64_t b0,
+                                                                       int64_t b1, float* out) {
+  int64_t b = b0;
+  const int64_t head = std::min(b1, (b0 + 7) & ~int64_t(7));
+  double_quant_absmax(q, scale, code, offset, b, head, out);
+  b = head;
+  const __m256 voff = _mm256_set1_ps(offset);
+  for (; b + 8 <= b1; b += 8) {
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + b)));
+    const __m256 v = _mm256_mul_ps(_mm256_i32gather_ps(code, idx, 4), _mm256_set1_ps(scale[b / 256]));
+    _mm256_storeu_ps(out + (b - b0), _mm256_add_ps(v, voff));
+  }
+  double_quant_absmax(q, scale, code, offset, b, b1, out + (b - b0));
+}
+#endif
+
 at::Tensor absmax_f32(const QuantizedTensor& q) {
   if (!q.spec.double_quant) return q.absmax;
   // two roundings (product, then + offset) as bitsandbytes computes it
@@ -433,14 +455,25 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
       const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
       const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
       return gemv_rows(permute_x32(x), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-        std::vector<float> buf;
-        const float* am = a32 ? a32 + r0 * nb : nullptr;
-        if (!a32) {
-          buf.resize(static_cast<size_t>((r1 - r0) * nb));
-          double_quant_absmax(a8, a2, c2, off, r0 * nb, r1 * nb, buf.data());
-          am = buf.data();
+        if (a32) {
+          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, a32 + r0 * nb, r0, r1, rows, cols, block, code, xp, yp); });
+          return;
         }
-        with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, r0, r1, rows, cols, block, code, xp, yp); });
+        // a few rows at a time, their absmax decoded into a buffer that stays in L1
+        alignas(32) float local[2048];
+        std::unique_ptr<float[]> heap;
+        float* buf = local;
+        int64_t chunk = 2048 / nb;
+        if (chunk == 0) {
+          chunk = 1;
+          heap.reset(new float[static_cast<size_t>(nb)]);
+          buf = heap.get();
+        }
+        for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+          const int64_t c1 = std::min(r1, c0 + chunk);
+          double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
+          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, buf, c0, c1, rows, cols, block, code, xp, yp); });
+        }
       });
     }
     const at::Tensor absmax = absmax_f32(w).contiguous();
