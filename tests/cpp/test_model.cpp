@@ -328,6 +328,42 @@ TEST(SmolLM2, DecodingStepsEqualTheFullForward) {
   expect_steps_equal_full_forward(*load_model(qt::smollm2_gguf()), 49152);  // grouped-query, head dim 64
 }
 
+TEST(Stories260K, HooksFireOnDecodingStepsWithTheFullForwardsValues) {
+  // A hooked layer's decoding step takes the unfused path (its activation must reach the hook);
+  // the others fuse the gated activation. Both must match the full forward position by position.
+  at::manual_seed(7);
+  auto m = stories();
+  const int64_t T = 5, steps = 4;
+  at::Tensor ids = at::randint(3, 512, {1, T}, at::TensorOptions().dtype(at::kLong));
+  std::vector<at::Tensor> seen;
+  model::Hooks hooks;
+  hooks.add("blocks.2.mlp.hook_act", [&](const at::Tensor& a, const model::HookContext&) {
+    seen.push_back(a.clone());
+    return std::optional<at::Tensor>();
+  });
+  model::KVCache cache = m->new_cache(1, T + steps);
+  at::Tensor logits = m->forward(ids, {}, &hooks, &cache).select(1, T - 1);
+  for (int64_t i = 0; i < steps; ++i) {
+    const at::Tensor tok = logits.argmax(-1).unsqueeze(1);
+    ids = at::cat({ids, tok}, 1);
+    logits = m->forward(tok, {}, &hooks, &cache).select(1, 0);
+  }
+  ASSERT_EQ(seen.size(), static_cast<size_t>(1 + steps));
+  seen.clear();
+  const at::Tensor full_logits = m->forward(ids, {}, &hooks).select(1, ids.size(1) - 1);
+  ASSERT_EQ(seen.size(), 1u);
+  const at::Tensor full = seen[0];  // [1, T + steps, d_mlp]
+  EXPECT_LT((logits - full_logits).abs().max().item<double>(), 2e-5 * full_logits.abs().max().item<double>());
+  seen.clear();
+  cache = m->new_cache(1, T + steps);
+  m->forward(ids.narrow(1, 0, T), {}, &hooks, &cache);
+  for (int64_t i = 0; i < steps - 1; ++i) m->forward(ids.narrow(1, T + i, 1), {}, &hooks, &cache);
+  for (int64_t i = 0; i < steps - 1; ++i) {
+    const at::Tensor step = seen[static_cast<size_t>(1 + i)].select(1, 0), ref = full.select(1, T + i);
+    EXPECT_LT((step - ref).abs().max().item<double>(), 2e-5 * ref.abs().max().item<double>()) << "step " << i;
+  }
+}
+
 TEST(Model, RunsOnCuda) {
   if (!at::hasCUDA()) GTEST_SKIP() << "SKIPPED: no CUDA device here; runs on a GPU machine";
   LoadOptions lo;

@@ -6,6 +6,7 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <set>
 #include <vector>
@@ -22,8 +23,9 @@ const std::string kLogitsHook = "hook_logits";
 
 // A decoding step's tensors: float32 on the CPU, at most 4 rows, no gradient. For these the model
 // skips ATen's per-op overhead (dispatch, allocation, TensorIterator set-up), which a 135M model
-// pays dozens of times per layer and token: norms, rotary embedding and single-query attention
-// run as plain loops below, the same arithmetic up to float32 summation order.
+// pays dozens of times per layer and token: norms, rotary embedding with the KV-cache write,
+// single-query attention, residual sums and the gated activation run as plain loops below, the
+// same arithmetic up to float32 summation order and the last bit of exp/tanh.
 bool decode_rows(const at::Tensor& x) {
   return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.size(-1) > 0 &&
          x.numel() / x.size(-1) <= 4 && !(at::GradMode::is_enabled() && x.requires_grad());
@@ -48,37 +50,105 @@ at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps
   return out;
 }
 
+// One head's rotary embedding: the first 2 * half dims rotate (adjacent pairs or the two halves),
+// the rest pass through (partial rotary, Phi-2).
+inline void rope_head(const float* xi, const float* c, const float* s, int64_t hd, int64_t half, RopeLayout layout,
+                      float* oi) {
+  if (layout == RopeLayout::Interleaved) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x0 = xi[2 * i], x1 = xi[2 * i + 1];
+      oi[2 * i] = x0 * c[i] - x1 * s[i];
+      oi[2 * i + 1] = x0 * s[i] + x1 * c[i];
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x0 = xi[i], x1 = xi[half + i];
+      oi[i] = x0 * c[i] - x1 * s[i];
+      oi[half + i] = x1 * c[i] + x0 * s[i];
+    }
+  }
+  for (int64_t i = 2 * half; i < hd; ++i) oi[i] = xi[i];
+}
+
 // apply_rope for a decoding step: x [B, T, heads, hd] (contiguous), cos/sin [B, T, 1, rd/2].
 at::Tensor rope_rows(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, RopeLayout layout) {
   const at::Tensor x = x_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3), half = cos.size(-1), rd = 2 * half;
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3), half = cos.size(-1);
   const float* xp = x.data_ptr<float>();
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  for (int64_t bt = 0; bt < B * T; ++bt) {
-    const float* c = cp + bt * half;
-    const float* s = sp + bt * half;
-    for (int64_t h = 0; h < H; ++h) {
-      const float* xi = xp + (bt * H + h) * hd;
-      float* oi = o + (bt * H + h) * hd;
-      if (layout == RopeLayout::Interleaved) {
-        for (int64_t i = 0; i < half; ++i) {
-          const float x0 = xi[2 * i], x1 = xi[2 * i + 1];
-          oi[2 * i] = x0 * c[i] - x1 * s[i];
-          oi[2 * i + 1] = x0 * s[i] + x1 * c[i];
-        }
-      } else {
-        for (int64_t i = 0; i < half; ++i) {
-          const float x0 = xi[i], x1 = xi[half + i];
-          oi[i] = x0 * c[i] - x1 * s[i];
-          oi[half + i] = x1 * c[i] + x0 * s[i];
-        }
-      }
-      for (int64_t i = rd; i < hd; ++i) oi[i] = xi[i];  // partial rotary: the rest passes through
+  for (int64_t bt = 0; bt < B * T; ++bt)
+    for (int64_t h = 0; h < H; ++h)
+      rope_head(xp + (bt * H + h) * hd, cp + bt * half, sp + bt * half, hd, half, layout, o + (bt * H + h) * hd);
+  return out;
+}
+
+// A decoding step's queries, keys and values [B, 1, heads, hd] (one new position per row):
+// returns the rotated queries as [B, H, 1, hd] and writes the rotated keys and the values into
+// the cache at position `past` directly (no intermediate tensors, no copy_).
+at::Tensor rope_step_into_cache(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                const at::Tensor& cos_in, const at::Tensor& sin_in, RopeLayout layout,
+                                at::Tensor& cache_k, at::Tensor& cache_v, int64_t past) {
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  const int64_t B = q.size(0), H = q.size(2), KV = k.size(2), hd = q.size(3), half = cos.size(-1);
+  at::Tensor out = at::empty({B, H, 1, hd}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  float* ck = cache_k.data_ptr<float>();
+  float* cv = cache_v.data_ptr<float>();
+  const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), ks = cache_k.stride(2);
+  const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vs = cache_v.stride(2);
+  for (int64_t b = 0; b < B; ++b) {
+    const float *c = cp + b * half, *s = sp + b * half;
+    for (int64_t h = 0; h < H; ++h) rope_head(qp + (b * H + h) * hd, c, s, hd, half, layout, o + (b * H + h) * hd);
+    for (int64_t j = 0; j < KV; ++j) {
+      rope_head(kp + (b * KV + j) * hd, c, s, hd, half, layout, ck + b * kb + j * kh + past * ks);
+      std::memcpy(cv + b * vb + j * vh + past * vs, vp + (b * KV + j) * hd, static_cast<size_t>(hd) * sizeof(float));
     }
   }
   return out;
+}
+
+// a + b for a decoding step's rows (same shape, float32), without TensorIterator's set-up.
+at::Tensor add_rows(const at::Tensor& a_in, const at::Tensor& b_in) {
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  at::Tensor out = at::empty(a.sizes(), a.options());
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0, n = a.numel(); i < n; ++i) o[i] = ap[i] + bp[i];
+  return out;
+}
+
+bool step_add(const at::Tensor& a, const at::Tensor& b) {
+  return decode_rows(a) && decode_rows(b) && a.sizes() == b.sizes();
+}
+
+// act(pre) * up for a decoding step's rows, the activation rounded to float32 before the product
+// as in the unfused path; SiLU as x / (1 + e^-x), GELU-tanh as in ATen. false: not one of those.
+bool gated_act_rows(const at::Tensor& pre_in, const at::Tensor& up_in, Activation act, at::Tensor& out) {
+  if (act != Activation::SiLU && act != Activation::GeluTanh) return false;
+  const at::Tensor pre = pre_in.contiguous(), up = up_in.contiguous();
+  out = at::empty(pre.sizes(), pre.options());
+  const float *pp = pre.data_ptr<float>(), *up_p = up.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t n = pre.numel();
+  if (act == Activation::SiLU) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float a = pp[i] / (1.0f + std::exp(-pp[i]));
+      o[i] = a * up_p[i];
+    }
+  } else {
+    const float k0 = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), k1 = 0.044715f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = pp[i];
+      const float a = 0.5f * x * (1.0f + std::tanh(k0 * (x + k1 * x * x * x)));
+      o[i] = a * up_p[i];
+    }
+  }
+  return true;
 }
 
 #ifdef QINTERP_X86_AVX2
@@ -555,18 +625,25 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   // A decoding step (one new position per row, few rows, float32 on the CPU, no gradient).
   const bool step = p.cache && Tq == 1 && B <= 4 && q.is_cpu() && q.scalar_type() == at::kFloat &&
                     k.scalar_type() == at::kFloat && !(at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad()));
-  if (step) {
-    q = rope_rows(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
-    k = rope_rows(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
-  } else {
-    q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
-    k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
-  }
-  if (cache) {
-    cache->k[l].narrow(2, past, T).copy_(k);
-    cache->v[l].narrow(2, past, T).copy_(v);
+  if (step && T == 1 && cache->k[l].scalar_type() == at::kFloat && cache->v[l].scalar_type() == at::kFloat &&
+      v.scalar_type() == at::kFloat) {
+    q = rope_step_into_cache(q, k, v.transpose(1, 2), cq, sq, cfg_.rope_layout, cache->k[l], cache->v[l], past);
     k = cache->k[l].narrow(2, 0, S);
     v = cache->v[l].narrow(2, 0, S);
+  } else {
+    if (step) {
+      q = rope_rows(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+      k = rope_rows(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
+    } else {
+      q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+      k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
+    }
+    if (cache) {
+      cache->k[l].narrow(2, past, T).copy_(k);
+      cache->v[l].narrow(2, past, T).copy_(v);
+      k = cache->k[l].narrow(2, 0, S);
+      v = cache->v[l].narrow(2, 0, S);
+    }
   }
   const at::Tensor& layer_mask = local && p.attn_mask_local.defined() ? p.attn_mask_local : p.attn_mask;
   const at::Tensor amask = last_only ? layer_mask.narrow(2, q0, 1) : layer_mask;
@@ -604,17 +681,26 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   if (cfg_.parallel_block) {
     h = hq;  // the MLP reads the same norm as attention (Phi-2)
   } else {
-    x = hook(hn(HookPoint::ResidMid), qmask, x + o);
+    x = hook(hn(HookPoint::ResidMid), qmask, step_add(x, o) ? add_rows(x, o) : x + o);
     h = norm(x, L.ffn_norm, L.ffn_norm_b);
   }
   at::Tensor pre = hook(hn(HookPoint::MlpPre), qmask, linear(L, kGate, h, l, obs));
-  at::Tensor act = hook(hn(HookPoint::MlpAct), qmask, activate(pre, cfg_.activation));
-  at::Tensor post = hook(hn(HookPoint::MlpPost), qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+  at::Tensor post;
+  if (cfg_.gated_mlp && decode_rows(pre) &&
+      !(p.hooks && (p.hooks->has(hn(HookPoint::MlpAct)) || p.hooks->has(hn(HookPoint::MlpPost))))) {
+    // a decoding step whose activation nobody hooks: act(gate) * up in one loop
+    const at::Tensor up = linear(L, kUp, h, l, obs);
+    if (!(up.sizes() == pre.sizes() && up.scalar_type() == at::kFloat && gated_act_rows(pre, up, cfg_.activation, post)))
+      post = activate(pre, cfg_.activation) * up;
+  } else {
+    at::Tensor act = hook(hn(HookPoint::MlpAct), qmask, activate(pre, cfg_.activation));
+    post = hook(hn(HookPoint::MlpPost), qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+  }
   at::Tensor m = linear(L, kDown, post, l, obs);
   if (cfg_.sandwich_norms) m = norm(m, L.post_ffn_norm, {});
   m = hook(hn(HookPoint::MlpOut), qmask, m);
   // Phi-2 sums as transformers does: attn + mlp + residual.
-  return hook(hn(HookPoint::ResidPost), qmask, cfg_.parallel_block ? o + m + x : x + m);
+  return hook(hn(HookPoint::ResidPost), qmask, cfg_.parallel_block ? o + m + x : step_add(x, m) ? add_rows(x, m) : x + m);
 }
 
 at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
