@@ -297,18 +297,20 @@ TEST(SmolLM2, LoadsFromGguf) {
 // streaming GEMV for every dense layer and the LM head, and plain loops for the norms, the rotary
 // embedding and single-query attention over the KV cache. Each step's logits must be the full
 // forward's at that position, up to float32 summation order, on a left-padded batch of two rows.
-void expect_steps_equal_full_forward(const model::Model& m, int64_t vocab_hi) {
-  const int64_t T = 6, steps = 5;
-  at::Tensor ids = at::randint(3, vocab_hi, {2, T}, at::TensorOptions().dtype(at::kLong));
-  at::Tensor mask = at::ones({2, T}, at::kBool);
-  mask[1].narrow(0, 0, 2).fill_(false);  // row 1 left-padded by two
-  model::KVCache cache = m.new_cache(2, T + steps);
+// rows: 2 with row 1 left-padded by `pad`, or 1 padded by `pad`.
+void expect_steps_equal_full_forward(const model::Model& m, int64_t vocab_hi, int64_t rows = 2, int64_t T = 6,
+                                     int64_t pad = 2) {
+  const int64_t steps = 5;
+  at::Tensor ids = at::randint(3, vocab_hi, {rows, T}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::ones({rows, T}, at::kBool);
+  mask[rows - 1].narrow(0, 0, pad).fill_(false);
+  model::KVCache cache = m.new_cache(rows, T + steps);
   at::Tensor logits = m.forward(ids, mask, nullptr, &cache).select(1, T - 1);
   for (int64_t i = 0; i < steps; ++i) {
     const at::Tensor tok = logits.argmax(-1).unsqueeze(1);
     ids = at::cat({ids, tok}, 1);
-    mask = at::cat({mask, at::ones({2, 1}, at::kBool)}, 1);
-    logits = m.forward(tok, at::ones({2, 1}, at::kBool), nullptr, &cache).select(1, 0);
+    mask = at::cat({mask, at::ones({rows, 1}, at::kBool)}, 1);
+    logits = m.forward(tok, at::ones({rows, 1}, at::kBool), nullptr, &cache).select(1, 0);
     const at::Tensor full = m.forward(ids, mask).select(1, ids.size(1) - 1);
     const double err = (logits - full).abs().max().item<double>(), scale = full.abs().max().item<double>();
     EXPECT_LT(err, 2e-5 * scale) << "step " << i << ": max |step - full| = " << err << " of " << scale;
@@ -325,7 +327,12 @@ TEST(Stories260K, DecodingStepsEqualTheFullForward) {
 
 TEST(SmolLM2, DecodingStepsEqualTheFullForward) {
   at::manual_seed(6);
-  expect_steps_equal_full_forward(*load_model(qt::smollm2_gguf()), 49152);  // grouped-query, head dim 64
+  const auto m = load_model(qt::smollm2_gguf());
+  expect_steps_equal_full_forward(*m, 49152);  // grouped-query, head dim 64
+  // one row, 3 kv heads: the keys split into chunks across threads; 50 padded keys leave the first
+  // chunk with no key to attend to
+  expect_steps_equal_full_forward(*m, 49152, 1, 90, 50);
+  expect_steps_equal_full_forward(*m, 49152, 1, 200, 0);
 }
 
 TEST(Stories260K, HooksFireOnDecodingStepsWithTheFullForwardsValues) {

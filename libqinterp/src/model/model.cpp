@@ -163,45 +163,117 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* 
   return quant::detail::hsum_avx(_mm256_add_ps(s0, s1));
 }
 
-// out[i] = softmax over allowed keys of (q[i] . k[s]) * scale, times v[s], for one query head i
-// (row b, head h) of a decoding step; its kv head read in place. p: scratch of S floats; hd % 8 == 0.
-__attribute__((target("avx2,fma"))) void attend_one(const float* qi, const float* kb, const float* vb,
-                                                   int64_t kstride_s, const bool* mask, int64_t mask_s, int64_t S,
-                                                   int64_t hd, float scale, float* p, float* oi) {
+// Sums of eight vectors at once: lane i of the result is the sum of a[i]'s lanes.
+__attribute__((target("avx2"))) inline __m256 hsum8(const __m256 a[8]) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// One query head against keys [s0, s1) of its kv head (rows kb + s * ks, hd % 8 == 0): p[s - s0] =
+// (q . k[s]) * scale, -inf where masked; eight keys at a time so that no key needs its own
+// horizontal sum. Returns the chunk's maximum (-inf when every key is masked).
+__attribute__((target("avx2,fma"))) float chunk_scores(const float* qi, const float* kb, int64_t ks, const bool* mask,
+                                                      int64_t mask_s, int64_t s0, int64_t s1, int64_t hd, float scale,
+                                                      float* p) {
+  int64_t s = s0;
+  for (; s + 8 <= s1; s += 8) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < hd; c += 8) {
+      const __m256 qc = _mm256_loadu_ps(qi + c);
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(kb + (s + i) * ks + c), qc, acc[i]);
+    }
+    _mm256_storeu_ps(p + (s - s0), _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
+  }
+  for (; s < s1; ++s) p[s - s0] = dot_avx2(qi, kb + s * ks, hd) * scale;
   float m = -INFINITY;
-  for (int64_t s = 0; s < S; ++s) {
-    p[s] = mask[s * mask_s] ? dot_avx2(qi, kb + s * kstride_s, hd) * scale : -INFINITY;
-    m = std::max(m, p[s]);
+  for (s = s0; s < s1; ++s) {
+    if (!mask[s * mask_s]) p[s - s0] = -INFINITY;
+    m = std::max(m, p[s - s0]);
   }
-  for (int64_t j = 0; j < hd; j += 8) _mm256_storeu_ps(oi + j, _mm256_setzero_ps());
-  float sum = 0.0f;
-  for (int64_t s = 0; s < S; ++s) {
-    if (p[s] == -INFINITY) continue;
-    const float e = std::exp(p[s] - m);
-    sum += e;
-    const __m256 ve = _mm256_set1_ps(e);
-    const float* vs = vb + s * kstride_s;
-    for (int64_t j = 0; j < hd; j += 8)
-      _mm256_storeu_ps(oi + j, _mm256_fmadd_ps(ve, _mm256_loadu_ps(vs + j), _mm256_loadu_ps(oi + j)));
+  return m;
+}
+
+// o = sum over keys [s0, s1) of exp(p - m) * v[s] (unnormalized, hd floats), 64 dims of o in
+// registers at a time; returns sum of exp(p - m). Masked keys (p = -inf) add nothing.
+__attribute__((target("avx2,fma"))) float chunk_values(float* p, float m, const float* vb, int64_t vs, int64_t s0,
+                                                      int64_t s1, int64_t hd, float* o) {
+  float l = 0.0f;
+  for (int64_t s = s0; s < s1; ++s) {
+    const float e = p[s - s0] == -INFINITY ? 0.0f : std::exp(p[s - s0] - m);
+    p[s - s0] = e;
+    l += e;
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / sum);
-  for (int64_t j = 0; j < hd; j += 8) _mm256_storeu_ps(oi + j, _mm256_mul_ps(_mm256_loadu_ps(oi + j), inv));
+  for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+    const int64_t nd = std::min<int64_t>(64, hd - d0) / 8;
+    __m256 acc[8];
+    for (int64_t c = 0; c < nd; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t s = s0; s < s1; ++s) {
+      if (p[s - s0] == 0.0f) continue;
+      const __m256 e = _mm256_set1_ps(p[s - s0]);
+      const float* row = vb + s * vs + d0;
+      for (int64_t c = 0; c < nd; ++c) acc[c] = _mm256_fmadd_ps(e, _mm256_loadu_ps(row + 8 * c), acc[c]);
+    }
+    for (int64_t c = 0; c < nd; ++c) _mm256_storeu_ps(o + d0 + 8 * c, acc[c]);
+  }
+  return l;
 }
 
 // Every (row, head) of a decoding step: q [B, H, hd] contiguous, k and v [B, KV, S, hd] views with
 // unit stride in hd and equal strides (the KV cache), mask [B, S] strided; out [B, H, hd].
+// Work comes in units of (row, kv head, chunk of keys), so that the threads get equal shares even
+// when B * KV is small (SmolLM2: 3 kv heads): each unit runs its kv head's query heads over its
+// keys (the keys read while in cache) and keeps a partial softmax (max, sum, unnormalized output),
+// merged per head afterwards as in flash decoding.
 void decode_attention(const float* q, const float* k, const float* v, const bool* mask, int64_t mask_b,
                       int64_t mask_s, int64_t B, int64_t H, int64_t KV, int64_t S, int64_t hd,
                       const int64_t* kstride, float scale, float* out) {
-  const int64_t g = H / KV;
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(static_cast<size_t>(S));
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / H, h = i % H, off = b * kstride[0] + (h / g) * kstride[1];
-      attend_one(q + i * hd, k + off, v + off, kstride[2], mask + b * mask_b, mask_s, S, hd, scale, p.data(),
-                 out + i * hd);
+  const int64_t g = H / KV, threads = at::get_num_threads();
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>((2 * threads + B * KV - 1) / (B * KV), S / 32));
+  const int64_t per = (S + chunks - 1) / chunks;
+  std::vector<float> part_m(static_cast<size_t>(B * H * chunks)), part_l(part_m.size());
+  std::vector<float> part_o(part_m.size() * static_cast<size_t>(hd));
+  at::parallel_for(0, B * KV * chunks, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<float> p(static_cast<size_t>(per));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / (KV * chunks), j = (u / chunks) % KV, c = u % chunks;
+      const int64_t s0 = c * per, s1 = std::min(S, s0 + per);
+      const int64_t off = b * kstride[0] + j * kstride[1];
+      for (int64_t h = j * g; h < (j + 1) * g; ++h) {
+        const int64_t slot = (b * H + h) * chunks + c;
+        float m = -INFINITY, l = 0.0f;
+        float* o = part_o.data() + slot * hd;
+        if (s0 < s1) m = chunk_scores(q + (b * H + h) * hd, k + off, kstride[2], mask + b * mask_b, mask_s, s0, s1, hd,
+                                      scale, p.data());
+        if (m == -INFINITY) {
+          std::fill(o, o + hd, 0.0f);
+        } else {
+          l = chunk_values(p.data(), m, v + off, kstride[2], s0, s1, hd, o);
+        }
+        part_m[static_cast<size_t>(slot)] = m;
+        part_l[static_cast<size_t>(slot)] = l;
+      }
     }
   });
+  for (int64_t i = 0; i < B * H; ++i) {  // merge the chunks: every query sees at least itself
+    float m = -INFINITY;
+    for (int64_t c = 0; c < chunks; ++c) m = std::max(m, part_m[static_cast<size_t>(i * chunks + c)]);
+    float l = 0.0f;
+    float* oi = out + i * hd;
+    std::fill(oi, oi + hd, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float mc = part_m[static_cast<size_t>(i * chunks + c)];
+      if (mc == -INFINITY) continue;
+      const float w = std::exp(mc - m);
+      l += w * part_l[static_cast<size_t>(i * chunks + c)];
+      const float* o = part_o.data() + (i * chunks + c) * hd;
+      for (int64_t d = 0; d < hd; ++d) oi[d] += w * o[d];
+    }
+    const float inv = 1.0f / l;
+    for (int64_t d = 0; d < hd; ++d) oi[d] *= inv;
+  }
 }
 #endif
 
