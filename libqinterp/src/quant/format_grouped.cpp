@@ -192,9 +192,13 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   // Checked in a plain loop: a decoding step should run no ATen op it does not need.
   bool natural = w.g_idx.defined() && w.g_idx.numel() == cols && w.g_idx.is_cpu() &&
                  w.g_idx.scalar_type() == at::kInt && w.g_idx.is_contiguous();
-  if (natural) {
+  if (natural) {  // a running group number: a division per column cost more than the product itself
     const int32_t* gi = w.g_idx.data_ptr<int32_t>();
-    for (int64_t c = 0; c < cols && natural; ++c) natural = gi[c] == c / group;
+    int64_t gc = 0, next = group;
+    for (int64_t c = 0; c < cols && natural; ++c) {
+      if (c == next) ++gc, next += group;
+      natural = gi[c] == gc;
+    }
   }
   if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && natural &&
       (!nibbles || group % 2 == 0) && cpu_has_fma()) {
