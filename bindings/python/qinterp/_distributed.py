@@ -1,6 +1,7 @@
 """torch.distributed glue for data-parallel runs: the rank and world size torchrun gives, and the
 communicator the runner uses (every rank's state gathered to rank 0 at the end of each stage, and
 rank 0's decisions broadcast)."""
+import atexit
 import os
 from typing import List, Optional, Tuple
 
@@ -18,6 +19,10 @@ class Comm:
         import torch.distributed as dist
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            # Destroyed while the interpreter is alive: left to the interpreter's teardown, gloo's
+            # worker threads can abort the process ("terminate called without an active
+            # exception", seen on a rank after its results were written; pytorch/pytorch#179291).
+            atexit.register(_destroy, dist)
         self.dist = dist
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
 
@@ -32,6 +37,11 @@ class Comm:
         box = [int(value)]
         self.dist.broadcast_object_list(box, src=0)
         return int(box[0])
+
+
+def _destroy(dist) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def comm(device: str = "cpu") -> Optional[Comm]:
