@@ -70,20 +70,6 @@ inline void rope_head(const float* xi, const float* c, const float* s, int64_t h
   for (int64_t i = 2 * half; i < hd; ++i) oi[i] = xi[i];
 }
 
-// apply_rope for a decoding step: x [B, T, heads, hd] (contiguous), cos/sin [B, T, 1, rd/2].
-at::Tensor rope_rows(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, RopeLayout layout) {
-  const at::Tensor x = x_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3), half = cos.size(-1);
-  const float* xp = x.data_ptr<float>();
-  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  for (int64_t bt = 0; bt < B * T; ++bt)
-    for (int64_t h = 0; h < H; ++h)
-      rope_head(xp + (bt * H + h) * hd, cp + bt * half, sp + bt * half, hd, half, layout, o + (bt * H + h) * hd);
-  return out;
-}
-
 // A decoding step's queries, keys and values [B, 1, heads, hd] (one new position per row):
 // returns the rotated queries as [B, H, 1, hd] and writes the rotated keys and the values into
 // the cache at position `past` directly (no intermediate tensors, no copy_).
@@ -703,13 +689,8 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
     k = cache->k[l].narrow(2, 0, S);
     v = cache->v[l].narrow(2, 0, S);
   } else {
-    if (step) {
-      q = rope_rows(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
-      k = rope_rows(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
-    } else {
-      q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
-      k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
-    }
+    q = apply_rope(q, cq, sq, cfg_.rope_layout).transpose(1, 2);
+    k = apply_rope(k, cos, sin, cfg_.rope_layout).transpose(1, 2);
     if (cache) {
       cache->k[l].narrow(2, past, T).copy_(k);
       cache->v[l].narrow(2, past, T).copy_(v);
