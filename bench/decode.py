@@ -84,11 +84,16 @@ def main():
         print(f"{spec:22s} weights {r['weight_bytes'] / 2**20:8.1f} MiB  prefill {r['prefill_seconds']:7.3f} s  "
               f"decode {r['decode_tokens_per_second']:8.2f} tokens/s", flush=True)
         del m
-    base = dict(rows).get("fp32")
+    base = next((r for spec, r in rows if spec == "fp32"), None)
     if base:
-        print("\nratio of decoding tokens/s against qinterp fp32 (same run):")
+        # Against the latest fp32 row before each row (the first fp32 row for those before it): listing
+        # fp32 between the others, e.g. --quant fp32 nf4 fp32 nf4, pairs rows measured close in time.
+        print("\nratio of decoding tokens/s against qinterp fp32 (same run, the nearest fp32 row before):")
+        ref = base
         for spec, r in rows:
-            print(f"  {spec:22s} {r['decode_tokens_per_second'] / base['decode_tokens_per_second']:.2f}x")
+            if spec == "fp32":
+                ref = r
+            print(f"  {spec:22s} {r['decode_tokens_per_second'] / ref['decode_tokens_per_second']:.2f}x")
     if not a.no_hf and base:
         hf = hf_decode(a.model, a.prompt_tokens, a.new_tokens)
         print(f"\ntransformers fp32 (same GGUF, {a.threads} threads): {hf:.2f} tokens/s; "
