@@ -38,7 +38,7 @@ TEST(QuantSpec, DefaultsFollowThePapers) {
 TEST(QuantSpec, BadSpecsSayWhatIsValid) {
   EXPECT_QERROR(parse_quant_spec("nf5"), "unknown quantization spec 'nf5'", "valid specs: fp32, fp16");
   EXPECT_QERROR(parse_quant_spec("nf4:block=48"), "block=48", "power of two");
-  EXPECT_QERROR(parse_quant_spec("nf4:group=4"), "has no parameter 'group'", "block, compute, double_quant");
+  EXPECT_QERROR(parse_quant_spec("nf4:group=4"), "has no parameter 'group'", "block, compute, decode, double_quant");
   EXPECT_QERROR(parse_quant_spec("gptq5"), "no such bit width");
   EXPECT_QERROR(parse_quant_spec("int8:threshold=abc"), "not a number");
   EXPECT_QERROR(parse_quant_spec("rtn4:sym=2"), "must be 0 or 1");
@@ -64,6 +64,72 @@ TEST(Quant4bit, VectorizedCpuEqualsReference) {
         const at::Tensor got = quant::dequantize_4bit(pa.first, pa.second, m, block, {n}, at::kFloat);
         ASSERT_EQ(0, std::memcmp(d.data(), got.data_ptr<float>(), n * 4));
       }
+}
+
+TEST(QuantQ8, ActivationsHandChecked) {
+  // amax 127: d = 1 and q = x rounded half to even; an all-zero run: d = 0, q = 0
+  std::vector<float> x(64, 0.0f);
+  const float v[] = {127.0f, 63.5f, 62.5f, -0.5f, 1.5f, 2.5f, -2.5f, -126.6f};
+  for (int i = 0; i < 8; ++i) x[static_cast<size_t>(i)] = v[i];
+  std::vector<int8_t> q(64);
+  std::vector<float> d(2);
+  quant::ref::quantize_q8(x.data(), 64, q.data(), d.data());
+  const int8_t want[] = {127, 64, 62, 0, 2, 2, -2, -127};
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(q[static_cast<size_t>(i)], want[i]) << i;
+  EXPECT_EQ(d[0], 1.0f);
+  EXPECT_EQ(d[1], 0.0f);
+  EXPECT_EQ(q[40], 0);
+  EXPECT_EQ(quant::ref::fourbit_code_q8(quant::ref::FourBit::NF4)[0], -127);
+  EXPECT_EQ(quant::ref::fourbit_code_q8(quant::ref::FourBit::NF4)[7], 0);
+  EXPECT_EQ(quant::ref::fourbit_code_q8(quant::ref::FourBit::NF4)[15], 127);
+  EXPECT_EQ(quant::ref::fourbit_code_q8(quant::ref::FourBit::NF4)[1], -88);  // 127 * -0.6961928 = -88.41
+}
+
+TEST(QuantQ8, KernelsEqualReference) {
+  // the vectorized kernels (when the CPU has AVX2) against reference.cpp, within float32 rounding
+  for (const char* spec : {"nf4:decode=q8", "fp4:block=32,double_quant=0,decode=q8", "rtn4:group=64,decode=q8",
+                           "rtn3:group=128,sym=0,decode=q8", "rtn2:group=0,decode=q8"})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 256}, {40, 576}, {3, 1024}}) {
+      const auto sp = parse_quant_spec(spec);
+      if (sp.method == Method::NF4 || sp.method == Method::FP4) {
+        if (cols % sp.block) continue;
+      }
+      at::manual_seed(rows * cols);
+      const at::Tensor w = at::randn({rows, cols}), x = at::randn({3, cols}) * 2;
+      const auto qw = quant::quantize(w, sp);
+      const bool four = sp.method == Method::NF4 || sp.method == Method::FP4;
+      const at::Tensor y = four ? quant::gemv_4bit(x, qw) : quant::gemv_grouped(x, qw);
+      std::vector<int8_t> q(static_cast<size_t>(cols));
+      std::vector<float> d(static_cast<size_t>(cols / 32)), want(static_cast<size_t>(rows));
+      for (int64_t k = 0; k < 3; ++k) {
+        quant::ref::quantize_q8(x[k].data_ptr<float>(), cols, q.data(), d.data());
+        if (four) {
+          const at::Tensor absmax = quant::absmax_f32(qw).contiguous();
+          quant::ref::gemv_4bit_q8(qw.data.data_ptr<uint8_t>(), absmax.data_ptr<float>(), rows, cols, sp.block,
+                                   sp.method == Method::NF4 ? quant::ref::FourBit::NF4 : quant::ref::FourBit::FP4,
+                                   q.data(), d.data(), want.data());
+        } else {
+          quant::ref::gemv_grouped_q8(qw.data.data_ptr<uint8_t>(), qw.scale.data_ptr<float>(),
+                                      qw.zero.data_ptr<float>(), rows, cols, sp.group ? sp.group : cols, q.data(),
+                                      d.data(), want.data());
+        }
+        // the exact product differs by the activations' rounding: far more than float32's
+        const at::Tensor exact = at::matmul(x[k], quant::dequantize(qw).t());
+        double far = 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float got = y[k][r].item<float>();
+          EXPECT_NEAR(got, want[static_cast<size_t>(r)], 1e-4 * (1.0 + std::fabs(want[static_cast<size_t>(r)])))
+              << spec << " " << rows << "x" << cols << " row " << r;
+          far = std::max(far, std::fabs(static_cast<double>(exact[r].item<float>()) - want[static_cast<size_t>(r)]));
+        }
+        EXPECT_GT(far, 1e-3) << spec << ": q8 should not equal the exact product";
+      }
+    }
+  EXPECT_QERROR(parse_quant_spec("int8:decode=q8"), "has no parameter 'decode'");
+  EXPECT_QERROR(parse_quant_spec("rtn8:decode=q8"), "has no parameter 'decode'");
+  EXPECT_QERROR(parse_quant_spec("nf4:decode=fast"), "decode=fast must be exact or q8");
+  EXPECT_EQ(parse_quant_spec("gptq4:decode=q8").str(),
+            "gptq4:group=128,sym=1,act_order=0,damp=0.01,calib=128,seqlen=256,compute=fp16,decode=q8");
 }
 
 TEST(Quant4bit, CodesAndTies) {

@@ -310,3 +310,133 @@ def test_fused_grouped_gemv_with_act_order_and_a_gptq_model_decode():
     out = m.generate(ids, max_new_tokens=40)  # one row per step: the fused kernel
     steps = m.forward(out)[0, ids.size(1) - 1:-1]  # every position at once: dequantize + matmul
     assert torch.equal(steps.argmax(-1), out[0, ids.size(1):])
+
+
+# ---- decode=q8: int8 activations in decoding steps (llama.cpp's Q8_0), written here from its
+# definition and checked against the kernels; bitsandbytes gives the 4-bit code tables.
+
+def q8_activations(x):
+    """x [n, cols] float32 in runs of 32: q = round-half-even(x * (127 / amax)), d = amax / 127, both
+    in float32 (an all-zero run: q = 0, d = 0)."""
+    n, cols = x.shape
+    r = x.reshape(n, cols // 32, 32)
+    amax = r.abs().amax(-1, keepdim=True)
+    # torch's `127 / t` is 127 * reciprocal(t), rounded twice: divide a tensor by a tensor instead
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    return torch.round(r * inv).double(), (amax / 127).double()
+
+
+def q8_weights(q, fmt):
+    """The int8 weights of each run and the float factor of each column, both [rows, cols]: 4-bit
+    round(127 * code) with absmax / 127; rtn/gptq code - zero with the group's scale."""
+    import bitsandbytes.functional as F
+    rows, cols = q.shape
+    p = q.parts()
+    if fmt[:3] in ("nf4", "fp4"):
+        flat = torch.stack([p["qdata"] >> 4, p["qdata"] & 15], -1).reshape(-1)[: rows * cols].long()
+        table = torch.round(127 * F.get_4bit_type(fmt[:3], device="cpu").float())
+        absmax = p["absmax"]
+        if "absmax2" in p:  # bitsandbytes' decoding: code2[a] * absmax2 of its 256, then + offset
+            absmax = p["code2"][absmax.long()] * p["absmax2"].repeat_interleave(256)[: absmax.numel()] + p["offset"]
+        block = int(fmt.split("block=")[1].split(",")[0]) if "block=" in fmt else 64
+        factor = (absmax.double() / 127).repeat_interleave(block)[: rows * cols]
+        return table[flat].double().reshape(rows, cols), factor.reshape(rows, cols)
+    codes = torch.stack([p["qdata"] >> 4, p["qdata"] & 15], -1).reshape(rows, -1)[:, :cols].double()
+    group = int(fmt.split("group=")[1].split(",")[0]) if "group=" in fmt else 128
+    group = group or cols
+    zero = p["zero"].double().repeat_interleave(group, 1)[:, :cols]
+    return codes - zero, p["scale"].double().repeat_interleave(group, 1)[:, :cols]
+
+
+def q8_product(x, q, fmt):
+    """y = sum over runs of d * (int8 weights . q) times the weight's factor, in double, and the sum
+    of the terms' magnitudes (the scale of float32 rounding in any order of summation)."""
+    qx, d = q8_activations(x)
+    w8, f = q8_weights(q, fmt)
+    rows, cols = w8.shape
+    terms = (qx.reshape(x.size(0), 1, cols) * d.repeat_interleave(32, 1).reshape(x.size(0), 1, cols)) * (w8 * f)
+    return terms.sum(-1), terms.abs().sum(-1), qx.reshape(x.size(0), cols), d.repeat_interleave(32, 1).reshape(x.size(0), cols)
+
+
+Q8_FORMATS = ["nf4:decode=q8", "nf4:double_quant=0,decode=q8", "fp4:block=32,decode=q8", "nf4:block=128,decode=q8",
+              "rtn4:group=32,decode=q8", "rtn3:group=128,decode=q8", "rtn2:group=64,sym=0,decode=q8",
+              "rtn4:group=0,decode=q8", "rtn4:group=128,sym=0,decode=q8"]
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+def test_q8_decoding_gemv_equals_its_definition(fmt):
+    gemv = qinterp.quant.gemv_4bit if fmt[:3] in ("nf4", "fp4") else qinterp.quant.gemv_grouped
+    g = torch.Generator().manual_seed(len(fmt))
+    # 576 = 4.5 blocks of 128 and 4.5 groups of 128 (a short last group); 256 and 1024 whole blocks
+    for rows, cols in [(7, 256), (70, 576), (33, 1024), (3, 128)]:
+        w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 2
+        q = qinterp.quant.quantize(w, fmt)
+        assert q.spec.endswith(",decode=q8")
+        exact = qinterp.quant.quantize(w, fmt.replace(",decode=q8", "").replace("decode=q8", ""))
+        block = 128 if "block=128" in fmt else 0
+        for n in [1, 2, 3, 4, 5]:
+            x = torch.randn(n, cols, generator=g) * 3
+            x[:, 32:64] = 0  # an all-zero run: d = 0
+            y = gemv(x, q)
+            assert y.dtype == torch.float32 and y.shape == (n, rows)
+            if block and cols % block:  # rows that are not whole blocks: the exact kernel, same bits
+                assert torch.equal(y, gemv(x, exact)), (fmt, rows, cols, n)
+                continue
+            ref, scale, qx, d = q8_product(x, q, fmt)
+            err = (y.double() - ref).abs()
+            assert (err <= 2e-6 * scale + 1e-30).all(), (fmt, rows, cols, n, err.max())
+            # and within what int8 activations can cost against the exact product: each |w| times
+            # half a step d / 2, plus (4-bit) the int8 code table's half step of absmax / 127
+            deq = qinterp.quant.dequantize(q).double()
+            w8, f = q8_weights(q, fmt)
+            bound = (deq.abs() @ (d / 2).T).T + ((f / 2) @ (qx * d).abs().T).T * (fmt[:3] in ("nf4", "fp4"))
+            gap = (y.double() - x.double() @ deq.T).abs()
+            assert (gap <= bound * 1.0001 + 2e-6 * scale + 1e-30).all(), (fmt, rows, cols, n, (gap - bound).max())
+        x3 = torch.randn(2, 3, cols, generator=g)  # leading dimensions kept
+        assert torch.equal(gemv(x3, q), gemv(x3.reshape(6, cols), q).reshape(2, 3, rows))
+
+
+def test_q8_decoding_with_zeros_the_byte_trick_cannot_take():
+    # integer zeros in [0, 15] are subtracted from the bytes; any other zero sums that group in
+    # scalar code: the same definition either way
+    g = torch.Generator().manual_seed(21)
+    for rows, cols, group in [(40, 576, 128), (9, 256, 32)]:
+        w = torch.randn(rows, cols, generator=g)
+        q = qinterp.quant.quantize(w, f"rtn4:group={group},sym=0,decode=q8")
+        p = q.parts()
+        p["zero"][::2] += 0.5  # every other row: non-integer zeros
+        p["zero"][1::4] += 40.0  # some: outside the nibbles' range
+        x = torch.randn(3, cols, generator=g)
+        ref, scale, _, _ = q8_product(x, q, f"rtn4:group={group}")
+        err = (qinterp.quant.gemv_grouped(x, q).double() - ref).abs()
+        assert (err <= 2e-6 * scale + 1e-30).all(), (rows, cols, group, err.max())
+
+
+def test_q8_decoding_spec_round_trips_and_refuses_what_it_cannot_do():
+    P = qinterp.quant.parse_spec
+    assert P("nf4:decode=q8") == "nf4:block=64,double_quant=1,compute=fp16,decode=q8"
+    assert P("nf4:decode=exact") == P("nf4") == "nf4:block=64,double_quant=1,compute=fp16"
+    assert P("gptq3:decode=q8").endswith(",decode=q8") and P(P("rtn4:decode=q8")) == P("rtn4:decode=q8")
+    for bad, msg in [("int8:decode=q8", "decode"), ("rtn8:decode=q8", "decode"), ("gptq8:decode=q8", "decode"),
+                     ("nf4:decode=foo", "decode=foo must be exact or q8"), ("fp16:decode=q8", "decode")]:
+        with pytest.raises(qinterp.Error, match=msg):
+            P(bad)
+    # rows that are not whole runs of 32 take the exact kernel
+    w = torch.randn(5, 200)
+    x = torch.randn(1, 200)
+    assert torch.equal(qinterp.quant.gemv_grouped(x, qinterp.quant.quantize(w, "rtn4:group=0,decode=q8")),
+                       qinterp.quant.gemv_grouped(x, qinterp.quant.quantize(w, "rtn4:group=0")))
+
+
+@pytest.mark.parametrize("quant", ["nf4:compute=fp32,decode=q8", "rtn4:group=32,compute=fp32,decode=q8"])
+def test_model_decoded_with_q8_activations_follows_the_full_forward(quant):
+    # decoding steps take the q8 kernel; the full forward of the same tokens (many rows) does not.
+    # Where the forward's choice is clear (top-1 ahead by more than 0.5), the step must agree.
+    m = qinterp.load_model(STORIES / "stories260K.bin", quant=quant)
+    ids = torch.tensor([[1, 403, 407, 261, 378]])
+    out = m.generate(ids, max_new_tokens=60)
+    steps = m.forward(out)[0, ids.size(1) - 1:-1]
+    top2 = steps.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.5
+    assert clear.sum() >= 30
+    assert torch.equal(steps.argmax(-1)[clear], out[0, ids.size(1):][clear])

@@ -11,6 +11,7 @@
 
 #include "format_common.hpp"
 #include "formats.hpp"
+#include "gemv_q8.hpp"
 #ifdef QINTERP_HAVE_CUDA
 #include "../cuda_glue/cuda_glue.hpp"
 #endif
@@ -423,6 +424,58 @@ at::Tensor absmax_f32(const QuantizedTensor& q) {
   return dequantize_blockwise8(q.absmax, q.absmax2, 256, q.code2) + q.offset;
 }
 
+namespace {
+
+// decode=q8 for a weight whose rows are whole blocks (gemv_q8.hpp); absmax as in gemv_4bit.
+at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block, nb = cols / block;
+  const ref::FourBit t = four(w.spec.method);
+  const int8_t* table = ref::fourbit_code_q8(t);
+  const at::Tensor data = w.data.contiguous();
+  const uint8_t* p = data.data_ptr<uint8_t>();
+#ifdef QINTERP_X86_AVX2
+  if (cpu_has_fma() && w.absmax.is_contiguous() &&
+      (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()))) {
+    const float* a32 = w.spec.double_quant ? nullptr : w.absmax.data_ptr<float>();
+    const uint8_t* a8 = w.spec.double_quant ? w.absmax.data_ptr<uint8_t>() : nullptr;
+    const float* a2 = w.spec.double_quant ? w.absmax2.data_ptr<float>() : nullptr;
+    const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
+    const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
+    return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
+                                      int64_t nx, float* y) {
+      if (a32) {
+        with_input_rows(nx, [&](auto n) {
+          gemv_q8_rows<n(), true>(p, cols / 2, a32 + r0 * nb, nullptr, nb, block, table, r0, r1, rows, cols, q, a, d, y);
+        });
+        return;
+      }
+      alignas(32) float local[2048];  // a few rows' absmax decoded at a time, as in gemv_4bit
+      std::unique_ptr<float[]> heap;
+      float* buf = local;
+      int64_t chunk = 2048 / nb;
+      if (chunk == 0) {
+        chunk = 1;
+        heap.reset(new float[static_cast<size_t>(nb)]);
+        buf = heap.get();
+      }
+      for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+        const int64_t c1 = std::min(r1, c0 + chunk);
+        double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
+        with_input_rows(nx, [&](auto n) {
+          gemv_q8_rows<n(), true>(p, cols / 2, buf, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, y);
+        });
+      }
+    });
+  }
+#endif
+  const at::Tensor absmax = absmax_f32(w).contiguous();
+  return gemv_q8_reference(x, rows, cols, [&](const int8_t* q, const float* d, float* y) {
+    ref::gemv_4bit_q8(p, absmax.data_ptr<float>(), rows, cols, block, t, q, d, y);
+  });
+}
+
+}  // namespace
+
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
   if (w.spec.method != Method::NF4 && w.spec.method != Method::FP4) fail("gemv_4bit: weight is not 4-bit");
   if (!at::isFloatingType(x.scalar_type())) fail("gemv_4bit: the input must be floating point, got ", x.scalar_type());
@@ -440,6 +493,9 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
     return y.view(shape);
   }
 #endif
+  if (w.spec.decode_q8 && x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() &&
+      w.shape[1] % w.spec.block == 0)
+    return gemv_4bit_q8(x, w);
 #ifdef QINTERP_X86_AVX2
   if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && w.shape[1] % 2 == 0 &&
       cpu_has_fma()) {

@@ -5,6 +5,7 @@
 
 #include "format_common.hpp"
 #include "formats.hpp"
+#include "gemv_q8.hpp"
 #include "grouped.hpp"
 
 namespace qinterp::quant {
@@ -180,12 +181,37 @@ QuantizedTensor quantize_rtn(const at::Tensor& x, const QuantSpec& spec) {
 
 }  // namespace
 
+namespace {
+
+// decode=q8 (gemv_q8.hpp) for nibble codes in natural groups of whole runs of 32.
+at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+  const int64_t ngroups = groups_of(w.spec, cols);
+  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
+  const uint8_t* p = data.data_ptr<uint8_t>();
+  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
+#ifdef QINTERP_X86_AVX2
+  if (cpu_has_fma())
+    return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
+                                      int64_t nx, float* y) {
+      with_input_rows(nx, [&](auto n) {
+        gemv_q8_rows<n(), false>(p, data.size(1), ps + r0 * ngroups, pz + r0 * ngroups, ngroups, group, nullptr, r0, r1,
+                                 rows, cols, q, a, d, y);
+      });
+    });
+#endif
+  return gemv_q8_reference(x, rows, cols, [&](const int8_t* q, const float* d, float* y) {
+    ref::gemv_grouped_q8(p, ps, pz, rows, cols, group, q, d, y);
+  });
+}
+
+}  // namespace
+
 at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
   if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
   if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
     fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
-#ifdef QINTERP_X86_AVX2
   const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
   const int64_t ngroups = groups_of(w.spec, cols);
   const bool nibbles = w.spec.bits <= 4;
@@ -201,8 +227,11 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
       natural = gi[c] == gc;
     }
   }
-  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu() && natural &&
-      (!nibbles || group % 2 == 0) && cpu_has_fma()) {
+  const bool cpu_f32 = x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu();
+  if (w.spec.decode_q8 && cpu_f32 && natural && nibbles && cols % 32 == 0 && group % 32 == 0)
+    return gemv_grouped_q8(x, w);
+#ifdef QINTERP_X86_AVX2
+  if (cpu_f32 && natural && (!nibbles || group % 2 == 0) && cpu_has_fma()) {
     const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
     const uint8_t* d = data.data_ptr<uint8_t>();
     const int64_t row_bytes = data.size(1);

@@ -1,6 +1,7 @@
 #include "qinterp/quant/reference.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <vector>
@@ -131,6 +132,68 @@ void gemv_4bit(const uint8_t* packed, const float* absmax, int64_t rows, int64_t
       const uint8_t byte = packed[i / 2];
       const float w = code[(i & 1) ? (byte & 15) : (byte >> 4)] * absmax[i / block];
       acc += static_cast<double>(w) * x[c];
+    }
+    y[r] = static_cast<float>(acc);
+  }
+}
+
+void quantize_q8(const float* x, int64_t n, int8_t* q, float* d) {
+  for (int64_t j = 0; j < n / 32; ++j) {
+    float m = 0.0f;
+    for (int i = 0; i < 32; ++i) m = std::max(m, std::fabs(x[j * 32 + i]));
+    d[j] = m / 127.0f;
+    const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+    for (int i = 0; i < 32; ++i) q[j * 32 + i] = static_cast<int8_t>(std::nearbyint(x[j * 32 + i] * inv));
+  }
+}
+
+const int8_t* fourbit_code_q8(FourBit t) {
+  static const auto table = [](FourBit f) {
+    std::array<int8_t, 16> a{};
+    for (int i = 0; i < 16; ++i) a[static_cast<size_t>(i)] = static_cast<int8_t>(std::nearbyint(127.0f * fourbit_code(f)[i]));
+    return a;
+  };
+  static const std::array<int8_t, 16> nf4 = table(FourBit::NF4), fp4 = table(FourBit::FP4);
+  return t == FourBit::NF4 ? nf4.data() : fp4.data();
+}
+
+void gemv_4bit_q8(const uint8_t* packed, const float* absmax, int64_t rows, int64_t cols, int64_t block, FourBit t,
+                  const int8_t* q, const float* d, float* y) {
+  const int8_t* code = fourbit_code_q8(t);
+  for (int64_t r = 0; r < rows; ++r) {
+    double acc = 0.0;
+    for (int64_t c0 = 0; c0 < cols; c0 += block) {
+      double blk = 0.0;
+      for (int64_t j = c0; j < c0 + block; j += 32) {
+        int64_t dot = 0;
+        for (int64_t c = j; c < j + 32; ++c) {
+          const int64_t i = r * cols + c;
+          dot += code[(i & 1) ? (packed[i / 2] & 15) : (packed[i / 2] >> 4)] * q[c];
+        }
+        blk += static_cast<double>(d[j / 32]) * static_cast<double>(dot);
+      }
+      acc += static_cast<double>(absmax[(r * cols + c0) / block]) * blk;
+    }
+    y[r] = static_cast<float>(acc / 127.0);
+  }
+}
+
+void gemv_grouped_q8(const uint8_t* packed, const float* scale, const float* zero, int64_t rows, int64_t cols,
+                     int64_t group, const int8_t* q, const float* d, float* y) {
+  const int64_t ngroups = (cols + group - 1) / group, row_bytes = (cols + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = packed + r * row_bytes;
+    double acc = 0.0;
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const double ze = zero[r * ngroups + g];
+      double grp = 0.0;
+      for (int64_t j = g * group; j < std::min(cols, (g + 1) * group); j += 32) {
+        double dot = 0.0;
+        for (int64_t c = j; c < j + 32; ++c)
+          dot += (((c & 1) ? (row[c / 2] & 15) : (row[c / 2] >> 4)) - ze) * q[c];
+        grp += static_cast<double>(d[j / 32]) * dot;
+      }
+      acc += static_cast<double>(scale[r * ngroups + g]) * grp;
     }
     y[r] = static_cast<float>(acc);
   }

@@ -14,7 +14,7 @@ namespace {
 const char* kValid =
     "valid specs: fp32, fp16, bf16, nf4, fp4, int8, rtn8, rtn4, gptq8, gptq4, gptq3, gptq2, with optional "
     "parameters such as nf4:block=64,double_quant=1,compute=fp16 / int8:threshold=6.0 / "
-    "rtn4:group=128,sym=0 / gptq4:group=128,act_order=0,damp=0.01,calib=128,seqlen=256";
+    "rtn4:group=128,sym=0 / gptq4:group=128,act_order=0,damp=0.01,calib=128,seqlen=256 / nf4:decode=q8";
 
 std::string fmt_double(double v) {
   std::ostringstream s;
@@ -45,20 +45,21 @@ bool parse_bool(const std::string& spec, const std::string& key, const std::stri
 }  // namespace
 
 std::string QuantSpec::str() const {
+  const std::string dec = decode_q8 ? ",decode=q8" : "";
   switch (method) {
     case Method::None: return dtype;
     case Method::NF4:
     case Method::FP4:
       return std::string(method == Method::NF4 ? "nf4" : "fp4") + ":block=" + std::to_string(block) +
-             ",double_quant=" + (double_quant ? "1" : "0") + ",compute=" + compute;
+             ",double_quant=" + (double_quant ? "1" : "0") + ",compute=" + compute + dec;
     case Method::Int8: return "int8:threshold=" + fmt_double(threshold) + ",compute=" + compute;
     case Method::RTN:
       return "rtn" + std::to_string(bits) + ":group=" + std::to_string(group) + ",sym=" + (sym ? "1" : "0") +
-             ",compute=" + compute;
+             ",compute=" + compute + dec;
     case Method::GPTQ:
       return "gptq" + std::to_string(bits) + ":group=" + std::to_string(group) + ",sym=" + (sym ? "1" : "0") +
              ",act_order=" + (act_order ? "1" : "0") + ",damp=" + fmt_double(damp) + ",calib=" +
-             std::to_string(calib) + ",seqlen=" + std::to_string(seqlen) + ",compute=" + compute;
+             std::to_string(calib) + ",seqlen=" + std::to_string(seqlen) + ",compute=" + compute + dec;
   }
   return "?";
 }
@@ -75,7 +76,7 @@ QuantSpec parse_quant_spec(const std::string& spec) {
   } else if (name == "nf4" || name == "fp4") {
     q.method = name == "nf4" ? Method::NF4 : Method::FP4;
     q.bits = 4;
-    allowed = {"block", "double_quant", "compute"};
+    allowed = {"block", "double_quant", "compute", "decode"};
   } else if (name == "int8") {
     q.method = Method::Int8;
     q.bits = 8;
@@ -87,6 +88,7 @@ QuantSpec parse_quant_spec(const std::string& spec) {
     q.method = name[0] == 'r' ? Method::RTN : Method::GPTQ;
     q.bits = b - '0';
     allowed = {"group", "sym", "compute"};
+    if (q.bits <= 4) allowed.insert("decode");
     if (q.method == Method::GPTQ) allowed.insert({"act_order", "damp", "calib", "seqlen"});
   } else {
     fail("unknown quantization spec '", spec, "'; ", kValid);
@@ -117,6 +119,9 @@ QuantSpec parse_quant_spec(const std::string& spec) {
       if (v != "fp16" && v != "bf16" && v != "fp32")
         fail("quantization spec '", spec, "': compute=", v, " must be fp16, bf16 or fp32");
       q.compute = v;
+    } else if (key == "decode") {
+      if (v != "exact" && v != "q8") fail("quantization spec '", spec, "': decode=", v, " must be exact or q8");
+      q.decode_q8 = v == "q8";
     } else if (key == "threshold") {
       q.threshold = parse_real(spec, key, v);
       if (q.threshold < 0) fail("quantization spec '", spec, "': threshold must be >= 0");

@@ -52,12 +52,15 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
 // weight decoded in registers, never written out): the CUDA kernel when x is on a GPU and
 // in % block == 0; on a CPU with AVX2 + FMA when x is float32 and `in` is even (products of the
 // exact dequantized values, summed in fp32 in another order than a matmul); else dequantize +
-// matmul. Returns x's dtype.
+// matmul. With the spec's decode=q8, float32 x on the CPU with in % block == 0 is quantized to int8
+// in runs of 32 and multiplied in integers instead (ref::gemv_4bit_q8 defines the result). Returns
+// x's dtype.
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w);
 
 // The same for an rtn/gptq weight (any bits, groups in natural column order): fused on a CPU with
 // AVX2 + FMA for float32 x (and an even group when codes are two per byte); else (act-order, other
-// devices and dtypes) dequantize + matmul. Returns x's dtype.
+// devices and dtypes) dequantize + matmul. decode=q8 (bits <= 4): float32 x on the CPU, groups and
+// `in` whole runs of 32, as ref::gemv_grouped_q8. Returns x's dtype.
 at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w);
 
 // y = x Wᵀ for a dense float32 weight [out, in] and a few rows of float32 x on a CPU with AVX2 +

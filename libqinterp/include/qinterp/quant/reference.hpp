@@ -44,4 +44,22 @@ void dequantize_absmax(const uint8_t* q, const float* absmax2, float offset, con
 void gemv_4bit(const uint8_t* packed, const float* absmax, int64_t rows, int64_t cols, int64_t block, FourBit t,
                const float* x, float* y);
 
+// ---- decode=q8 (QuantSpec): int8 activations against the weights' codes, as llama.cpp's Q8_0.
+// x is cut into runs of 32 values; per run d = amax / 127 and q = round-half-even(x * (127 /
+// amax)), both in float32 (an all-zero run: d = 0, q = 0). n % 32 == 0; q: n bytes, d: n / 32.
+void quantize_q8(const float* x, int64_t n, int8_t* q, float* d);
+// The 16 code values as int8, round(127 * code): the 4-bit weights' side of the integer dot.
+const int8_t* fourbit_code_q8(FourBit t);
+// y[r] = (1 / 127) sum over the row's blocks b of absmax[b] * sum over b's runs j of d[j] *
+// sum_{c in j} code_q8[code[r, c]] * q[c], accumulated in double; the 4-bit layout above, cols % block == 0,
+// block % 32 == 0.
+void gemv_4bit_q8(const uint8_t* packed, const float* absmax, int64_t rows, int64_t cols, int64_t block, FourBit t,
+                  const int8_t* q, const float* d, float* y);
+// The grouped rtn/gptq layout (codes two per byte, high nibble first, every row on a byte):
+// y[r] = sum_g scale[r, g] * sum over g's runs j of d[j] * sum_{c in j} (code[r, c] - zero[r, g]) * q[c],
+// accumulated in double; group % 32 == 0 (group == cols for one group a row), cols % group == 0
+// or the last group shorter by whole runs.
+void gemv_grouped_q8(const uint8_t* packed, const float* scale, const float* zero, int64_t rows, int64_t cols,
+                     int64_t group, const int8_t* q, const float* d, float* y);
+
 }  // namespace qinterp::quant::ref

@@ -6,6 +6,10 @@
 //   rtnB        group=128 sym=1 compute=fp16                (round-to-nearest, GPTQ's quantizer)
 //   gptqB       group=128 sym=1 act_order=0 damp=0.01 calib=128 seqlen=256 compute=fp16
 // group=0 means one group per output row (per-channel).
+// nf4, fp4, rtnB and gptqB (B <= 4) also take decode=exact|q8 (default exact): with q8, decoding
+// steps on the CPU (a few float32 rows, no gradient) quantize their input to int8 in blocks of 32
+// (llama.cpp's Q8_0 activations) and use integer dot products (src/quant/gemv_q8.hpp). Faster, not the
+// papers' numerics; prefill, gradients and CUDA are unchanged. str() names it only when q8.
 #pragma once
 #include <string>
 
@@ -27,6 +31,7 @@ struct QuantSpec {
   double damp = 0.01;            // gptq: damping as a fraction of mean(diag H)
   int calib = 128;               // gptq: calibration sequences
   int seqlen = 256;              // gptq: tokens per calibration sequence
+  bool decode_q8 = false;        // nf4/fp4/rtn/gptq: int8 activations in CPU decoding steps
 
   bool quantized() const { return method != Method::None; }
   // Canonical form with every parameter, e.g. "nf4:block=64,double_quant=1,compute=fp16";
