@@ -3,6 +3,7 @@ transformers on the same weights, in one run (same threads, same prompt length, 
 
     PYTHONPATH=build/python python bench/decode.py                       # SmolLM2 GGUF, 2 threads
     PYTHONPATH=build/python python bench/decode.py --model ../shared/fixtures/stories260K/stories260K.bin --no-hf
+    PYTHONPATH=build/python python bench/decode.py --rounds 5 --quant fp32 nf4 nf4:decode=q8   # interleaved
 
 llama.cpp: pass --llama-python PATH, a Python with llama-cpp-python installed (a separate
 environment: it builds llama.cpp from source, about ten minutes here, never in make test or CI);
@@ -58,6 +59,32 @@ def hf_decode(path, prompt, new):
     return new / (total - prefill)
 
 
+def load(a, spec, calib):
+    s = qinterp._C.spec_for_device(spec, "cpu") if spec not in ("fp32", "fp16", "bf16") else spec
+    return qinterp.load_model(a.model, quant=s, calibration=calib) if spec.startswith("gptq") else \
+        qinterp.load_model(a.model, quant=s)
+
+
+def rounds(a):
+    """Every precision loaded once, then measured in turn a.rounds times."""
+    import statistics
+    if "fp32" not in a.quant:
+        a.quant = ["fp32"] + a.quant
+    calib = torch.randint(0, 1000, (16, 128), generator=torch.Generator().manual_seed(0))
+    models = {spec: load(a, spec, calib) for spec in dict.fromkeys(a.quant)}
+    tps = {spec: [] for spec in models}
+    for i in range(a.rounds):
+        for spec, m in models.items():
+            tps[spec].append(qinterp.speed(m, a.prompt_tokens, a.new_tokens)["decode_tokens_per_second"])
+        print(f"round {i + 1}: " + "  ".join(f"{spec} {tps[spec][-1]:.1f}" for spec in models), flush=True)
+    print(f"\ndecoding tokens/s over {a.rounds} rounds (median, min-max) and the median of each round's ratio "
+          "against that round's fp32:")
+    for spec in models:
+        ratio = statistics.median(t / f for t, f in zip(tps[spec], tps["fp32"]))
+        print(f"  {spec:22s} {statistics.median(tps[spec]):8.2f}  ({min(tps[spec]):.2f}-{max(tps[spec]):.2f})  "
+              f"{ratio:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -67,8 +94,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--llama-python")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="load every precision once, then measure them in turn this many times: medians, and "
+                         "ratios against the fp32 measured in the same round (for a noisy machine)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.rounds > 1:
+        return rounds(a)
     rows = []
     calib = None
     for spec in a.quant:

@@ -43,8 +43,9 @@ def main():
     print(f"{'kernel':28s} {'us/call':>9s} {'Gweights/s':>11s} {'vs torch fp32':>14s}")
     print(f"{'torch fp32 (at::linear)':28s} {base:9.1f} {a.rows * a.cols / base / 1e3:11.2f} {1.0:13.2f}x")
     rows = [("qinterp fp32 (gemv_dense)", Q.gemv_dense, dense)]
-    for spec, fn in [("nf4", Q.gemv_4bit), ("fp4", Q.gemv_4bit), ("rtn4", Q.gemv_grouped),
-                     ("rtn8", Q.gemv_grouped), ("rtn3", Q.gemv_grouped)]:
+    for spec, fn in [("nf4", Q.gemv_4bit), ("nf4:decode=q8", Q.gemv_4bit), ("fp4", Q.gemv_4bit),
+                     ("rtn4", Q.gemv_grouped), ("rtn4:decode=q8", Q.gemv_grouped), ("rtn8", Q.gemv_grouped),
+                     ("rtn3", Q.gemv_grouped), ("rtn3:decode=q8", Q.gemv_grouped)]:
         rows.append((f"qinterp {spec}", fn, [Q.quantize(w, spec) for w in dense]))
     for name, fn, ws in rows:
         us = per_call_us(fn, ws, x, a.repeat)

@@ -442,10 +442,11 @@ at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
     const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
     const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
     return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
-                                      int64_t nx, float* y) {
+                                      const float*, int64_t nx, float* y) {
       if (a32) {
         with_input_rows(nx, [&](auto n) {
-          gemv_q8_rows<n(), true>(p, cols / 2, a32 + r0 * nb, nullptr, nb, block, table, r0, r1, rows, cols, q, a, d, y);
+          gemv_q8_rows<n(), true>(p, cols / 2, a32 + r0 * nb, nullptr, nb, block, table, r0, r1, rows, cols, q, a, d,
+                                  nullptr, y);
         });
         return;
       }
@@ -462,7 +463,8 @@ at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
         const int64_t c1 = std::min(r1, c0 + chunk);
         double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
         with_input_rows(nx, [&](auto n) {
-          gemv_q8_rows<n(), true>(p, cols / 2, buf, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, y);
+          gemv_q8_rows<n(), true>(p, cols / 2, buf, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr,
+                                    y);
         });
       }
     });

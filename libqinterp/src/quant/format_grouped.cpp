@@ -193,10 +193,10 @@ at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
 #ifdef QINTERP_X86_AVX2
   if (cpu_has_fma())
     return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
-                                      int64_t nx, float* y) {
+                                      const float* s, int64_t nx, float* y) {
       with_input_rows(nx, [&](auto n) {
         gemv_q8_rows<n(), false>(p, data.size(1), ps + r0 * ngroups, pz + r0 * ngroups, ngroups, group, nullptr, r0, r1,
-                                 rows, cols, q, a, d, y);
+                                 rows, cols, q, a, d, s, y);
       });
     });
 #endif

@@ -1,13 +1,15 @@
 // Internal: decode=q8 (QuantSpec) -- decoding-step products with int8 activations, as llama.cpp
 // pairs its 4-bit weights with Q8_0 activations. The input is quantized once per call in runs of
-// 32 values (ref::quantize_q8), each weight run decodes to 32 int8 values (4-bit: the int8 code
-// table; rtn/gptq: code - zero), and the run's dot product is exact in int32. Floats enter once
-// per run (d) and once per weight block (absmax or scale). Used by format_4bit.cpp and
+// 32 values (ref::quantize_q8), and each run's dot product with the weight's codes is exact in
+// int32. 4-bit: the codes' int8 table (signed, so |q| times the weight with q's sign, as maddubs
+// wants one unsigned side). rtn/gptq: the unsigned codes straight against q, and the zero point
+// once per group as zero * sum_j d_j * sum(q_j), which the quantizer keeps per run. Floats enter
+// once per run (d) and once per weight block (absmax or scale). Used by format_4bit.cpp and
 // format_grouped.cpp; reference.hpp's gemv_*_q8 define the results (within float32 rounding).
 //
 // Layout of a quantized input row: q and |q| as bytes in slot order -- in each run of 32 the even
 // columns first, then the odd ones, which is the order the packed nibbles come out of a 16-byte
-// load (high nibbles in the low lane, low nibbles in the high lane) -- and d per run.
+// load (high nibbles in the low lane, low nibbles in the high lane) -- and d and d * sum(q) per run.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -21,10 +23,8 @@ struct Q8Input {
   std::vector<int8_t> q;   // [n, cols], slot order
   std::vector<uint8_t> a;  // |q|
   std::vector<float> d;    // [n, cols / 32]
+  std::vector<float> s;    // [n, cols / 32]: d * the run's sum of q
 };
-
-// Slot of column c % 32 within its run.
-inline int q8_slot(int c) { return (c & 1) * 16 + c / 2; }
 
 #ifdef QINTERP_X86_AVX2
 // ref::quantize_q8 in slot order: the same float32 operations (127 / amax, x * that, rounded half
@@ -34,6 +34,7 @@ __attribute__((target("avx2"))) inline void q8_quantize_avx2(const float* x, int
   in.q.resize(static_cast<size_t>(n * cols));
   in.a.resize(in.q.size());
   in.d.resize(static_cast<size_t>(n * cols / 32));
+  in.s.resize(in.d.size());
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t j = 0; j < n * cols / 32; ++j) {
@@ -59,6 +60,11 @@ __attribute__((target("avx2"))) inline void q8_quantize_avx2(const float* x, int
       e[h] = _mm256_cvtps_epi32(_mm256_mul_ps(ev, inv));
       o[h] = _mm256_cvtps_epi32(_mm256_mul_ps(od, inv));
     }
+    const __m256i sum4 = _mm256_add_epi32(_mm256_add_epi32(e[0], e[1]), _mm256_add_epi32(o[0], o[1]));
+    __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(sum4), _mm256_extracti128_si256(sum4, 1));
+    sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(1, 0, 3, 2)));
+    sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(2, 3, 0, 1)));
+    in.s[static_cast<size_t>(j)] = in.d[static_cast<size_t>(j)] * static_cast<float>(_mm_cvtsi128_si32(sum));
     // |values| <= 127: the packs do not saturate; they interleave 4-byte pieces, undone by `order`
     const __m256i bytes = _mm256_permutevar8x32_epi32(
         _mm256_packs_epi16(_mm256_packs_epi32(e[0], e[1]), _mm256_packs_epi32(o[0], o[1])), order);
@@ -67,19 +73,42 @@ __attribute__((target("avx2"))) inline void q8_quantize_avx2(const float* x, int
   }
 }
 
-// y[k * rows + r] for rows r0..r1 and NX quantized input rows: sum over the row's weight blocks
-// (`block` values, a multiple of 32; the last may be shorter by whole runs) of ws[block] * sum
-// over its runs of d * (int8 weights . q). FOURBIT: weights are table16[code] (the 16 int8 code
-// values, 127 times the codes: the sum is divided by 127 at the end); else code - zero[block] for integer zeros in [0, 15] (any other zero: that
-// block in scalar code, the same sum). ws and zero point at row r0's first block; rows start on a
-// byte (row_bytes apart).
+// One run (columns c..c+31) of a row against each input row: the int32 dot products as floats
+// times the input run's d, with no dependency on earlier runs.
 template <int NX, bool FOURBIT>
-__attribute__((target("avx2,fma"))) void gemv_q8_rows(const uint8_t* data, int64_t row_bytes, const float* ws,
-                                                      const float* zero, int64_t nblocks, int64_t block, const int8_t* table16,
-                                                      int64_t r0, int64_t r1, int64_t rows, int64_t cols,
-                                                      const int8_t* q, const uint8_t* a, const float* d, float* y) {
+__attribute__((target("avx2,fma"), always_inline)) inline void q8_run(const uint8_t* row, int64_t c, __m256i table,
+                                                                      const int8_t* q, const uint8_t* a, const float* d,
+                                                                      int64_t runs, int64_t cols, __m256* out) {
   const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   const __m256i shifts = _mm256_setr_epi64x(4, 4, 0, 0);  // high nibbles (even columns) in the low lane
+  const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+  const __m256i nib = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
+  const __m256i w8 = FOURBIT ? _mm256_shuffle_epi8(table, nib) : nib;
+  for (int k = 0; k < NX; ++k) {
+    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k * cols + c));
+    __m256i p;
+    if (FOURBIT) {  // |q| * (w with q's sign): pairs within 2 * 127 * 127
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k * cols + c));
+      p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(w8, qv)), ones);
+    } else {  // unsigned codes <= 15 against q: pairs within 2 * 15 * 127
+      p = _mm256_madd_epi16(_mm256_maddubs_epi16(w8, qv), ones);
+    }
+    out[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(d + k * runs + c / 32));
+  }
+}
+
+// y[k * rows + r] for rows r0..r1 and NX quantized input rows: sum over the row's weight blocks
+// (`block` values, a multiple of 32; the last may be shorter by whole runs) of ws[block] * sum
+// over its runs of d * (weights . q). FOURBIT: the weights are table16[code], the 16 int8 code
+// values (127 times the codes: the sum is divided by 127 at the end). Else the codes themselves,
+// less zero[block] * sum over the block's runs of d * sum(q) (s). ws and zero point at row r0's
+// first block; rows start on a byte (row_bytes apart).
+template <int NX, bool FOURBIT>
+__attribute__((target("avx2,fma"))) void gemv_q8_rows(const uint8_t* data, int64_t row_bytes, const float* ws,
+                                                      const float* zero, int64_t nblocks, int64_t block,
+                                                      const int8_t* table16, int64_t r0, int64_t r1, int64_t rows,
+                                                      int64_t cols, const int8_t* q, const uint8_t* a, const float* d,
+                                                      const float* s, float* y) {
   const __m256i table =
       FOURBIT ? _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table16)))
               : _mm256_setzero_si256();
@@ -87,60 +116,46 @@ __attribute__((target("avx2,fma"))) void gemv_q8_rows(const uint8_t* data, int64
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = data + r * row_bytes;
     const float* wr = ws + (r - r0) * nblocks;
-    __m256 acc[NX];
-    float tail[NX];
-    for (int k = 0; k < NX; ++k) acc[k] = _mm256_setzero_ps(), tail[k] = 0.0f;
+    // two accumulators by block parity and runs added in pairs: short dependency chains, since
+    // blocks of 64 (nf4's default) have only two runs
+    __m256 acc[2][NX];
+    float corr[NX];
+    for (int k = 0; k < NX; ++k) acc[0][k] = acc[1][k] = _mm256_setzero_ps(), corr[k] = 0.0f;
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t c0 = b * block, c1 = std::min(cols, c0 + block);
-      __m256i zv = _mm256_setzero_si256();
-      if (!FOURBIT) {
-        const float ze = zero[(r - r0) * nblocks + b];
-        if (!(ze == std::nearbyint(ze) && ze >= 0.0f && ze <= 15.0f)) {
-          for (int k = 0; k < NX; ++k) {
-            float grp = 0.0f;
-            for (int64_t c = c0; c < c1; c += 32) {
-              float dot = 0.0f;
-              for (int i = 0; i < 32; ++i) {
-                const int code = (i & 1) ? (row[(c + i) / 2] & 15) : (row[(c + i) / 2] >> 4);
-                dot += (static_cast<float>(code) - ze) * q[k * cols + c + q8_slot(i)];
-              }
-              grp += d[k * runs + c / 32] * dot;
-            }
-            tail[k] += wr[b] * grp;
-          }
-          continue;
-        }
-        zv = _mm256_set1_epi8(static_cast<char>(ze));
+      __m256 sb[NX], u0[NX], u1[NX];
+      for (int k = 0; k < NX; ++k) sb[k] = _mm256_setzero_ps();
+      int64_t c = c0;
+      for (; c + 64 <= c1; c += 64) {
+        q8_run<NX, FOURBIT>(row, c, table, q, a, d, runs, cols, u0);
+        q8_run<NX, FOURBIT>(row, c + 32, table, q, a, d, runs, cols, u1);
+        for (int k = 0; k < NX; ++k) sb[k] = _mm256_add_ps(sb[k], _mm256_add_ps(u0[k], u1[k]));
       }
-      __m256 s[NX][2];
-      for (int k = 0; k < NX; ++k) s[k][0] = s[k][1] = _mm256_setzero_ps();
-      int parity = 0;
-      for (int64_t c = c0; c < c1; c += 32, parity ^= 1) {
-        const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
-        const __m256i nib = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
-        const __m256i w8 = FOURBIT ? _mm256_shuffle_epi8(table, nib) : _mm256_sub_epi8(nib, zv);
-        for (int k = 0; k < NX; ++k) {
-          const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k * cols + c));
-          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k * cols + c));
-          // |q| * (w with q's sign): maddubs' unsigned-by-signed pairs stay within 2 * 127 * 127
-          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(w8, qv)), ones);
-          const __m256 dv = _mm256_broadcast_ss(d + k * runs + c / 32);
-          if (parity)
-            s[k][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dv, s[k][1]);
-          else
-            s[k][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dv, s[k][0]);
-        }
+      if (c < c1) {
+        q8_run<NX, FOURBIT>(row, c, table, q, a, d, runs, cols, u0);
+        for (int k = 0; k < NX; ++k) sb[k] = _mm256_add_ps(sb[k], u0[k]);
       }
       const __m256 vs = _mm256_set1_ps(wr[b]);
-      for (int k = 0; k < NX; ++k) acc[k] = _mm256_fmadd_ps(_mm256_add_ps(s[k][0], s[k][1]), vs, acc[k]);
+      for (int k = 0; k < NX; ++k) acc[b & 1][k] = _mm256_fmadd_ps(sb[k], vs, acc[b & 1][k]);
+      if (!FOURBIT) {
+        const float zs = zero[(r - r0) * nblocks + b] * wr[b];
+        for (int k = 0; k < NX; ++k) {
+          float t = 0.0f;
+          for (int64_t j = c0 / 32; j < c1 / 32; ++j) t += s[k * runs + j];
+          corr[k] += zs * t;
+        }
+      }
     }
-    for (int k = 0; k < NX; ++k) y[k * rows + r] = FOURBIT ? hsum_avx(acc[k]) / 127.0f : hsum_avx(acc[k]) + tail[k];
+    for (int k = 0; k < NX; ++k) {
+      const float v = hsum_avx(_mm256_add_ps(acc[0][k], acc[1][k]));
+      y[k * rows + r] = FOURBIT ? v / 127.0f : v - corr[k];
+    }
   }
 }
 
 // The decoding-step driver: x [.., cols] float32 on the CPU quantized once, then
-// rows_kernel(r0, r1, q, a, d, nx, y) over the output rows on the threads, four input rows at a
-// time (q, a, d, y already offset to the first of them). Returns [.., rows].
+// rows_kernel(r0, r1, q, a, d, s, nx, y) over the output rows on the threads, four input rows at a
+// time (q, a, d, s, y already offset to the first of them). Returns [.., rows].
 template <class Kernel>
 at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& rows_kernel) {
   const at::Tensor xs = x.reshape({-1, cols}).contiguous();
@@ -152,7 +167,8 @@ at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& row
     const int64_t nx = std::min<int64_t>(4, n - k0);
     float* yp = y.data_ptr<float>() + k0 * rows;
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-      rows_kernel(r0, r1, in.q.data() + k0 * cols, in.a.data() + k0 * cols, in.d.data() + k0 * (cols / 32), nx, yp);
+      rows_kernel(r0, r1, in.q.data() + k0 * cols, in.a.data() + k0 * cols, in.d.data() + k0 * (cols / 32),
+                  in.s.data() + k0 * (cols / 32), nx, yp);
     });
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
