@@ -426,6 +426,34 @@ at::Tensor absmax_f32(const QuantizedTensor& q) {
 
 namespace {
 
+#ifdef QINTERP_X86_AVX2
+// Calls f(absmax, c0, c1) over rows [r0, r1) with absmax[(r - c0) * nb + b] the float32 absmax of
+// row r's block b: the stored one (a32), or double-quantized ones decoded a few rows at a time into
+// a buffer that stays in L1.
+template <class F>
+void with_absmax_rows(const float* a32, const uint8_t* a8, const float* a2, const float* c2, float off, int64_t nb,
+                      int64_t r0, int64_t r1, F&& f) {
+  if (a32) {
+    f(a32 + r0 * nb, r0, r1);
+    return;
+  }
+  alignas(32) float local[2048];
+  std::unique_ptr<float[]> heap;
+  float* buf = local;
+  int64_t chunk = 2048 / nb;
+  if (chunk == 0) {
+    chunk = 1;
+    heap.reset(new float[static_cast<size_t>(nb)]);
+    buf = heap.get();
+  }
+  for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+    const int64_t c1 = std::min(r1, c0 + chunk);
+    double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
+    f(static_cast<const float*>(buf), c0, c1);
+  }
+}
+#endif
+
 // decode=q8 for a weight whose rows are whole blocks (gemv_q8.hpp); absmax as in gemv_4bit.
 at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
   const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block, nb = cols / block;
@@ -443,30 +471,11 @@ at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
     const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
     return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
                                       const float*, int64_t nx, float* y) {
-      if (a32) {
+      with_absmax_rows(a32, a8, a2, c2, off, nb, r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
         with_input_rows(nx, [&](auto n) {
-          gemv_q8_rows<n(), true>(p, cols / 2, a32 + r0 * nb, nullptr, nb, block, table, r0, r1, rows, cols, q, a, d,
-                                  nullptr, y);
+          gemv_q8_rows<n(), true>(p, cols / 2, am, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr, y);
         });
-        return;
-      }
-      alignas(32) float local[2048];  // a few rows' absmax decoded at a time, as in gemv_4bit
-      std::unique_ptr<float[]> heap;
-      float* buf = local;
-      int64_t chunk = 2048 / nb;
-      if (chunk == 0) {
-        chunk = 1;
-        heap.reset(new float[static_cast<size_t>(nb)]);
-        buf = heap.get();
-      }
-      for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
-        const int64_t c1 = std::min(r1, c0 + chunk);
-        double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
-        with_input_rows(nx, [&](auto n) {
-          gemv_q8_rows<n(), true>(p, cols / 2, buf, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr,
-                                    y);
-        });
-      }
+      });
     });
   }
 #endif
@@ -516,25 +525,9 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
       const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
       const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
       return gemv_rows(permute_x32(x), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-        if (a32) {
-          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, a32 + r0 * nb, r0, r1, rows, cols, block, code, xp, yp); });
-          return;
-        }
-        // a few rows at a time, their absmax decoded into a buffer that stays in L1
-        alignas(32) float local[2048];
-        std::unique_ptr<float[]> heap;
-        float* buf = local;
-        int64_t chunk = 2048 / nb;
-        if (chunk == 0) {
-          chunk = 1;
-          heap.reset(new float[static_cast<size_t>(nb)]);
-          buf = heap.get();
-        }
-        for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
-          const int64_t c1 = std::min(r1, c0 + chunk);
-          double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
-          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, buf, c0, c1, rows, cols, block, code, xp, yp); });
-        }
+        with_absmax_rows(a32, a8, a2, c2, off, nb, r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
+          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, c0, c1, rows, cols, block, code, xp, yp); });
+        });
       });
     }
     const at::Tensor absmax = absmax_f32(w).contiguous();
