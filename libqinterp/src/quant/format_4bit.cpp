@@ -427,31 +427,51 @@ at::Tensor absmax_f32(const QuantizedTensor& q) {
 namespace {
 
 #ifdef QINTERP_X86_AVX2
-// Calls f(absmax, c0, c1) over rows [r0, r1) with absmax[(r - c0) * nb + b] the float32 absmax of
-// row r's block b: the stored one (a32), or double-quantized ones decoded a few rows at a time into
-// a buffer that stays in L1.
-template <class F>
-void with_absmax_rows(const float* a32, const uint8_t* a8, const float* a2, const float* c2, float off, int64_t nb,
-                      int64_t r0, int64_t r1, F&& f) {
-  if (a32) {
-    f(a32 + r0 * nb, r0, r1);
-    return;
+// A 4-bit weight's absmax as the row kernels need it: rows(r0, r1, f) calls f(absmax, c0, c1) over
+// rows [r0, r1) with absmax[(r - c0) * nb + b] the float32 absmax of row r's block b: the stored
+// one, or double-quantized ones decoded a few rows at a time (in the same two roundings as
+// absmax_f32) into a buffer that stays in L1.
+struct AbsmaxRows {
+  const float* a32 = nullptr;  // stored float32, or null when double-quantized
+  const uint8_t* a8 = nullptr;
+  const float* a2 = nullptr;
+  const float* c2 = nullptr;
+  float off = 0;
+  int64_t nb = 0;  // blocks per row
+
+  AbsmaxRows(const QuantizedTensor& w, int64_t blocks_per_row) : nb(blocks_per_row) {
+    if (!w.spec.double_quant) {
+      a32 = w.absmax.data_ptr<float>();
+      return;
+    }
+    a8 = w.absmax.data_ptr<uint8_t>();
+    a2 = w.absmax2.data_ptr<float>();
+    c2 = w.code2.data_ptr<float>();
+    off = w.offset.data_ptr<float>()[0];
   }
-  alignas(32) float local[2048];
-  std::unique_ptr<float[]> heap;
-  float* buf = local;
-  int64_t chunk = 2048 / nb;
-  if (chunk == 0) {
-    chunk = 1;
-    heap.reset(new float[static_cast<size_t>(nb)]);
-    buf = heap.get();
+
+  template <class F>
+  void rows(int64_t r0, int64_t r1, F&& f) const {
+    if (a32) {
+      f(a32 + r0 * nb, r0, r1);
+      return;
+    }
+    alignas(32) float local[2048];
+    std::unique_ptr<float[]> heap;
+    float* buf = local;
+    int64_t chunk = 2048 / nb;
+    if (chunk == 0) {
+      chunk = 1;
+      heap.reset(new float[static_cast<size_t>(nb)]);
+      buf = heap.get();
+    }
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+      const int64_t c1 = std::min(r1, c0 + chunk);
+      double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
+      f(static_cast<const float*>(buf), c0, c1);
+    }
   }
-  for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
-    const int64_t c1 = std::min(r1, c0 + chunk);
-    double_quant_absmax_avx2(a8, a2, c2, off, c0 * nb, c1 * nb, buf);
-    f(static_cast<const float*>(buf), c0, c1);
-  }
-}
+};
 #endif
 
 // decode=q8 for a weight whose rows are whole blocks (gemv_q8.hpp); absmax as in gemv_4bit.
@@ -464,14 +484,10 @@ at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
 #ifdef QINTERP_X86_AVX2
   if (cpu_has_fma() && w.absmax.is_contiguous() &&
       (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()))) {
-    const float* a32 = w.spec.double_quant ? nullptr : w.absmax.data_ptr<float>();
-    const uint8_t* a8 = w.spec.double_quant ? w.absmax.data_ptr<uint8_t>() : nullptr;
-    const float* a2 = w.spec.double_quant ? w.absmax2.data_ptr<float>() : nullptr;
-    const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
-    const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
+    const AbsmaxRows absmax(w, nb);
     return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
                                       const float*, int64_t nx, float* y) {
-      with_absmax_rows(a32, a8, a2, c2, off, nb, r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
+      absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
         with_input_rows(nx, [&](auto n) {
           gemv_q8_rows<n(), true>(p, cols / 2, am, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr, y);
         });
@@ -519,13 +535,9 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
       // Each thread scales its own rows' absmax (double quantization decoded here, in the same two
       // roundings as absmax_f32), so a decoding step runs no ATen op besides the output's allocation.
       const int64_t nb = cols / block;
-      const float* a32 = w.spec.double_quant ? nullptr : w.absmax.data_ptr<float>();
-      const uint8_t* a8 = w.spec.double_quant ? w.absmax.data_ptr<uint8_t>() : nullptr;
-      const float* a2 = w.spec.double_quant ? w.absmax2.data_ptr<float>() : nullptr;
-      const float* c2 = w.spec.double_quant ? w.code2.data_ptr<float>() : nullptr;
-      const float off = w.spec.double_quant ? w.offset.data_ptr<float>()[0] : 0.0f;
+      const AbsmaxRows absmax(w, nb);
       return gemv_rows(permute_x32(x), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-        with_absmax_rows(a32, a8, a2, c2, off, nb, r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
+        absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
           with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, c0, c1, rows, cols, block, code, xp, yp); });
         });
       });
