@@ -14,6 +14,7 @@
 #include <cmath>
 #include <map>
 
+#include "../../libqinterp/src/quant/format_common.hpp"  // RowJob, run_row_jobs (internal)
 #include "common.hpp"
 #include "qinterp/quant/format.hpp"
 #include "qinterp/quant/gptq.hpp"
@@ -190,6 +191,57 @@ TEST_P(Formats, LinearEqualsTheDequantizedProductWithItsGradient) {
   f.linear(x, q, {}).sum().backward();
   ASSERT_TRUE(x.grad().defined()) << spec.str();
   EXPECT_TRUE(at::allclose(x.grad(), deq.sum(0).expand({2, kCols}), 1e-5, 1e-5)) << spec.str();
+}
+
+// A decoding step's products of one input prepared as jobs and run in one parallel region (the
+// model's q/k/v and gate/up) give each weight's output bit for bit as its own call does: the rows
+// of the three weights (37 + 13 + 50, so thread ranges straddle them) land where they belong.
+TEST(Formats, RowJobsTogetherEqualOneCallEach) {
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    GTEST_SKIP() << "no AVX2 + FMA on this CPU: the fused CPU kernels (and so the jobs) are not used";
+#else
+  GTEST_SKIP() << "the fused CPU kernels are x86-64 only";
+#endif
+  constexpr int64_t kIn = 256;
+  const std::vector<std::string> specs = {"nf4", "fp4:double_quant=0", "nf4:decode=q8", "rtn4:group=64",
+                                          "rtn4:group=64,decode=q8", "rtn3:group=32,sym=0", "rtn8:group=128",
+                                          "gptq4:group=32", "gptq4:group=64,decode=q8"};
+  at::manual_seed(11);
+  const std::vector<at::Tensor> ws = {at::randn({37, kIn}), at::randn({13, kIn}), at::randn({50, kIn})};
+  for (int64_t n : {1, 3}) {
+    const at::Tensor x = at::randn({n, kIn});
+    for (const auto& name : specs) {
+      const quant::QuantSpec spec = quant::parse_quant_spec(name);
+      const quant::Format& f = quant::format_of(spec.method);
+      ASSERT_NE(f.row_job, nullptr) << name;
+      std::vector<quant::QuantizedTensor> qs;
+      quant::detail::RowJob jobs[3];
+      quant::detail::RowJob* ptrs[3];
+      for (size_t i = 0; i < ws.size(); ++i) {
+        qs.push_back(make(ws[i], spec));
+        ASSERT_TRUE(f.row_job(x, qs[i], &jobs[i])) << name << ": no fused kernel for this weight";
+        ptrs[i] = &jobs[i];
+      }
+      quant::detail::run_row_jobs(ptrs, 3);
+      for (size_t i = 0; i < ws.size(); ++i)
+        EXPECT_TRUE(at::equal(jobs[i].y, f.linear(x, qs[i], {}))) << name << ", weight " << i << ", " << n << " rows";
+    }
+    quant::detail::RowJob jobs[3];
+    quant::detail::RowJob* ptrs[3];
+    for (size_t i = 0; i < ws.size(); ++i) {
+      ASSERT_TRUE(quant::detail::dense_row_job(x, ws[i], &jobs[i]));
+      ptrs[i] = &jobs[i];
+    }
+    quant::detail::run_row_jobs(ptrs, 3);
+    for (size_t i = 0; i < ws.size(); ++i)
+      EXPECT_TRUE(at::equal(jobs[i].y, quant::dense_linear(x, ws[i]))) << "dense, weight " << i << ", " << n << " rows";
+  }
+  // Not for a gradient, more than four rows, or int8 (no fused CPU kernel): the usual path.
+  quant::detail::RowJob job;
+  EXPECT_FALSE(quant::detail::dense_row_job(at::randn({5, kIn}), ws[0], &job));
+  EXPECT_FALSE(quant::detail::dense_row_job(at::randn({1, kIn}).requires_grad_(true), ws[0], &job));
+  EXPECT_EQ(quant::format_of(Method::Int8).row_job, nullptr);
 }
 
 TEST_P(Formats, CudaMatchesCpu) {

@@ -474,26 +474,59 @@ struct AbsmaxRows {
 };
 #endif
 
+#ifdef QINTERP_X86_AVX2
+bool parts_contiguous(const QuantizedTensor& w) {
+  return w.absmax.is_contiguous() && (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()));
+}
+
+// decode=q8's row kernel (gemv_q8's signature) for a weight whose rows are whole blocks, holding
+// what it reads.
+auto fourbit_q8_kernel(const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block, nb = cols / block;
+  const int8_t* table = ref::fourbit_code_q8(four(w.spec.method));
+  const at::Tensor data = w.data.contiguous();
+  const uint8_t* p = data.data_ptr<uint8_t>();
+  const AbsmaxRows absmax(w, nb);
+  return [=](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d, const float*, int64_t nx,
+             float* y) {
+    (void)data;  // kept alive with the kernel
+    absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
+      with_input_rows(nx, [&](auto n) {
+        gemv_q8_rows<n(), true>(p, cols / 2, am, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr, y);
+      });
+    });
+  };
+}
+
+// The exact kernel (gemv_rows' signature, x permuted by permute_x32), holding what it reads. Each
+// thread scales its own rows' absmax (double quantization decoded here, in the same two roundings
+// as absmax_f32), so a decoding step runs no ATen op besides the output's allocation.
+auto fourbit_exact_kernel(const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block;
+  const float* code = ref::fourbit_code(four(w.spec.method));
+  const uint8_t* p = w.data.data_ptr<uint8_t>();
+  const AbsmaxRows absmax(w, cols / block);
+  return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+    absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
+      with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, c0, c1, rows, cols, block, code, xp, yp); });
+    });
+  };
+}
+
+bool exact_blocked_fits(const QuantizedTensor& w) {
+  const int64_t cols = w.shape[1], block = w.spec.block;
+  return cols % 2 == 0 && cols % block == 0 && block % 32 == 0 && w.data.is_contiguous() && parts_contiguous(w);
+}
+#endif
+
 // decode=q8 for a weight whose rows are whole blocks (gemv_q8.hpp); absmax as in gemv_4bit.
 at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
-  const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block, nb = cols / block;
+  const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block;
   const ref::FourBit t = four(w.spec.method);
-  const int8_t* table = ref::fourbit_code_q8(t);
   const at::Tensor data = w.data.contiguous();
   const uint8_t* p = data.data_ptr<uint8_t>();
 #ifdef QINTERP_X86_AVX2
-  if (cpu_has_fma() && w.absmax.is_contiguous() &&
-      (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()))) {
-    const AbsmaxRows absmax(w, nb);
-    return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
-                                      const float*, int64_t nx, float* y) {
-      absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
-        with_input_rows(nx, [&](auto n) {
-          gemv_q8_rows<n(), true>(p, cols / 2, am, nullptr, nb, block, table, c0, c1, rows, cols, q, a, d, nullptr, y);
-        });
-      });
-    });
-  }
+  if (cpu_has_fma() && parts_contiguous(w)) return gemv_q8(x, rows, cols, fourbit_q8_kernel(w));
 #endif
   const at::Tensor absmax = absmax_f32(w).contiguous();
   return gemv_q8_reference(x, rows, cols, [&](const int8_t* q, const float* d, float* y) {
@@ -529,19 +562,7 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
     const int64_t rows = w.shape[0], cols = w.shape[1], block = w.spec.block;
     const float* code = ref::fourbit_code(four(w.spec.method));
     const uint8_t* p = w.data.data_ptr<uint8_t>();
-    const bool parts_contiguous = w.data.is_contiguous() && w.absmax.is_contiguous() &&
-                                  (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()));
-    if (cols % block == 0 && block % 32 == 0 && parts_contiguous) {
-      // Each thread scales its own rows' absmax (double quantization decoded here, in the same two
-      // roundings as absmax_f32), so a decoding step runs no ATen op besides the output's allocation.
-      const int64_t nb = cols / block;
-      const AbsmaxRows absmax(w, nb);
-      return gemv_rows(permute_x32(x), rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-        absmax.rows(r0, r1, [&](const float* am, int64_t c0, int64_t c1) {
-          with_input_rows(nx, [&](auto n) { gemv_4bit_rows_blocked<n()>(p, am, c0, c1, rows, cols, block, code, xp, yp); });
-        });
-      });
-    }
+    if (exact_blocked_fits(w)) return gemv_rows(permute_x32(x), rows, cols, fourbit_exact_kernel(w));
     const at::Tensor absmax = absmax_f32(w).contiguous();
     const float* a = absmax.data_ptr<float>();
     return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
@@ -551,6 +572,30 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
 #endif
   return at::linear(x, dequantize(w, x.scalar_type()));
 }
+
+namespace detail {
+
+bool fourbit_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job) {
+#ifdef QINTERP_X86_AVX2
+  if ((w.spec.method != Method::NF4 && w.spec.method != Method::FP4) || w.shape.size() != 2 || !cpu_has_fma() ||
+      !x.is_cpu() || x.scalar_type() != at::kFloat || !w.data.is_cpu() || x.dim() == 0 || x.size(-1) != w.shape[1] ||
+      x.numel() / w.shape[1] > 4)
+    return false;
+  const int64_t rows = w.shape[0], cols = w.shape[1];
+  if (w.spec.decode_q8) {  // the same choice as gemv_4bit
+    if (cols % w.spec.block != 0 || !parts_contiguous(w)) return false;
+    *job = q8_row_job(x, rows, cols, fourbit_q8_kernel(w));
+    return true;
+  }
+  if (!exact_blocked_fits(w)) return false;
+  *job = row_job(permute_x32(x), rows, cols, fourbit_exact_kernel(w));
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace detail
 
 // ---- the format's entry points (formats.hpp)
 

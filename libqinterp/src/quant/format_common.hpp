@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -94,6 +95,31 @@ void with_input_rows(int64_t nx, F&& f) {
   }
 }
 
+// y = x Wᵀ for a decoding step's few rows, prepared and not yet run: run(r0, r1) writes the output
+// rows [r0, r1) of y [n, rows] (n <= 4), and the closure holds what it reads. A layer's products of
+// one input (q/k/v, gate/up) run together in one parallel region (run_row_jobs): one wake-up and
+// one barrier of the threads instead of one per weight.
+struct RowJob {
+  at::Tensor y;
+  int64_t rows = 0;
+  std::function<void(int64_t, int64_t)> run;
+};
+
+// The jobs' rows laid end to end and split over the threads as gemv_rows splits one weight's.
+// Each output row is computed as its job alone would compute it.
+inline void run_row_jobs(RowJob* const* jobs, size_t n) {
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) total += jobs[i]->rows;
+  at::parallel_for(0, total, 16, [&](int64_t b, int64_t e) {
+    int64_t off = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t lo = std::max(b, off), hi = std::min(e, off + jobs[i]->rows);
+      if (lo < hi) jobs[i]->run(lo - off, hi - off);
+      off += jobs[i]->rows;
+    }
+  });
+}
+
 // y = x Wᵀ on the CPU for float32 x [.., cols] and a weight of `rows` outputs: four input rows at a
 // time, the output rows split over threads; rows_kernel(r0, r1, x4, nx, y4) writes y4[k * rows + r]
 // for r in [r0, r1) and k < nx <= 4. Returns [.., rows].
@@ -111,6 +137,26 @@ at::Tensor gemv_rows(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& r
   shape.back() = rows;
   return y.view(shape);
 }
+
+// gemv_rows as a job, for x with at most four rows; the kernel is kept by value.
+template <class Kernel>
+RowJob row_job(const at::Tensor& x, int64_t rows, int64_t cols, Kernel kernel) {
+  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+  RowJob j;
+  j.rows = rows;
+  j.y = at::empty({xs.size(0), rows}, xs.options());
+  const float* xp = xs.data_ptr<float>();
+  float* yp = j.y.data_ptr<float>();
+  j.run = [xs, xp, nx = xs.size(0), yp, kernel](int64_t r0, int64_t r1) { kernel(r0, r1, xp, nx, yp); };
+  return j;
+}
 #endif
+
+// The prepared products of a decoding step (x: at most four rows, float32 on the CPU, no
+// gradient); false where the weight has no fused CPU kernel for x (the caller then goes the usual
+// way). The job's y has no bias.
+bool fourbit_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job);
+bool grouped_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job);
+bool dense_row_job(const at::Tensor& x, const at::Tensor& w, RowJob* job);
 
 }  // namespace qinterp::quant::detail

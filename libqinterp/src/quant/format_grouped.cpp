@@ -183,37 +183,63 @@ QuantizedTensor quantize_rtn(const at::Tensor& x, const QuantSpec& spec) {
 
 namespace {
 
-// decode=q8 (gemv_q8.hpp) for nibble codes in natural groups of whole runs of 32.
-at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
+#ifdef QINTERP_X86_AVX2
+// decode=q8's row kernel (gemv_q8's signature) for nibble codes in natural groups of whole runs of
+// 32, holding what it reads.
+auto grouped_q8_kernel(const QuantizedTensor& w) {
   const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
   const int64_t ngroups = groups_of(w.spec, cols);
   const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
   const uint8_t* p = data.data_ptr<uint8_t>();
   const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-#ifdef QINTERP_X86_AVX2
-  if (cpu_has_fma())
-    return gemv_q8(x, rows, cols, [&](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
-                                      const float* s, int64_t nx, float* y) {
-      with_input_rows(nx, [&](auto n) {
-        gemv_q8_rows<n(), false>(p, data.size(1), ps + r0 * ngroups, pz + r0 * ngroups, ngroups, group, nullptr, r0, r1,
-                                 rows, cols, q, a, d, s, y);
-      });
+  const int64_t row_bytes = data.size(1);
+  return [=](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d, const float* s, int64_t nx,
+             float* y) {
+    (void)scale, (void)zero, (void)data;  // kept alive with the kernel
+    with_input_rows(nx, [&](auto n) {
+      gemv_q8_rows<n(), false>(p, row_bytes, ps + r0 * ngroups, pz + r0 * ngroups, ngroups, group, nullptr, r0, r1, rows,
+                               cols, q, a, d, s, y);
     });
+  };
+}
+
+// The exact row kernel (gemv_rows' signature) for codes in natural groups, holding what it reads.
+auto grouped_exact_kernel(const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+  const int64_t ngroups = groups_of(w.spec, cols);
+  const bool nibbles = w.spec.bits <= 4;
+  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
+  const uint8_t* d = data.data_ptr<uint8_t>();
+  const int64_t row_bytes = data.size(1);
+  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
+  return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+    (void)scale, (void)zero, (void)data;  // kept alive with the kernel
+    with_input_rows(nx, [&](auto n) {
+      gemv_grouped_rows_avx2<n()>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp);
+    });
+  };
+}
 #endif
+
+// decode=q8 (gemv_q8.hpp) for nibble codes in natural groups of whole runs of 32.
+at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
+  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+#ifdef QINTERP_X86_AVX2
+  if (cpu_has_fma()) return gemv_q8(x, rows, cols, grouped_q8_kernel(w));
+#endif
+  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
+  const uint8_t* p = data.data_ptr<uint8_t>();
+  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
   return gemv_q8_reference(x, rows, cols, [&](const int8_t* q, const float* d, float* y) {
     ref::gemv_grouped_q8(p, ps, pz, rows, cols, group, q, d, y);
   });
 }
 
-}  // namespace
+// Which CPU kernel gemv_grouped takes for float32 x on the CPU.
+enum class GroupedPath { Q8, Exact, None };
 
-at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
-  if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
-  if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
-  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
-    fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
-  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
-  const int64_t ngroups = groups_of(w.spec, cols);
+GroupedPath grouped_path(const QuantizedTensor& w) {
+  const int64_t cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
   const bool nibbles = w.spec.bits <= 4;
   // Columns in their natural groups only (act-order permutes them: dequantize + matmul then).
   // Checked in a plain loop: a decoding step should run no ATen op it does not need.
@@ -227,24 +253,49 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
       natural = gi[c] == gc;
     }
   }
-  const bool cpu_f32 = x.device().is_cpu() && x.scalar_type() == at::kFloat && w.data.device().is_cpu();
-  if (w.spec.decode_q8 && cpu_f32 && natural && nibbles && cols % 32 == 0 && group % 32 == 0)
-    return gemv_grouped_q8(x, w);
+  if (!w.data.device().is_cpu() || !natural) return GroupedPath::None;
+  if (w.spec.decode_q8 && nibbles && cols % 32 == 0 && group % 32 == 0) return GroupedPath::Q8;
 #ifdef QINTERP_X86_AVX2
-  if (cpu_f32 && natural && (!nibbles || group % 2 == 0) && cpu_has_fma()) {
-    const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
-    const uint8_t* d = data.data_ptr<uint8_t>();
-    const int64_t row_bytes = data.size(1);
-    const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-    return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      with_input_rows(nx, [&](auto n) {
-        gemv_grouped_rows_avx2<n()>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp);
-      });
-    });
-  }
+  if ((!nibbles || group % 2 == 0) && cpu_has_fma()) return GroupedPath::Exact;
+#endif
+  return GroupedPath::None;
+}
+
+}  // namespace
+
+at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
+  if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
+  if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
+  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
+    fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
+  const bool cpu_f32 = x.device().is_cpu() && x.scalar_type() == at::kFloat;
+  const GroupedPath path = cpu_f32 ? grouped_path(w) : GroupedPath::None;
+  if (path == GroupedPath::Q8) return gemv_grouped_q8(x, w);
+#ifdef QINTERP_X86_AVX2
+  if (path == GroupedPath::Exact) return gemv_rows(x, w.shape[0], w.shape[1], grouped_exact_kernel(w));
 #endif
   return at::linear(x, dequantize(w, x.scalar_type()));
 }
+
+namespace detail {
+
+bool grouped_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job) {
+#ifdef QINTERP_X86_AVX2
+  if ((w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) || w.shape.size() != 2 || !cpu_has_fma() ||
+      !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0 || x.size(-1) != w.shape[1] ||
+      x.numel() / w.shape[1] > 4)
+    return false;
+  switch (grouped_path(w)) {
+    case GroupedPath::Q8: *job = q8_row_job(x, w.shape[0], w.shape[1], grouped_q8_kernel(w)); return true;
+    case GroupedPath::Exact: *job = row_job(x, w.shape[0], w.shape[1], grouped_exact_kernel(w)); return true;
+    default: return false;
+  }
+#else
+  return false;
+#endif
+}
+
+}  // namespace detail
 
 // ---- the format's entry points (formats.hpp)
 

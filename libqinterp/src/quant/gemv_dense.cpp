@@ -35,6 +35,16 @@ __attribute__((target("avx2,fma"))) void gemv_dense_rows(const float* w, int64_t
       y[k * rows + r] = hsum_avx(S == 2 ? _mm256_add_ps(s[k][0], s[k][S - 1]) : s[k][0]) + tail[k];
   }
 }
+
+// The row kernel (gemv_rows' signature) for a contiguous float32 weight, holding it.
+auto dense_kernel(const at::Tensor& w) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const float* wp = w.data_ptr<float>();
+  return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+    (void)w;  // kept alive with the kernel
+    with_input_rows(nx, [&](auto n) { gemv_dense_rows<n()>(wp, r0, r1, rows, cols, xp, yp); });
+  };
+}
 #endif
 
 }  // namespace
@@ -47,15 +57,29 @@ at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w) {
 #ifdef QINTERP_X86_AVX2
   if (x.is_cpu() && w.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
       w.is_contiguous() && cpu_has_fma()) {
-    const int64_t rows = w.size(0), cols = w.size(1);
-    const float* wp = w.data_ptr<float>();
-    return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-      with_input_rows(nx, [&](auto n) { gemv_dense_rows<n()>(wp, r0, r1, rows, cols, xp, yp); });
-    });
+    return gemv_rows(x, w.size(0), w.size(1), dense_kernel(w));
   }
 #endif
   return at::linear(x, w);
 }
+
+namespace detail {
+
+bool dense_row_job(const at::Tensor& x, const at::Tensor& w, RowJob* job) {
+#ifdef QINTERP_X86_AVX2
+  if (!w.defined() || w.dim() != 2 || !x.defined() || x.dim() == 0 || x.size(-1) != w.size(1) || !x.is_cpu() ||
+      !w.is_cpu() || x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() ||
+      !cpu_has_fma() || x.numel() / std::max<int64_t>(w.size(1), 1) > 4 ||
+      (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())))
+    return false;
+  *job = row_job(x, w.size(0), w.size(1), dense_kernel(w));
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace detail
 
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   if (x.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && w.dim() == 2 &&

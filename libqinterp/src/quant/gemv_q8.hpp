@@ -12,6 +12,7 @@
 // load (high nibbles in the low lane, low nibbles in the high lane) -- and d and d * sum(q) per run.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "format_common.hpp"
@@ -174,6 +175,23 @@ at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& row
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = rows;
   return y.view(shape);
+}
+#endif
+
+#ifdef QINTERP_X86_AVX2
+// gemv_q8 as a job (format_common.hpp), for x with at most four rows; the kernel is kept by value.
+template <class Kernel>
+RowJob q8_row_job(const at::Tensor& x, int64_t rows, int64_t cols, Kernel kernel) {
+  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+  auto in = std::make_shared<Q8Input>();
+  q8_quantize_avx2(xs.data_ptr<float>(), xs.size(0), cols, *in);
+  RowJob j;
+  j.rows = rows;
+  j.y = at::empty({xs.size(0), rows}, xs.options());
+  j.run = [in, nx = xs.size(0), yp = j.y.data_ptr<float>(), kernel](int64_t r0, int64_t r1) {
+    kernel(r0, r1, in->q.data(), in->a.data(), in->d.data(), in->s.data(), nx, yp);
+  };
+  return j;
 }
 #endif
 

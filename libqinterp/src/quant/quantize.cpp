@@ -72,11 +72,11 @@ QuantizedTensor QuantizedTensor::from_parts(const QuantSpec& spec, std::vector<i
 
 const std::vector<Format>& formats() {
   static const std::vector<Format> table = {
-      {Method::NF4, "nf4", fourbit_quantize, fourbit_dequantize, fourbit_check, fourbit_linear},
-      {Method::FP4, "fp4", fourbit_quantize, fourbit_dequantize, fourbit_check, fourbit_linear},
-      {Method::Int8, "int8", int8_quantize, int8_dequantize, int8_check, int8_format_linear},
-      {Method::RTN, "rtn", rtn_quantize, grouped_dequantize, grouped_check, grouped_linear},
-      {Method::GPTQ, "gptq", nullptr, grouped_dequantize, grouped_check, grouped_linear},
+      {Method::NF4, "nf4", fourbit_quantize, fourbit_dequantize, fourbit_check, fourbit_linear, detail::fourbit_row_job},
+      {Method::FP4, "fp4", fourbit_quantize, fourbit_dequantize, fourbit_check, fourbit_linear, detail::fourbit_row_job},
+      {Method::Int8, "int8", int8_quantize, int8_dequantize, int8_check, int8_format_linear, nullptr},
+      {Method::RTN, "rtn", rtn_quantize, grouped_dequantize, grouped_check, grouped_linear, detail::grouped_row_job},
+      {Method::GPTQ, "gptq", nullptr, grouped_dequantize, grouped_check, grouped_linear, detail::grouped_row_job},
   };
   return table;
 }

@@ -13,6 +13,10 @@
 
 namespace qinterp::quant {
 
+namespace detail {
+struct RowJob;  // src/quant/format_common.hpp
+}
+
 struct Format {
   Method method;
   const char* name;  // as spec strings spell it: "nf4", "fp4", "int8", "rtn", "gptq"
@@ -27,6 +31,10 @@ struct Format {
   // computes. Differentiable in x when x requires a gradient; a few rows without a gradient take
   // the format's fused matrix-vector product where it has one.
   at::Tensor (*linear)(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias);
+  // For a decoding step (x: at most four rows, float32 on the CPU, no gradient): the fused product
+  // prepared, not run, so that several weights of one input share a parallel region; false (or
+  // null) where the format has no fused CPU kernel for x. Internal to the library.
+  bool (*row_job)(const at::Tensor& x, const QuantizedTensor& w, detail::RowJob* job);
 };
 
 // Every quantized format, in the order of Method: nf4, fp4, int8, rtn, gptq.
