@@ -14,6 +14,7 @@
 #include "../quant/format_common.hpp"  // run-time CPU feature tests, hsum_avx
 #include "qinterp/device.hpp"
 #include "qinterp/error.hpp"
+#include "qinterp/quant/format.hpp"
 
 namespace qinterp::model {
 
@@ -649,6 +650,36 @@ at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t
   return dense(x, L.w[which], L.b[which]);
 }
 
+bool Model::together(const Layer& L, std::initializer_list<int> which, const at::Tensor& x, int64_t l,
+                     const LinearObserver& obs, at::Tensor* out) const {
+  if (!decode_rows(x) || which.size() > 3) return false;
+  quant::detail::RowJob jobs[3];
+  quant::detail::RowJob* ptrs[3];
+  size_t n = 0;
+  for (int w : which) {
+    const auto& q = L.q[w];
+    const bool ok = q ? q->compute_dtype() == at::kFloat && quant::format_of(q->weight().spec.method).row_job &&
+                            quant::format_of(q->weight().spec.method).row_job(x, q->weight(), &jobs[n])
+                      : quant::detail::dense_row_job(x, L.w[w], &jobs[n]);
+    if (!ok) return false;
+    ptrs[n] = &jobs[n];
+    ++n;
+  }
+  if (obs)
+    for (int w : which) obs(l, w, x);
+  quant::detail::run_row_jobs(ptrs, n);
+  n = 0;
+  for (int w : which) {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = jobs[n].rows;
+    out[n] = jobs[n].y.view(shape);
+    const at::Tensor& b = L.q[w] ? L.q[w]->bias() : L.b[w];
+    if (b.defined()) out[n] = out[n] + b;
+    ++n;
+  }
+  return true;
+}
+
 at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs,
                             bool last_only) const {
   if (l < 0 || l >= cfg_.num_layers) fail("Model::run_layer: no layer ", l);
@@ -673,9 +704,12 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   const at::Tensor& cos = local && p.cos_local.defined() ? p.cos_local : p.cos;
   const at::Tensor& sin = local && p.sin_local.defined() ? p.sin_local : p.sin;
   const at::Tensor cq = last_only ? cos.narrow(1, q0, 1) : cos, sq = last_only ? sin.narrow(1, q0, 1) : sin;
-  at::Tensor q = hook(hn(HookPoint::AttnQ), qmask, linear(L, kQ, hq, l, obs).view({B, Tq, H, hd}));
-  at::Tensor k = hook(hn(HookPoint::AttnK), p.mask, linear(L, kK, h, l, obs).view({B, T, KV, hd}));
-  at::Tensor v = hook(hn(HookPoint::AttnV), p.mask, linear(L, kV, h, l, obs).view({B, T, KV, hd})).transpose(1, 2);
+  at::Tensor qkv[3];
+  if (last_only || !together(L, {kQ, kK, kV}, h, l, obs, qkv))
+    qkv[0] = linear(L, kQ, hq, l, obs), qkv[1] = linear(L, kK, h, l, obs), qkv[2] = linear(L, kV, h, l, obs);
+  at::Tensor q = hook(hn(HookPoint::AttnQ), qmask, qkv[0].view({B, Tq, H, hd}));
+  at::Tensor k = hook(hn(HookPoint::AttnK), p.mask, qkv[1].view({B, T, KV, hd}));
+  at::Tensor v = hook(hn(HookPoint::AttnV), p.mask, qkv[2].view({B, T, KV, hd})).transpose(1, 2);
   if (cfg_.qk_norm) {
     q = norm(q, L.q_norm, {});
     k = norm(k, L.k_norm, {});
@@ -737,17 +771,20 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
     x = hook(hn(HookPoint::ResidMid), qmask, step_add(x, o) ? add_rows(x, o) : x + o);
     h = norm(x, L.ffn_norm, L.ffn_norm_b);
   }
-  at::Tensor pre = hook(hn(HookPoint::MlpPre), qmask, linear(L, kGate, h, l, obs));
+  at::Tensor gate_up[2];
+  const bool fused_mlp = cfg_.gated_mlp && together(L, {kGate, kUp}, h, l, obs, gate_up);
+  at::Tensor pre = hook(hn(HookPoint::MlpPre), qmask, fused_mlp ? gate_up[0] : linear(L, kGate, h, l, obs));
   at::Tensor post;
   if (cfg_.gated_mlp && decode_rows(pre) &&
       !(p.hooks && (p.hooks->has(hn(HookPoint::MlpAct)) || p.hooks->has(hn(HookPoint::MlpPost))))) {
     // a decoding step whose activation nobody hooks: act(gate) * up in one loop
-    const at::Tensor up = linear(L, kUp, h, l, obs);
+    const at::Tensor up = fused_mlp ? gate_up[1] : linear(L, kUp, h, l, obs);
     if (!(up.sizes() == pre.sizes() && up.scalar_type() == at::kFloat && gated_act_rows(pre, up, cfg_.activation, post)))
       post = activate(pre, cfg_.activation) * up;
   } else {
     at::Tensor act = hook(hn(HookPoint::MlpAct), qmask, activate(pre, cfg_.activation));
-    post = hook(hn(HookPoint::MlpPost), qmask, cfg_.gated_mlp ? act * linear(L, kUp, h, l, obs) : act);
+    post = hook(hn(HookPoint::MlpPost), qmask,
+                cfg_.gated_mlp ? act * (fused_mlp ? gate_up[1] : linear(L, kUp, h, l, obs)) : act);
   }
   at::Tensor m = linear(L, kDown, post, l, obs);
   if (cfg_.sandwich_norms) m = norm(m, L.post_ffn_norm, {});

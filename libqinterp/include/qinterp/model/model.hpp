@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -138,6 +139,10 @@ class Model {
   };
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   at::Tensor linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const;
+  // A decoding step's products of one input (q/k/v, gate/up) in one parallel region, into out[i]
+  // (bias added); false, with nothing computed, where one of them has no fused CPU kernel for x.
+  bool together(const Layer& L, std::initializer_list<int> which, const at::Tensor& x, int64_t l,
+                const LinearObserver& obs, at::Tensor* out) const;
   at::Tensor* role_tensor(Role r, int64_t layer);  // the member holding a role (weights.hpp)
   ModelConfig cfg_;
   quant::QuantSpec quant_;
