@@ -657,11 +657,12 @@ bool Model::together(const Layer& L, std::initializer_list<int> which, const at:
   quant::detail::RowJob* ptrs[3];
   size_t n = 0;
   for (int w : which) {
-    const auto& q = L.q[w];
-    const bool ok = q ? q->compute_dtype() == at::kFloat && quant::format_of(q->weight().spec.method).row_job &&
-                            quant::format_of(q->weight().spec.method).row_job(x, q->weight(), &jobs[n])
-                      : quant::detail::dense_row_job(x, L.w[w], &jobs[n]);
-    if (!ok) return false;
+    if (const auto& q = L.q[w]) {
+      const auto prepare = quant::format_of(q->weight().spec.method).row_job;
+      if (q->compute_dtype() != at::kFloat || !prepare || !prepare(x, q->weight(), &jobs[n])) return false;
+    } else if (!quant::detail::dense_row_job(x, L.w[w], &jobs[n])) {
+      return false;
+    }
     ptrs[n] = &jobs[n];
     ++n;
   }

@@ -472,9 +472,7 @@ struct AbsmaxRows {
     }
   }
 };
-#endif
 
-#ifdef QINTERP_X86_AVX2
 bool parts_contiguous(const QuantizedTensor& w) {
   return w.absmax.is_contiguous() && (!w.spec.double_quant || (w.absmax2.is_contiguous() && w.code2.is_contiguous()));
 }
