@@ -83,6 +83,10 @@ void bind_model(py::module_& m) {
            })
       .def("num_parameters", [](const PyModel& p) { return p.m->num_parameters(); })
       .def("parameter_bytes", [](const PyModel& p) { return p.m->parameter_bytes(); })
+      .def("set_compact_head", [](PyModel& p, bool on) { p.m->set_compact_head(on); }, py::arg("on"),
+           "Whether decoding steps read the LM head from its exact Q8_0 blocks (on by default; see compact_head_bytes).")
+      .def_property_readonly("compact_head_bytes", [](const PyModel& p) { return p.m->compact_head_bytes(); },
+                             "Bytes of the LM head's exact Q8_0 copy that decoding reads; 0 when the head has none.")
       .def_property_readonly("quant", [](const PyModel& p) { return p.m->quant_spec().str(); })
       .def("quantize", [](PyModel& p, const std::string& spec, const std::optional<at::Tensor>& calib, bool progress) {
              py::gil_scoped_release nogil;

@@ -49,6 +49,17 @@ void bind_quant(py::module_& m) {
   m.def("gemv_4bit", &quant::gemv_4bit, py::arg("x"), py::arg("weight"));
   m.def("gemv_grouped", &quant::gemv_grouped, py::arg("x"), py::arg("weight"));
   m.def("gemv_dense", &quant::gemv_dense, py::arg("x"), py::arg("weight"));
+  m.def("exact_q8_blocks", [](const at::Tensor& w) -> py::object {
+          const quant::Q8Blocks b = quant::exact_q8_blocks(w);
+          if (!b.defined()) return py::none();
+          return py::make_tuple(b.q, b.d);
+        }, py::arg("weight"));
+  m.def("gemv_q8_blocks", [](const at::Tensor& x, const at::Tensor& q, const at::Tensor& d) {
+          quant::Q8Blocks b;
+          b.q = q;
+          b.d = d;
+          return quant::gemv_q8_blocks(x, b);
+        }, py::arg("x"), py::arg("q"), py::arg("d"));
   m.def("gptq_quantize", [](const at::Tensor& w, const at::Tensor& h, const std::string& spec) {
           double loss = 0;
           auto q = quant::gptq_quantize(w, h, quant::parse_quant_spec(spec), &loss);

@@ -9,6 +9,8 @@
 #include "common.hpp"
 #include "qinterp/quant/dequantize.hpp"
 #include "qinterp/quant/gguf_blocks.hpp"
+#include "qinterp/quant/quantize.hpp"
+#include "qinterp/quant/reference.hpp"
 
 using namespace qinterp;
 
@@ -40,6 +42,86 @@ TEST(GgufBlocks, Q8_0) {
   std::vector<float> y(32);
   quant::dequantize_gguf_cpu(io::GgmlType::Q8_0, b.data(), y.data(), 32);
   for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], (i * 8 - 128) * 0.5f);
+}
+
+// Random GGUF Q8_0 rows as ggml's quantizer writes them: per run an fp16 d and int8 q in
+// [-127, 127] with 127 or -127 at the run's largest value.
+std::vector<uint8_t> random_q8_0(int64_t rows, int64_t cols, std::mt19937& g) {
+  std::vector<uint8_t> raw(static_cast<size_t>(rows * cols / 32 * 34));
+  std::uniform_int_distribution<int> qd(-127, 127), pos(0, 31), hd(0x1000, 0x2c00);  // d in [2^-11, 2^-4]
+  for (size_t b = 0; b < raw.size() / 34; ++b) {
+    const uint16_t d = static_cast<uint16_t>(hd(g));
+    std::memcpy(&raw[b * 34], &d, 2);
+    for (int i = 0; i < 32; ++i) raw[b * 34 + 2 + i] = static_cast<uint8_t>(static_cast<int8_t>(qd(g)));
+    raw[b * 34 + 2 + pos(g)] = static_cast<uint8_t>(static_cast<int8_t>(g() % 2 ? 127 : -127));
+  }
+  return raw;
+}
+
+TEST(Q8Blocks, AGgufQ8_0TensorDecodedToFloat32IsFoundExactlyAndNothingElseIs) {
+  std::mt19937 g(11);
+  const int64_t rows = 37, cols = 96;
+  const std::vector<uint8_t> raw = random_q8_0(rows, cols, g);
+  at::Tensor w = at::empty({rows, cols});
+  quant::dequantize_gguf_cpu(io::GgmlType::Q8_0, raw.data(), w.data_ptr<float>(), rows * cols);
+  const quant::Q8Blocks b = quant::exact_q8_blocks(w);
+  ASSERT_TRUE(b.defined());
+  EXPECT_EQ(b.bytes(), rows * cols + rows * cols / 32 * 4);
+  EXPECT_TRUE(b.fresh_for(w));
+  for (int64_t j = 0; j < rows * cols / 32; ++j) {  // the file's own d and q
+    uint16_t d;
+    std::memcpy(&d, &raw[static_cast<size_t>(j) * 34], 2);
+    ASSERT_EQ(b.d.data_ptr<float>()[j], quant::half_to_float(d)) << "run " << j;
+    ASSERT_EQ(std::memcmp(b.q.data_ptr<int8_t>() + j * 32, &raw[static_cast<size_t>(j) * 34 + 2], 32), 0) << "run " << j;
+  }
+  // An in-place write makes the blocks stale for w.
+  at::Tensor w2 = w.clone();
+  const quant::Q8Blocks b2 = quant::exact_q8_blocks(w2);
+  w2.mul_(1.0f);
+  EXPECT_FALSE(b2.fresh_for(w2));
+  EXPECT_FALSE(b.fresh_for(w2));
+  // One value off the grid by one ulp, a NaN, a row length that is not whole runs, another dtype,
+  // a random float tensor: no blocks.
+  at::Tensor off = w.clone();
+  off[5][17] = std::nextafter(off[5][17].item<float>(), 1.0f);
+  EXPECT_FALSE(quant::exact_q8_blocks(off).defined());
+  at::Tensor nan = w.clone();
+  nan[36][95] = NAN;
+  EXPECT_FALSE(quant::exact_q8_blocks(nan).defined());
+  EXPECT_FALSE(quant::exact_q8_blocks(w.narrow(1, 0, 80).contiguous()).defined());
+  EXPECT_FALSE(quant::exact_q8_blocks(w.to(at::kHalf)).defined());
+  EXPECT_FALSE(quant::exact_q8_blocks(at::randn({8, 64})).defined());
+  // All-zero runs are exact, with d = 0.
+  const quant::Q8Blocks z = quant::exact_q8_blocks(at::zeros({2, 64}));
+  ASSERT_TRUE(z.defined());
+  EXPECT_EQ(z.d.abs().max().item<float>(), 0.0f);
+}
+
+TEST(Q8Blocks, KernelEqualsItsReferenceBitForBitAndTheExactProduct) {
+  std::mt19937 g(12);
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 32}, {17, 64}, {300, 576}, {1031, 96}}) {
+    const std::vector<uint8_t> raw = random_q8_0(rows, cols, g);
+    at::Tensor w = at::empty({rows, cols});
+    quant::dequantize_gguf_cpu(io::GgmlType::Q8_0, raw.data(), w.data_ptr<float>(), rows * cols);
+    const quant::Q8Blocks b = quant::exact_q8_blocks(w);
+    ASSERT_TRUE(b.defined());
+    for (int64_t nx : {1, 2, 3, 4, 6}) {
+      const at::Tensor x = at::randn({nx, cols});
+      const at::Tensor y = quant::gemv_q8_blocks(x, b);
+      ASSERT_EQ(y.sizes(), at::IntArrayRef({nx, rows}));
+      at::Tensor ref = at::empty({nx, rows});
+      quant::ref::gemv_q8_blocks(b.q.data_ptr<int8_t>(), b.d.data_ptr<float>(), rows, cols, x.data_ptr<float>(), nx,
+                                 ref.data_ptr<float>());
+      EXPECT_TRUE(at::equal(y, ref)) << rows << "x" << cols << ", " << nx << " rows: max diff "
+                                     << (y - ref).abs().max().item<float>();
+      const at::Tensor exact = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+      const at::Tensor bound = at::matmul(x.abs().to(at::kDouble), w.abs().to(at::kDouble).t());
+      EXPECT_LT(((y.to(at::kDouble) - exact).abs() / bound).max().item<double>(), 2e-6) << rows << "x" << cols;
+    }
+  }
+  const quant::Q8Blocks b = quant::exact_q8_blocks(at::zeros({4, 64}));
+  EXPECT_QERROR(quant::gemv_q8_blocks(at::randn({1, 32}), b), "gemv_q8_blocks", "64 features");
+  EXPECT_QERROR(quant::gemv_q8_blocks(at::randn({1, 64}), quant::Q8Blocks{}), "gemv_q8_blocks", "int8");
 }
 
 TEST(GgufBlocks, Q4_0AndQ4_1NibbleOrder) {

@@ -335,6 +335,47 @@ TEST(SmolLM2, DecodingStepsEqualTheFullForward) {
   expect_steps_equal_full_forward(*m, 49152, 1, 200, 0);
 }
 
+TEST(SmolLM2, DecodingReadsTheLmHeadFromItsExactQ8Blocks) {
+  // Its GGUF stores the (tied) head as Q8_0: the exact blocks are found and decoding uses them
+  // (the steps above are checked with them); without them the steps are the same within rounding.
+  const auto m = load_model(qt::smollm2_gguf());
+  EXPECT_EQ(m->compact_head_bytes(), 49152 * 576 + 49152 * 18 * 4);
+  at::manual_seed(8);
+  const at::Tensor ids = at::randint(3, 49152, {1, 9}, at::TensorOptions().dtype(at::kLong));
+  auto step = [&] {
+    model::KVCache cache = m->new_cache(1, 10);
+    m->forward(ids.narrow(1, 0, 8), {}, nullptr, &cache);
+    return m->forward(ids.narrow(1, 8, 1), {}, nullptr, &cache);
+  };
+  const at::Tensor compact = step();
+  m->set_compact_head(false);
+  EXPECT_EQ(m->compact_head_bytes(), 0);
+  const at::Tensor dense = step();
+  EXPECT_LT((compact - dense).abs().max().item<double>(), 2e-5 * dense.abs().max().item<double>());
+  EXPECT_FALSE(at::equal(compact, dense));  // another summation order: the path did change
+}
+
+TEST(Stories260K, AnLmHeadChangedInPlaceIsNotReadFromStaleBlocks) {
+  // stories260K's head is not on a Q8 grid; put it on one, then change it in place: decoding
+  // steps must follow the dense head (the full forward), not the blocks made before.
+  at::manual_seed(9);
+  auto m = stories();
+  EXPECT_EQ(m->compact_head_bytes(), 0);
+  at::Tensor head;
+  for (const auto& p : m->named_parameters())
+    if (p.name == "model.embed_tokens.weight") head = p.tensor;  // tied: the LM head too
+  ASSERT_TRUE(head.defined());
+  const at::Tensor d = (at::rand({512, 2}) * 0.01 + 0.001).to(at::kHalf).to(at::kFloat);
+  at::Tensor q = at::randint(-127, 128, {512, 2, 32}).to(at::kFloat);
+  q.select(2, 0).fill_(127);
+  head.copy_((q * d.unsqueeze(2)).view({512, 64}));
+  m->set_compact_head(true);
+  EXPECT_EQ(m->compact_head_bytes(), 512 * 64 + 512 * 2 * 4);
+  expect_steps_equal_full_forward(*m, 512);
+  head.mul_(0.5f).add_(0.001f);
+  expect_steps_equal_full_forward(*m, 512);
+}
+
 TEST(Stories260K, HooksFireOnDecodingStepsWithTheFullForwardsValues) {
   // A hooked layer's decoding step takes the unfused path (its activation must reach the hook);
   // the others fuse the gated activation. Both must match the full forward position by position.

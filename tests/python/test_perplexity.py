@@ -284,6 +284,41 @@ def test_dense_gemv_on_the_cpu_equals_a_matmul(rows, cols):
         qinterp.quant.gemv_dense(torch.randn(1, cols + 1), w)
 
 
+def test_lm_head_q8_blocks_are_the_gguf_files_own_and_decode_as_the_dense_head():
+    # SmolLM2's GGUF stores its (tied) LM head as Q8_0; decoding reads those blocks (found exactly in
+    # the float32 head) instead of the dense head. The gguf package reads the file's blocks.
+    import gguf
+    import numpy as np
+    t = next(t for t in gguf.GGUFReader(str(SMOLLM2)).tensors if t.name == "token_embd.weight")
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    raw = np.asarray(t.data).reshape(-1, 34)
+    d_file = raw[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1)
+    q_file = raw[:, 2:].copy().view(np.int8)
+    m = qinterp.load_model(SMOLLM2)
+    assert m.compact_head_bytes == q_file.size + d_file.size * 4
+    w = m.named_parameters()["model.embed_tokens.weight"]
+    q, d = qinterp.quant.exact_q8_blocks(w)
+    assert np.array_equal(q.numpy().reshape(-1, 32), q_file) and np.array_equal(d.numpy().reshape(-1), d_file)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 576, generator=g)
+    y = qinterp.quant.gemv_q8_blocks(x, q, d).double()
+    w64 = torch.from_numpy(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)).double().reshape(49152, 576)
+    assert ((y - x.double() @ w64.T).abs() <= 2e-6 * (x.double().abs() @ w64.abs().T)).all()
+    assert qinterp.quant.exact_q8_blocks(torch.randn(4, 64, generator=g)) is None
+    # greedy text is the same with and without the blocks; a write to the head in place is seen
+    tok = qinterp.load_tokenizer(SMOLLM2)
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    with_blocks = m.generate(ids, max_new_tokens=24)
+    m.set_compact_head(False)
+    assert m.compact_head_bytes == 0
+    assert torch.equal(m.generate(ids, max_new_tokens=24), with_blocks)
+    m.set_compact_head(True)
+    w[tok.encode(" Paris")[-1]].zero_()
+    out = m.generate(ids, max_new_tokens=24)
+    logits = m.forward(out)[0, ids.size(1) - 1:-1]
+    assert torch.equal(logits.argmax(-1), out[0, ids.size(1):])
+
+
 @pytest.mark.parametrize("quant", [None, "nf4:compute=fp32"])
 def test_model_decoded_with_the_fused_kernel_generates_as_the_full_forward(quant):
     # one row per step takes the fused kernels (dense: gemv_dense for every layer and the LM head)

@@ -70,11 +70,24 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _C.gemv_dense(x, weight)
 
 
+def exact_q8_blocks(weight: torch.Tensor):
+    """(q, d) with weight == d.repeat_interleave(32, 1) * q exactly (q int8 [out, in], d float32 [out, in / 32],
+    d = a run's max |value| / 127), as a GGUF Q8_0 tensor decodes; None when weight has no such form
+    (not float32 on the CPU, in % 32 != 0, or any value off the grid)."""
+    return _C.exact_q8_blocks(weight)
+
+
+def gemv_q8_blocks(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """x Wᵀ from those blocks for float32 x on the CPU: per run of 32, d times the fp32 sum of x * q. The
+    decoding-step kernel of an LM head that has exact Q8_0 blocks (Model.compact_head_bytes)."""
+    return _C.gemv_q8_blocks(x, q, d)
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: str = "gptq4") -> Tuple[QuantizedTensor, float]:
     """GPTQ on one layer: weight [out, in], hessian [in, in] (GptqHessian.matrix). Returns (qt, loss)."""
     return _C.gptq_quantize(weight, hessian, spec)
 
 
 __all__ = ["QuantizedTensor", "GptqHessian", "quantize", "dequantize", "linear", "quantize_4bit", "dequantize_4bit",
-           "gemv_grouped", "gemv_dense",
+           "gemv_grouped", "gemv_dense", "exact_q8_blocks", "gemv_q8_blocks",
            "int8_vectorwise_quant", "gemv_4bit", "gptq_quantize", "parse_spec", "dynamic_map"]

@@ -480,6 +480,12 @@ void Model::to(at::Device device, at::ScalarType dtype) {
       }
   }
   build_rope();
+  set_compact_head(compact_head_);
+}
+
+void Model::set_compact_head(bool on) {
+  compact_head_ = on;
+  head_q8_ = on && lm_head_.defined() && lm_head_.is_cpu() ? quant::exact_q8_blocks(lm_head_) : quant::Q8Blocks{};
 }
 
 at::Device Model::device() const { return embed_.device(); }
@@ -796,7 +802,14 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
 
 at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
   const at::Tensor x = norm(x_in, final_norm_, final_norm_b_);
-  at::Tensor logits = dense(x, lm_head_, lm_head_b_).to(at::kFloat);
+  at::Tensor logits;
+  if (head_q8_.fresh_for(lm_head_) && x.is_cpu() && x.scalar_type() == at::kFloat && x.numel() / x.size(-1) <= 4 &&
+      !(at::GradMode::is_enabled() && (x.requires_grad() || lm_head_.requires_grad()))) {
+    logits = quant::gemv_q8_blocks(x, head_q8_);  // a decoding step
+    if (lm_head_b_.defined()) logits = logits + lm_head_b_;
+  } else {
+    logits = dense(x, lm_head_, lm_head_b_).to(at::kFloat);
+  }
   if (cfg_.final_logit_softcap > 0) logits = at::tanh(logits / cfg_.final_logit_softcap) * cfg_.final_logit_softcap;
   const at::Tensor mask = x_in.size(1) == p.T ? p.mask : p.mask.narrow(1, p.T - x_in.size(1), x_in.size(1));
   if (p.hooks) logits = p.hooks->run(kLogitsHook, -1, std::move(logits), mask);

@@ -1,6 +1,9 @@
 // The dense float32 matrix-vector product for decoding steps on the CPU. A decoding step reads every
 // weight once for one token, so it is bound by memory bandwidth; ATen's CPU matmul (MKL sgemv)
 // reads at about 6 GB/s on one thread here, while two threads streaming rows reach about twice that.
+#include <atomic>
+#include <cmath>
+
 #include "format_common.hpp"
 
 namespace qinterp::quant {
@@ -45,9 +48,95 @@ auto dense_kernel(const at::Tensor& w) {
     with_input_rows(nx, [&](auto n) { gemv_dense_rows<n()>(wp, r0, r1, rows, cols, xp, yp); });
   };
 }
+
+// y[k, r] for rows r0..r1 of Q8 blocks, in ref::gemv_q8_blocks' order (bit for bit the same).
+template <int NX>
+__attribute__((target("avx2,fma"))) void gemv_q8_blocks_rows(const int8_t* q, const float* d, int64_t r0, int64_t r1,
+                                                             int64_t rows, int64_t cols, const float* x, float* y) {
+  const int64_t runs = cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* qr = q + r * cols;
+    const float* dr = d + r * runs;
+    __m256 s[NX];
+    for (int k = 0; k < NX; ++k) s[k] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < runs; ++j) {
+      const int8_t* qj = qr + j * 32;
+      __m256 w[4];
+      for (int i = 0; i < 4; ++i)
+        w[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qj + 8 * i))));
+      const __m256 dj = _mm256_broadcast_ss(dr + j);
+      for (int k = 0; k < NX; ++k) {
+        const float* xj = x + k * cols + j * 32;
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(xj), w[0]);
+        for (int i = 1; i < 4; ++i) t = _mm256_fmadd_ps(_mm256_loadu_ps(xj + 8 * i), w[i], t);
+        s[k] = _mm256_fmadd_ps(t, dj, s[k]);
+      }
+    }
+    for (int k = 0; k < NX; ++k) y[k * rows + r] = hsum_avx(s[k]);
+  }
+}
 #endif
 
 }  // namespace
+
+Q8Blocks exact_q8_blocks(const at::Tensor& w) {
+  if (!w.defined() || w.dim() != 2 || !w.is_cpu() || w.scalar_type() != at::kFloat || !w.is_contiguous() ||
+      w.size(1) == 0 || w.size(1) % 32 != 0)
+    return {};
+  const int64_t rows = w.size(0), cols = w.size(1), runs = cols / 32;
+  Q8Blocks b;
+  b.q = at::empty({rows, cols}, at::kChar);
+  b.d = at::empty({rows, runs}, at::kFloat);
+  const float* wp = w.data_ptr<float>();
+  int8_t* qp = b.q.data_ptr<int8_t>();
+  float* dp = b.d.data_ptr<float>();
+  std::atomic<bool> exact{true};
+  at::parallel_for(0, rows * runs, 4096, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1 && exact.load(std::memory_order_relaxed); ++j) {
+      const float* x = wp + j * 32;
+      float m = 0.0f;
+      for (int i = 0; i < 32; ++i) m = std::max(m, std::fabs(x[i]));  // a NaN fails the test below
+      const float dj = m / 127.0f;
+      dp[j] = dj;
+      for (int i = 0; i < 32; ++i) {
+        const float v = dj > 0.0f ? std::nearbyint(x[i] / dj) : 0.0f;
+        if (!(std::fabs(v) <= 127.0f && dj * v == x[i])) {
+          exact.store(false, std::memory_order_relaxed);
+          return;
+        }
+        qp[j * 32 + i] = static_cast<int8_t>(v);
+      }
+    }
+  });
+  if (!exact.load()) return {};
+  b.src_data = w.data_ptr();
+  b.src_version = static_cast<int64_t>(w._version());
+  return b;
+}
+
+at::Tensor gemv_q8_blocks(const at::Tensor& x, const Q8Blocks& w) {
+  if (!w.defined() || w.q.dim() != 2 || w.q.scalar_type() != at::kChar || !w.q.is_contiguous() || w.q.size(1) % 32 ||
+      !w.d.defined() || w.d.scalar_type() != at::kFloat || !w.d.is_contiguous() ||
+      w.d.numel() != w.q.size(0) * (w.q.size(1) / 32))
+    fail("gemv_q8_blocks: the blocks must be q [out, in] int8 and d [out, in / 32] float32, in % 32 == 0");
+  const int64_t rows = w.q.size(0), cols = w.q.size(1);
+  if (!x.defined() || x.dim() == 0 || x.size(-1) != cols || !x.is_cpu() || x.scalar_type() != at::kFloat)
+    fail("gemv_q8_blocks: needs float32 input on the CPU with ", cols, " features");
+  const int8_t* qp = w.q.data_ptr<int8_t>();
+  const float* dp = w.d.data_ptr<float>();
+#ifdef QINTERP_X86_AVX2
+  if (cpu_has_fma())
+    return gemv_rows(x, rows, cols, [&](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
+      with_input_rows(nx, [&](auto n) { gemv_q8_blocks_rows<n()>(qp, dp, r0, r1, rows, cols, xp, yp); });
+    });
+#endif
+  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+  at::Tensor y = at::empty({xs.size(0), rows}, xs.options());
+  ref::gemv_q8_blocks(qp, dp, rows, cols, xs.data_ptr<float>(), xs.size(0), y.data_ptr<float>());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = rows;
+  return y.view(shape);
+}
 
 at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w) {
   if (!w.defined() || w.dim() != 2) fail("gemv_dense: the weight must be 2-D [out, in]");

@@ -199,4 +199,25 @@ void gemv_grouped_q8(const uint8_t* packed, const float* scale, const float* zer
   }
 }
 
+void gemv_q8_blocks(const int8_t* q, const float* d, int64_t rows, int64_t cols, const float* x, int64_t nx,
+                    float* y) {
+  const int64_t runs = cols / 32;
+  for (int64_t k = 0; k < nx; ++k) {
+    const float* xk = x + k * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      float s[8] = {};
+      for (int64_t j = 0; j < runs; ++j) {
+        const int8_t* qj = q + r * cols + j * 32;
+        const float* xj = xk + j * 32;
+        for (int i = 0; i < 8; ++i) {
+          float t = xj[i] * static_cast<float>(qj[i]);
+          for (int c = i + 8; c < 32; c += 8) t = std::fma(xj[c], static_cast<float>(qj[c]), t);
+          s[i] = std::fma(t, d[r * runs + j], s[i]);
+        }
+      }
+      y[k * rows + r] = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    }
+  }
+}
+
 }  // namespace qinterp::quant::ref

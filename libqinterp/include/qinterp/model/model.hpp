@@ -26,6 +26,7 @@
 #include "qinterp/model/hooks.hpp"
 #include "qinterp/model/weights.hpp"
 #include "qinterp/quant/qlinear.hpp"
+#include "qinterp/quant/quantize.hpp"
 #include "qinterp/quant/spec.hpp"
 
 namespace qinterp::model {
@@ -99,6 +100,13 @@ class Model {
   at::Device device() const;
   at::ScalarType dtype() const;
 
+  // A float32 LM head on the CPU whose values are exactly Q8_0 blocks (the GGUF models' heads) is
+  // also kept in that form (quant::Q8Blocks, 1.125 bytes a weight), and decoding steps read it
+  // instead of the dense head: the same products, a quarter of the bytes. On by default; the copy
+  // is made by to() and the constructor, and is bypassed once the dense head changes in place.
+  void set_compact_head(bool on);
+  int64_t compact_head_bytes() const { return head_q8_.bytes(); }  // 0 when there is none
+
   // HF names, current storage. A quantized weight appears as its parts, "<weight>.qdata",
   // "<weight>.absmax", ... (QuantizedTensor::parts()).
   std::vector<NamedTensor> named_parameters() const;
@@ -147,6 +155,8 @@ class Model {
   ModelConfig cfg_;
   quant::QuantSpec quant_;
   at::Tensor embed_, final_norm_, final_norm_b_, lm_head_, lm_head_b_;
+  quant::Q8Blocks head_q8_;  // set_compact_head
+  bool compact_head_ = true;
   std::vector<Layer> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, rotary dims / 2] float32
   at::Tensor rope_cos_local_, rope_sin_local_;  // sliding layers' own base, if any

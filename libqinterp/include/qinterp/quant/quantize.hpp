@@ -70,4 +70,27 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w);
 at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w);
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
 
+// A float32 weight [out, in] whose every run of 32 values in a row is d * q exactly, for one float
+// d and int8 q in [-127, 127] per run -- what a GGUF Q8_0 tensor (the LM head of all three GGUF
+// models here) decodes to. The same values in that form: q [out, in] int8, d [out, in / 32] float32,
+// 1.125 bytes a weight instead of 4. They stay tied to w: fresh_for(w) is false once w's storage or
+// its version counter (bumped by every in-place ATen write) differs from when they were made.
+struct Q8Blocks {
+  at::Tensor q, d;
+  const void* src_data = nullptr;
+  int64_t src_version = -1;
+  bool defined() const { return q.defined(); }
+  int64_t bytes() const { return q.defined() ? static_cast<int64_t>(q.nbytes() + d.nbytes()) : 0; }
+  bool fresh_for(const at::Tensor& w) const {
+    return q.defined() && w.defined() && w.data_ptr() == src_data && static_cast<int64_t>(w._version()) == src_version;
+  }
+};
+// w's blocks when w is float32 on the CPU, contiguous, in % 32 == 0 and every value equals d * q
+// exactly (d = the run's max |value| / 127); an undefined Q8Blocks otherwise. One pass over w.
+Q8Blocks exact_q8_blocks(const at::Tensor& w);
+// y = x Wᵀ for a few rows of float32 x on the CPU from those blocks: per run, d times the fp32 sum
+// of x * q (AVX2 + FMA where the CPU has them, else the same sums in a scalar loop). The products
+// are of W's exact values; only the order of the fp32 sums differs from a matmul over W.
+at::Tensor gemv_q8_blocks(const at::Tensor& x, const Q8Blocks& w);
+
 }  // namespace qinterp::quant

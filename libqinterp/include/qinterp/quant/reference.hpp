@@ -62,4 +62,13 @@ void gemv_4bit_q8(const uint8_t* packed, const float* absmax, int64_t rows, int6
 void gemv_grouped_q8(const uint8_t* packed, const float* scale, const float* zero, int64_t rows, int64_t cols,
                      int64_t group, const int8_t* q, const float* d, float* y);
 
+// ---- Q8 blocks (quantize.hpp Q8Blocks): a float32 weight held as d[r, j] * q[r, c], runs j of 32.
+// y[k, r] = sum_j d[r, j] * t[k, r, j], t the fp32 sum of x[k, c] * q[r, c] over run j, in the
+// AVX2 kernel's lane order so that the two agree bit for bit: lane i (0..7) of a run starts from
+// x[i] * q[i] and adds the products of columns i + 8, i + 16, i + 24 by fma; per lane, s_i =
+// fma(t_i, d, s_i) over the runs; then y = ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)).
+// cols % 32 == 0; x [nx, cols], y [nx, rows].
+void gemv_q8_blocks(const int8_t* q, const float* d, int64_t rows, int64_t cols, const float* x, int64_t nx,
+                    float* y);
+
 }  // namespace qinterp::quant::ref
