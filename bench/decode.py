@@ -4,6 +4,7 @@ transformers on the same weights, in one run (same threads, same prompt length, 
     PYTHONPATH=build/python python bench/decode.py                       # SmolLM2 GGUF, 2 threads
     PYTHONPATH=build/python python bench/decode.py --model ../shared/fixtures/stories260K/stories260K.bin --no-hf
     PYTHONPATH=build/python python bench/decode.py --rounds 5 --quant fp32 nf4 nf4:decode=q8   # interleaved
+    ... --dense-head        # the LM head read dense, not from its exact Q8_0 blocks (Model.set_compact_head)
 
 llama.cpp: pass --llama-python PATH, a Python with llama-cpp-python installed (a separate
 environment: it builds llama.cpp from source, about ten minutes here, never in make test or CI);
@@ -61,8 +62,11 @@ def hf_decode(path, prompt, new):
 
 def load(a, spec, calib):
     s = qinterp._C.spec_for_device(spec, "cpu") if spec not in ("fp32", "fp16", "bf16") else spec
-    return qinterp.load_model(a.model, quant=s, calibration=calib) if spec.startswith("gptq") else \
+    m = qinterp.load_model(a.model, quant=s, calibration=calib) if spec.startswith("gptq") else \
         qinterp.load_model(a.model, quant=s)
+    if a.dense_head:
+        m.set_compact_head(False)
+    return m
 
 
 def rounds(a):
@@ -73,16 +77,31 @@ def rounds(a):
     calib = torch.randint(0, 1000, (16, 128), generator=torch.Generator().manual_seed(0))
     models = {spec: load(a, spec, calib) for spec in dict.fromkeys(a.quant)}
     tps = {spec: [] for spec in models}
+    lc = []
     for i in range(a.rounds):
         for spec, m in models.items():
             tps[spec].append(qinterp.speed(m, a.prompt_tokens, a.new_tokens)["decode_tokens_per_second"])
-        print(f"round {i + 1}: " + "  ".join(f"{spec} {tps[spec][-1]:.1f}" for spec in models), flush=True)
+        if a.llama_python:  # llama.cpp in each round too, so that its ratios pair rows measured close in time
+            lc.append(llama_decode(a))
+        print(f"round {i + 1}: " + "  ".join(f"{spec} {tps[spec][-1]:.1f}" for spec in models) +
+              (f"  llama.cpp {lc[-1]:.1f}" if lc else ""), flush=True)
     print(f"\ndecoding tokens/s over {a.rounds} rounds (median, min-max) and the median of each round's ratio "
-          "against that round's fp32:")
+          "against that round's fp32" + (" and llama.cpp:" if lc else ":"))
     for spec in models:
         ratio = statistics.median(t / f for t, f in zip(tps[spec], tps["fp32"]))
+        vs_lc = f"  {statistics.median(t / l for t, l in zip(tps[spec], lc)):.2f}x of llama.cpp" if lc else ""
         print(f"  {spec:22s} {statistics.median(tps[spec]):8.2f}  ({min(tps[spec]):.2f}-{max(tps[spec]):.2f})  "
-              f"{ratio:.2f}x")
+              f"{ratio:.2f}x{vs_lc}")
+    if lc:
+        print(f"  {'llama.cpp':22s} {statistics.median(lc):8.2f}  ({min(lc):.2f}-{max(lc):.2f})")
+
+
+def llama_decode(a):
+    out = subprocess.run([a.llama_python, "-c", LLAMA, a.model, str(a.threads), str(a.prompt_tokens),
+                          str(a.new_tokens)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit("llama.cpp failed: " + out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -94,6 +113,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--llama-python")
+    ap.add_argument("--dense-head", action="store_true",
+                    help="decode with the dense LM head instead of its exact Q8_0 blocks (for comparison)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="load every precision once, then measure them in turn this many times: medians, and "
                          "ratios against the fp32 measured in the same round (for a noisy machine)")
@@ -102,15 +123,10 @@ def main():
     if a.rounds > 1:
         return rounds(a)
     rows = []
-    calib = None
+    # speed does not depend on which windows calibrated GPTQ's weights
+    calib = torch.randint(0, 1000, (16, 128), generator=torch.Generator().manual_seed(0))
     for spec in a.quant:
-        s = qinterp._C.spec_for_device(spec, "cpu") if spec not in ("fp32", "fp16", "bf16") else spec
-        if spec.startswith("gptq"):
-            if calib is None:  # speed does not depend on which windows calibrated the weights
-                calib = torch.randint(0, 1000, (16, 128), generator=torch.Generator().manual_seed(0))
-            m = qinterp.load_model(a.model, quant=s, calibration=calib)
-        else:
-            m = qinterp.load_model(a.model, quant=s)
+        m = load(a, spec, calib)
         r = qinterp.speed(m, a.prompt_tokens, a.new_tokens)
         rows.append((spec, r))
         print(f"{spec:22s} weights {r['weight_bytes'] / 2**20:8.1f} MiB  prefill {r['prefill_seconds']:7.3f} s  "
@@ -133,15 +149,10 @@ def main():
         for spec, r in rows:
             print(f"  qinterp {spec:22s} / transformers fp32 = {r['decode_tokens_per_second'] / hf:.2f}x")
     if a.llama_python:
-        out = subprocess.run([a.llama_python, "-c", LLAMA, a.model, str(a.threads), str(a.prompt_tokens),
-                              str(a.new_tokens)], capture_output=True, text=True)
-        if out.returncode != 0:
-            print("llama.cpp failed:", out.stderr[-2000:])
-        else:
-            lc = float(out.stdout.strip().splitlines()[-1])
-            print(f"\nllama.cpp on the GGUF as stored: {lc:.2f} tokens/s")
-            for spec, r in rows:
-                print(f"  qinterp {spec:22s} / llama.cpp = {r['decode_tokens_per_second'] / lc:.2f}x")
+        lc = llama_decode(a)
+        print(f"\nllama.cpp on the GGUF as stored: {lc:.2f} tokens/s")
+        for spec, r in rows:
+            print(f"  qinterp {spec:22s} / llama.cpp = {r['decode_tokens_per_second'] / lc:.2f}x")
     else:
         print("\nllama.cpp: not measured (pass --llama-python, see the docstring)")
 

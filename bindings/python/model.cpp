@@ -163,6 +163,7 @@ void bind_model(py::module_& m) {
           }
           py::dict d;
           d["weight_bytes"] = r.weight_bytes;
+          d["head_q8_bytes"] = r.head_q8_bytes;
           d["parameters"] = r.parameters;
           d["prompt_tokens"] = r.prompt_tokens;
           d["new_tokens"] = r.new_tokens;

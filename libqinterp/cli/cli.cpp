@@ -622,6 +622,7 @@ int cmd_speed(const Command& c, const Args& a) {
     if (store) {
       const std::string g = qinterp::io::ResultStore::join({name, prec, "speed"});
       store->write_tensors(g, {{"weight_bytes", at::scalar_tensor(r.weight_bytes, at::kLong)},
+                               {"head_q8_bytes", at::scalar_tensor(r.head_q8_bytes, at::kLong)},
                                {"peak_host_bytes", at::scalar_tensor(r.peak_host_bytes, at::kLong)},
                                {"peak_device_allocated", at::scalar_tensor(r.peak_device_allocated, at::kLong)},
                                {"peak_device_reserved", at::scalar_tensor(r.peak_device_reserved, at::kLong)},
@@ -646,6 +647,9 @@ int cmd_speed(const Command& c, const Args& a) {
     std::printf("| %s | %s | %s | %.3f | %.2f |\n", p.c_str(), human(static_cast<double>(r.weight_bytes)).c_str(),
                 mem.c_str(), r.prefill_seconds, r.decode_tokens_per_second);
   }
+  if (rows.front().second.head_q8_bytes > 0)
+    std::printf("\nDecoding reads the LM head from its exact Q8_0 blocks (%s, held beside the weights above).\n",
+                human(static_cast<double>(rows.front().second.head_q8_bytes)).c_str());
   return 0;
 }
 

@@ -172,7 +172,7 @@ def test_speed_command_and_api(tmp_path):
     m = qinterp.load_model(STORIES / "stories260K.bin", quant="nf4")
     s = qinterp.speed(m, prompt_tokens=32, new_tokens=16, warmup=2)
     stored = sum(t.numel() * t.element_size() for t in m.named_parameters().values())
-    assert s["weight_bytes"] == stored
+    assert s["weight_bytes"] == stored and s["head_q8_bytes"] == 0  # stories260K's head is no Q8_0 grid
     assert s["new_tokens"] == 16 and s["decode_seconds"] > 0
     assert abs(s["decode_tokens_per_second"] - 16 / s["decode_seconds"]) < 1e-6 * s["decode_tokens_per_second"]
     assert s["peak_host_bytes"] > stored and s["peak_device_allocated"] == -1
@@ -187,7 +187,7 @@ def test_speed_command_and_api(tmp_path):
             g = f[f"stories260K/{p}/speed"]
             ref = qinterp.load_model(STORIES / "stories260K.bin", quant=p if p != "fp32" else None)
             assert g["weight_bytes"][()] == sum(t.numel() * t.element_size() for t in ref.named_parameters().values())
-            assert g["new_tokens"][()] == 16 and g["decode_tokens_per_second"][()] > 0
+            assert g["new_tokens"][()] == 16 and g["decode_tokens_per_second"][()] > 0 and g["head_q8_bytes"][()] == 0
     bad = cli("speed", "--model", STORIES / "stories260K.bin", "--prompt-tokens", "500", "--new-tokens", "100")
     assert bad.returncode == 1 and "exceed the model's context of 512" in bad.stderr
 
@@ -296,6 +296,7 @@ def test_lm_head_q8_blocks_are_the_gguf_files_own_and_decode_as_the_dense_head()
     q_file = raw[:, 2:].copy().view(np.int8)
     m = qinterp.load_model(SMOLLM2)
     assert m.compact_head_bytes == q_file.size + d_file.size * 4
+    assert qinterp.speed(m, prompt_tokens=8, new_tokens=2, warmup=1)["head_q8_bytes"] == m.compact_head_bytes
     w = m.named_parameters()["model.embed_tokens.weight"]
     q, d = qinterp.quant.exact_q8_blocks(w)
     assert np.array_equal(q.numpy().reshape(-1, 32), q_file) and np.array_equal(d.numpy().reshape(-1), d_file)

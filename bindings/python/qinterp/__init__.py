@@ -128,7 +128,8 @@ def perplexity(model: Model, tokenizer: Tokenizer, text: Union[str, os.PathLike]
 
 def speed(model: Model, prompt_tokens: int = 256, new_tokens: int = 512, warmup: int = 8, seed: int = 0) -> dict:
     """Decoding speed and memory at batch 1 (paper 2's Table 8): random prompt ids, greedy, EOS
-    ignored, a warm-up first. Returns weight_bytes, prefill_seconds, decode_seconds,
+    ignored, a warm-up first. Returns weight_bytes, head_q8_bytes (the LM head's exact Q8_0 copy that
+    decoding reads, held beside the weights; 0 when none), prefill_seconds, decode_seconds,
     decode_tokens_per_second and peak memory (peak_host_bytes on the CPU, peak_device_allocated /
     peak_device_reserved on CUDA; -1 where not measured)."""
     return _C.measure_speed(model, int(prompt_tokens), int(new_tokens), int(warmup), int(seed))

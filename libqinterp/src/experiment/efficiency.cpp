@@ -90,6 +90,7 @@ SpeedResult measure_speed(const model::Model& model, const SpeedOptions& o) {
   }
 #endif
   r.weight_bytes = model.parameter_bytes();
+  r.head_q8_bytes = model.compact_head_bytes();
   r.parameters = model.num_parameters();
   r.prompt_tokens = o.prompt_tokens;
   r.new_tokens = o.new_tokens;

@@ -22,6 +22,8 @@ struct SpeedOptions {
 
 struct SpeedResult {
   int64_t weight_bytes = 0;        // storage of every parameter as loaded (Model::parameter_bytes)
+  int64_t head_q8_bytes = 0;       // the LM head's exact Q8_0 copy decoding reads, beside the weights
+                                   // (Model::compact_head_bytes; 0 when there is none)
   int64_t parameters = 0;          // weights counted as values, not storage elements
   int64_t prompt_tokens = 0, new_tokens = 0;
   double prefill_seconds = 0;      // the prompt's forward pass, which also yields the first new token
