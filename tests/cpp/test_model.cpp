@@ -355,6 +355,36 @@ TEST(SmolLM2, DecodingReadsTheLmHeadFromItsExactQ8Blocks) {
   EXPECT_FALSE(at::equal(compact, dense));  // another summation order: the path did change
 }
 
+TEST(Stories260K, ForwardLastIsTheFullForwardsLastPositionWithTheSameCache) {
+  at::manual_seed(10);
+  auto m = stories();
+  const at::Tensor ids = at::randint(3, 512, {2, 7}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::ones({2, 7}, at::kBool);
+  mask[1].narrow(0, 0, 3).fill_(false);
+  model::KVCache c1 = m->new_cache(2, 8), c2 = m->new_cache(2, 8);
+  const at::Tensor full = m->forward(ids, mask, nullptr, &c1);
+  const at::Tensor last = m->forward_last(ids, mask, nullptr, &c2);
+  ASSERT_EQ(last.sizes(), at::IntArrayRef({2, 1, 512}));
+  const at::Tensor ref = full.narrow(1, 6, 1);
+  EXPECT_LT((last - ref).abs().max().item<double>(), 2e-5 * ref.abs().max().item<double>());
+  EXPECT_EQ(c1.length, c2.length);
+  EXPECT_TRUE(at::equal(c1.next_pos, c2.next_pos));
+  const at::Tensor tok = ref.argmax(-1);
+  const at::Tensor s1 = m->forward(tok, at::ones({2, 1}, at::kBool), nullptr, &c1);
+  const at::Tensor s2 = m->forward(tok, at::ones({2, 1}, at::kBool), nullptr, &c2);
+  EXPECT_TRUE(at::equal(s1, s2));  // the same keys and values were cached
+  // A hook on the logits still sees every position.
+  model::Hooks h;
+  int64_t seen = 0;
+  h.add("hook_logits", [&](const at::Tensor& t, const model::HookContext&) -> std::optional<at::Tensor> {
+    seen = t.size(1);
+    return std::nullopt;
+  });
+  const at::Tensor hooked = m->forward_last(ids, mask, &h);
+  EXPECT_EQ(seen, 7);
+  EXPECT_EQ(hooked.sizes(), at::IntArrayRef({2, 1, 512}));
+}
+
 TEST(Stories260K, AnLmHeadChangedInPlaceIsNotReadFromStaleBlocks) {
   // stories260K's head is not on a Q8 grid; put it on one, then change it in place: decoding
   // steps must follow the dense head (the full forward), not the blocks made before.

@@ -43,8 +43,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 std::pair<double, double> decode(const model::Model& m, const at::Tensor& prompt, int64_t steps) {
   model::KVCache cache = m.new_cache(1, prompt.size(1) + steps);
   auto t0 = std::chrono::steady_clock::now();
-  at::Tensor logits = m.forward(prompt, {}, nullptr, &cache);
-  at::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1, true);  // [1, 1]
+  at::Tensor logits = m.forward_last(prompt, {}, nullptr, &cache);
+  at::Tensor next = logits.select(1, 0).argmax(-1, true);  // [1, 1]
   sync(next);
   const double prefill = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();

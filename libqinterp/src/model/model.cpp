@@ -828,6 +828,17 @@ at::Tensor Model::forward(const at::Tensor& ids, const at::Tensor& mask, const H
   return finish(x, p);
 }
 
+at::Tensor Model::forward_last(const at::Tensor& ids, const at::Tensor& mask, const Hooks* hooks, KVCache* cache) const {
+  if (hooks && hooks->has(kLogitsHook)) {
+    const at::Tensor l = forward(ids, mask, hooks, cache);
+    return l.narrow(1, l.size(1) - 1, 1);
+  }
+  const Pass p = begin(ids, mask, hooks, cache);
+  at::Tensor x = embed(p);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) x = run_layer(l, x, p);
+  return finish(x.narrow(1, x.size(1) - 1, 1), p);
+}
+
 // ---------------------------------------------------------------- quantization
 
 void Model::set_linear(int64_t layer, int which, std::shared_ptr<const quant::QLinear> q) {
@@ -922,7 +933,7 @@ at::Tensor Model::generate(const at::Tensor& ids_in, const GenerateOptions& opts
 
   KVCache cache = new_cache(B, T + opts.max_new_tokens);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opts.seed);
-  at::Tensor logits = forward(ids, mask, hooks, &cache).select(1, T - 1);
+  at::Tensor logits = forward_last(ids, mask, hooks, &cache).select(1, 0);
   std::vector<at::Tensor> out{ids};
   at::Tensor finished = at::zeros({B}, at::kBool);
   at::Tensor last = ids.select(1, T - 1);

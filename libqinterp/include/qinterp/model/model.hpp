@@ -86,6 +86,11 @@ class Model {
   // Full forward over ids. With a cache, appends these positions to it and attends to the past.
   at::Tensor forward(const at::Tensor& ids, const at::Tensor& mask = {}, const Hooks* hooks = nullptr,
                      KVCache* cache = nullptr) const;
+  // forward()'s logits at the last position only, [B, 1, vocab], with the same hooks and cache
+  // updates: what a prompt's prefill needs for generation. The LM head runs on that position alone
+  // (unless a hook reads hook_logits, which then sees every position as in forward()).
+  at::Tensor forward_last(const at::Tensor& ids, const at::Tensor& mask = {}, const Hooks* hooks = nullptr,
+                          KVCache* cache = nullptr) const;
 
   // Returns [B, T + n] with the prompt followed by generated ids; rows that stopped early are
   // padded with their stop token. Uses a KV cache; hooks run on every step.
