@@ -536,9 +536,7 @@ at::Tensor gemv_4bit_q8(const at::Tensor& x, const QuantizedTensor& w) {
 
 at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
   if (w.spec.method != Method::NF4 && w.spec.method != Method::FP4) fail("gemv_4bit: weight is not 4-bit");
-  if (!at::isFloatingType(x.scalar_type())) fail("gemv_4bit: the input must be floating point, got ", x.scalar_type());
-  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
-    fail("gemv_4bit: input with ", x.size(-1), " features does not fit the weight");
+  check_gemv_input("gemv_4bit", x, w);
 #ifdef QINTERP_HAVE_CUDA
   if (x.is_cuda() && w.shape[1] % w.spec.block == 0 && w.shape[1] % 32 == 0) {
     const at::Tensor xs = x.reshape({-1, w.shape[1]}).contiguous();

@@ -59,6 +59,14 @@ inline void need_part(const std::string& where, const at::Tensor& t, const char*
          c10::toString(t.scalar_type()));
 }
 
+// The input checks the fused products share: x floating point, its last dimension w's in_features.
+inline void check_gemv_input(const char* fn, const at::Tensor& x, const QuantizedTensor& w) {
+  if (!x.defined() || !at::isFloatingType(x.scalar_type()))
+    fail(fn, ": the input must be floating point, got ", x.defined() ? c10::toString(x.scalar_type()) : "undefined");
+  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
+    fail(fn, ": input with ", x.dim() ? x.size(-1) : 0, " features does not fit the weight");
+}
+
 // Whether x [.., in] is a decoding step the fused products serve: a few rows, no gradient.
 inline bool few_rows_no_grad(const at::Tensor& x, int64_t in) {
   return !(at::GradMode::is_enabled() && x.requires_grad()) && x.numel() / std::max<int64_t>(in, 1) <= 4;

@@ -265,9 +265,7 @@ GroupedPath grouped_path(const QuantizedTensor& w) {
 
 at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   if (w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) fail("gemv_grouped: weight is not rtn/gptq");
-  if (!at::isFloatingType(x.scalar_type())) fail("gemv_grouped: the input must be floating point, got ", x.scalar_type());
-  if (w.shape.size() != 2 || x.dim() == 0 || x.size(-1) != w.shape[1])
-    fail("gemv_grouped: input with ", x.size(-1), " features does not fit the weight");
+  check_gemv_input("gemv_grouped", x, w);
   const bool cpu_f32 = x.device().is_cpu() && x.scalar_type() == at::kFloat;
   const GroupedPath path = cpu_f32 ? grouped_path(w) : GroupedPath::None;
   if (path == GroupedPath::Q8) return gemv_grouped_q8(x, w);
