@@ -209,6 +209,11 @@ TEST(Formats, RowJobsTogetherEqualOneCallEach) {
                                           "gptq4:group=32", "gptq4:group=64,decode=q8"};
   at::manual_seed(11);
   const std::vector<at::Tensor> ws = {at::randn({37, kIn}), at::randn({13, kIn}), at::randn({50, kIn})};
+  auto input = [](const at::Tensor& x) {
+    quant::detail::StepInput in;
+    in.x = x.data_ptr<float>(), in.n = x.size(0), in.cols = x.size(1);
+    return in;
+  };
   for (int64_t n : {1, 3}) {
     const at::Tensor x = at::randn({n, kIn});
     for (const auto& name : specs) {
@@ -216,31 +221,46 @@ TEST(Formats, RowJobsTogetherEqualOneCallEach) {
       const quant::Format& f = quant::format_of(spec.method);
       ASSERT_NE(f.row_job, nullptr) << name;
       std::vector<quant::QuantizedTensor> qs;
+      std::vector<at::Tensor> ys;
+      quant::detail::StepInput in = input(x);  // one input's prepared forms shared by the three jobs
       quant::detail::RowJob jobs[3];
       quant::detail::RowJob* ptrs[3];
       for (size_t i = 0; i < ws.size(); ++i) {
         qs.push_back(make(ws[i], spec));
-        ASSERT_TRUE(f.row_job(x, qs[i], &jobs[i])) << name << ": no fused kernel for this weight";
+        ys.push_back(at::full({n, ws[i].size(0)}, std::nanf("")));
+        ASSERT_TRUE(f.row_job(in, qs[i], ys[i].data_ptr<float>(), &jobs[i])) << name << ": no fused kernel";
         ptrs[i] = &jobs[i];
       }
       quant::detail::run_row_jobs(ptrs, 3);
       for (size_t i = 0; i < ws.size(); ++i)
-        EXPECT_TRUE(at::equal(jobs[i].y, f.linear(x, qs[i], {}))) << name << ", weight " << i << ", " << n << " rows";
+        EXPECT_TRUE(at::equal(ys[i], f.linear(x, qs[i], {}))) << name << ", weight " << i << ", " << n << " rows";
     }
+    std::vector<at::Tensor> ys;
+    quant::detail::StepInput in = input(x);
     quant::detail::RowJob jobs[3];
     quant::detail::RowJob* ptrs[3];
     for (size_t i = 0; i < ws.size(); ++i) {
-      ASSERT_TRUE(quant::detail::dense_row_job(x, ws[i], &jobs[i]));
+      ys.push_back(at::full({n, ws[i].size(0)}, std::nanf("")));
+      ASSERT_TRUE(quant::detail::dense_row_job(in, ws[i], ys[i].data_ptr<float>(), &jobs[i]));
       ptrs[i] = &jobs[i];
     }
     quant::detail::run_row_jobs(ptrs, 3);
     for (size_t i = 0; i < ws.size(); ++i)
-      EXPECT_TRUE(at::equal(jobs[i].y, quant::dense_linear(x, ws[i]))) << "dense, weight " << i << ", " << n << " rows";
+      EXPECT_TRUE(at::equal(ys[i], quant::dense_linear(x, ws[i]))) << "dense, weight " << i << ", " << n << " rows";
   }
-  // Not for a gradient, more than four rows, or int8 (no fused CPU kernel): the usual path.
+  // Not more than four rows, another width, a weight that needs a gradient, or int8 (no fused CPU
+  // kernel): the usual path.
   quant::detail::RowJob job;
-  EXPECT_FALSE(quant::detail::dense_row_job(at::randn({5, kIn}), ws[0], &job));
-  EXPECT_FALSE(quant::detail::dense_row_job(at::randn({1, kIn}).requires_grad_(true), ws[0], &job));
+  float y[64 * 5];
+  const at::Tensor x5 = at::randn({5, kIn}), x1 = at::randn({1, kIn + 32}), x2 = at::randn({1, kIn});
+  quant::detail::StepInput in5 = input(x5), in1 = input(x1), in2 = input(x2);
+  EXPECT_FALSE(quant::detail::dense_row_job(in5, ws[0], y, &job));
+  EXPECT_FALSE(quant::detail::dense_row_job(in1, ws[0], y, &job));
+  EXPECT_FALSE(quant::format_of(Method::NF4).row_job(in5, make(ws[0], quant::parse_quant_spec("nf4")), y, &job));
+  EXPECT_FALSE(quant::format_of(Method::RTN).row_job(in1, make(ws[0], quant::parse_quant_spec("rtn4")), y, &job));
+  const at::Tensor wg = ws[0].clone().requires_grad_(true);
+  EXPECT_TRUE(quant::detail::dense_row_job(in2, ws[0], y, &job));
+  EXPECT_FALSE(quant::detail::dense_row_job(in2, wg, y, &job));
   EXPECT_EQ(quant::format_of(Method::Int8).row_job, nullptr);
 }
 

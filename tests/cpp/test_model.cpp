@@ -335,6 +335,51 @@ TEST(SmolLM2, DecodingStepsEqualTheFullForward) {
   expect_steps_equal_full_forward(*m, 49152, 1, 200, 0);
 }
 
+// Decoding steps without hooks run Model::fused_step (a layer's loops and kernels on raw rows); a
+// hook anywhere sends them through run_layer's step path. The two must agree bit for bit, logits
+// and cached keys and values, on a left-padded batch; int8 has no fused kernel, so its products
+// take linear() inside the fused step.
+void expect_fused_steps_equal_hooked_steps(const model::Model& m, int64_t vocab_hi, const std::string& what) {
+  model::Hooks noop;
+  noop.add("blocks.0.hook_resid_pre",
+           [](const at::Tensor&, const model::HookContext&) { return std::optional<at::Tensor>(); });
+  const int64_t rows = 2, T = 6, steps = 4;
+  const at::Tensor ids = at::randint(3, vocab_hi, {rows, T}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::ones({rows, T}, at::kBool);
+  mask[1].narrow(0, 0, 2).fill_(false);
+  model::KVCache fused = m.new_cache(rows, T + steps), hooked = m.new_cache(rows, T + steps);
+  at::Tensor a = m.forward(ids, mask, nullptr, &fused).select(1, T - 1);
+  at::Tensor b = m.forward(ids, mask, &noop, &hooked).select(1, T - 1);
+  ASSERT_TRUE(at::equal(a, b)) << what << ": prefill";
+  for (int64_t i = 0; i < steps; ++i) {
+    const at::Tensor tok = a.argmax(-1).unsqueeze(1);
+    a = m.forward(tok, at::ones({rows, 1}, at::kBool), nullptr, &fused).select(1, 0);
+    b = m.forward(tok, at::ones({rows, 1}, at::kBool), &noop, &hooked).select(1, 0);
+    EXPECT_TRUE(at::equal(a, b)) << what << ", step " << i << ": max |fused - hooked| = "
+                                 << (a - b).abs().max().item<double>();
+  }
+  for (size_t l = 0; l < fused.k.size(); ++l) {
+    EXPECT_TRUE(at::equal(fused.k[l], hooked.k[l])) << what << ", keys of layer " << l;
+    EXPECT_TRUE(at::equal(fused.v[l], hooked.v[l])) << what << ", values of layer " << l;
+  }
+}
+
+TEST(Stories260K, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
+  at::manual_seed(12);
+  for (const char* spec : {"", "nf4:compute=fp32", "nf4:compute=fp32,decode=q8", "fp4:compute=fp32,double_quant=0",
+                           "rtn4:compute=fp32,group=32", "rtn8:compute=fp32", "int8:compute=fp32"}) {
+    LoadOptions lo;
+    lo.quant = spec;
+    expect_fused_steps_equal_hooked_steps(*load_model(qt::stories("stories260K.bin"), lo), 512,
+                                          *spec ? spec : "fp32");
+  }
+}
+
+TEST(SmolLM2, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
+  at::manual_seed(13);
+  expect_fused_steps_equal_hooked_steps(*load_model(qt::smollm2_gguf()), 49152, "fp32");
+}
+
 TEST(SmolLM2, DecodingReadsTheLmHeadFromItsExactQ8Blocks) {
   // Its GGUF stores the (tied) head as Q8_0: the exact blocks are found and decoding uses them
   // (the steps above are checked with them); without them the steps are the same within rounding.

@@ -32,14 +32,8 @@ bool decode_rows(const at::Tensor& x) {
          x.numel() / x.size(-1) <= 4 && !(at::GradMode::is_enabled() && x.requires_grad());
 }
 
-// w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's LlamaRMSNorm in float32, row by row.
-at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps) {
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  const int64_t D = x.size(-1), n = x.numel() / D;
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+// w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's LlamaRMSNorm in float32, row by row: n rows of D.
+void rms_norm_raw(const float* xp, int64_t n, int64_t D, const float* wp, double eps, float* o) {
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = xp + r * D;
     double ss = 0.0;
@@ -48,6 +42,13 @@ at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps
     const float inv = 1.0f / std::sqrt(var + static_cast<float>(eps));
     for (int64_t i = 0; i < D; ++i) o[r * D + i] = wp[i] * (xr[i] * inv);
   }
+}
+
+at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t D = x.size(-1);
+  rms_norm_raw(x.data_ptr<float>(), x.numel() / D, D, w.data_ptr<float>(), eps, out.data_ptr<float>());
   return out;
 }
 
@@ -71,9 +72,27 @@ inline void rope_head(const float* xi, const float* c, const float* s, int64_t h
   for (int64_t i = 2 * half; i < hd; ++i) oi[i] = xi[i];
 }
 
-// A decoding step's queries, keys and values [B, 1, heads, hd] (one new position per row):
-// returns the rotated queries as [B, H, 1, hd] and writes the rotated keys and the values into
-// the cache at position `past` directly (no intermediate tensors, no copy_).
+// A decoding step's rotary embedding and cache write on raw rows: q [B, H, hd], k and v [B, KV, hd]
+// (one new position per row), cos and sin [B, half]; writes the rotated queries to qo [B, H, hd]
+// and the rotated keys and the values into the cache at position `past`.
+void rope_step_raw(const float* qp, const float* kp, const float* vp, const float* cp, const float* sp, int64_t B,
+                   int64_t H, int64_t KV, int64_t hd, int64_t half, RopeLayout layout, float* qo, at::Tensor& cache_k,
+                   at::Tensor& cache_v, int64_t past) {
+  float* ck = cache_k.data_ptr<float>();
+  float* cv = cache_v.data_ptr<float>();
+  const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), ks = cache_k.stride(2);
+  const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vs = cache_v.stride(2);
+  for (int64_t b = 0; b < B; ++b) {
+    const float *c = cp + b * half, *s = sp + b * half;
+    for (int64_t h = 0; h < H; ++h) rope_head(qp + (b * H + h) * hd, c, s, hd, half, layout, qo + (b * H + h) * hd);
+    for (int64_t j = 0; j < KV; ++j) {
+      rope_head(kp + (b * KV + j) * hd, c, s, hd, half, layout, ck + b * kb + j * kh + past * ks);
+      std::memcpy(cv + b * vb + j * vh + past * vs, vp + (b * KV + j) * hd, static_cast<size_t>(hd) * sizeof(float));
+    }
+  }
+}
+
+// The same on tensors [B, 1, heads, hd]: returns the rotated queries as [B, H, 1, hd].
 at::Tensor rope_step_into_cache(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                 const at::Tensor& cos_in, const at::Tensor& sin_in, RopeLayout layout,
                                 at::Tensor& cache_k, at::Tensor& cache_v, int64_t past) {
@@ -81,21 +100,8 @@ at::Tensor rope_step_into_cache(const at::Tensor& q_in, const at::Tensor& k_in, 
   const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
   const int64_t B = q.size(0), H = q.size(2), KV = k.size(2), hd = q.size(3), half = cos.size(-1);
   at::Tensor out = at::empty({B, H, 1, hd}, q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  float* ck = cache_k.data_ptr<float>();
-  float* cv = cache_v.data_ptr<float>();
-  const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), ks = cache_k.stride(2);
-  const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vs = cache_v.stride(2);
-  for (int64_t b = 0; b < B; ++b) {
-    const float *c = cp + b * half, *s = sp + b * half;
-    for (int64_t h = 0; h < H; ++h) rope_head(qp + (b * H + h) * hd, c, s, hd, half, layout, o + (b * H + h) * hd);
-    for (int64_t j = 0; j < KV; ++j) {
-      rope_head(kp + (b * KV + j) * hd, c, s, hd, half, layout, ck + b * kb + j * kh + past * ks);
-      std::memcpy(cv + b * vb + j * vh + past * vs, vp + (b * KV + j) * hd, static_cast<size_t>(hd) * sizeof(float));
-    }
-  }
+  rope_step_raw(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), cos.data_ptr<float>(),
+                sin.data_ptr<float>(), B, H, KV, hd, half, layout, out.data_ptr<float>(), cache_k, cache_v, past);
   return out;
 }
 
@@ -113,29 +119,31 @@ bool step_add(const at::Tensor& a, const at::Tensor& b) {
   return decode_rows(a) && decode_rows(b) && a.sizes() == b.sizes();
 }
 
-// act(pre) * up for a decoding step's rows, the activation rounded to float32 before the product
-// as in the unfused path; SiLU as x / (1 + e^-x), GELU-tanh as in ATen. false: not one of those.
-bool gated_act_rows(const at::Tensor& pre_in, const at::Tensor& up_in, Activation act, at::Tensor& out) {
-  if (act != Activation::SiLU && act != Activation::GeluTanh) return false;
-  const at::Tensor pre = pre_in.contiguous(), up = up_in.contiguous();
-  out = at::empty(pre.sizes(), pre.options());
-  const float *pp = pre.data_ptr<float>(), *up_p = up.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const int64_t n = pre.numel();
+// act(pre) * up over n floats, the activation rounded to float32 before the product as in the
+// unfused path; SiLU as x / (1 + e^-x), GELU-tanh as in ATen. false: not one of those.
+bool gated_act_raw(const float* pp, const float* up_p, int64_t n, Activation act, float* o) {
   if (act == Activation::SiLU) {
     for (int64_t i = 0; i < n; ++i) {
       const float a = pp[i] / (1.0f + std::exp(-pp[i]));
       o[i] = a * up_p[i];
     }
-  } else {
-    const float k0 = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), k1 = 0.044715f;
-    for (int64_t i = 0; i < n; ++i) {
-      const float x = pp[i];
-      const float a = 0.5f * x * (1.0f + std::tanh(k0 * (x + k1 * x * x * x)));
-      o[i] = a * up_p[i];
-    }
+    return true;
+  }
+  if (act != Activation::GeluTanh) return false;
+  const float k0 = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), k1 = 0.044715f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = pp[i];
+    const float a = 0.5f * x * (1.0f + std::tanh(k0 * (x + k1 * x * x * x)));
+    o[i] = a * up_p[i];
   }
   return true;
+}
+
+bool gated_act_rows(const at::Tensor& pre_in, const at::Tensor& up_in, Activation act, at::Tensor& out) {
+  if (act != Activation::SiLU && act != Activation::GeluTanh) return false;
+  const at::Tensor pre = pre_in.contiguous(), up = up_in.contiguous();
+  out = at::empty(pre.sizes(), pre.options());
+  return gated_act_raw(pre.data_ptr<float>(), up.data_ptr<float>(), pre.numel(), act, out.data_ptr<float>());
 }
 
 #ifdef QINTERP_X86_AVX2
@@ -656,19 +664,30 @@ at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t
   return dense(x, L.w[which], L.b[which]);
 }
 
+bool Model::step_job(const Layer& L, int which, quant::detail::StepInput& in, float* y,
+                     quant::detail::RowJob* job) const {
+  if (const auto& q = L.q[which]) {
+    const auto prepare = quant::format_of(q->weight().spec.method).row_job;
+    return q->compute_dtype() == at::kFloat && prepare && prepare(in, q->weight(), y, job);
+  }
+  return quant::detail::dense_row_job(in, L.w[which], y, job);
+}
+
 bool Model::together(const Layer& L, std::initializer_list<int> which, const at::Tensor& x, int64_t l,
                      const LinearObserver& obs, at::Tensor* out) const {
   if (!decode_rows(x) || which.size() > 3) return false;
+  const at::Tensor xs = x.contiguous();
+  quant::detail::StepInput in;
+  in.x = xs.data_ptr<float>();
+  in.cols = xs.size(-1);
+  in.n = xs.numel() / in.cols;
   quant::detail::RowJob jobs[3];
   quant::detail::RowJob* ptrs[3];
   size_t n = 0;
   for (int w : which) {
-    if (const auto& q = L.q[w]) {
-      const auto prepare = quant::format_of(q->weight().spec.method).row_job;
-      if (q->compute_dtype() != at::kFloat || !prepare || !prepare(x, q->weight(), &jobs[n])) return false;
-    } else if (!quant::detail::dense_row_job(x, L.w[w], &jobs[n])) {
-      return false;
-    }
+    const int64_t rows = L.q[w] ? L.q[w]->out_features() : L.w[w].size(0);
+    out[n] = at::empty({in.n, rows}, xs.options());
+    if (!step_job(L, w, in, out[n].data_ptr<float>(), &jobs[n])) return false;
     ptrs[n] = &jobs[n];
     ++n;
   }
@@ -679,12 +698,127 @@ bool Model::together(const Layer& L, std::initializer_list<int> which, const at:
   for (int w : which) {
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = jobs[n].rows;
-    out[n] = jobs[n].y.view(shape);
+    out[n] = out[n].view(shape);
     const at::Tensor& b = L.q[w] ? L.q[w]->bias() : L.b[w];
     if (b.defined()) out[n] = out[n] + b;
     ++n;
   }
   return true;
+}
+
+bool Model::fused_step_ok(const Pass& p) const {
+#ifdef QINTERP_X86_AVX2
+  const ModelConfig& c = cfg_;
+  if (at::GradMode::is_enabled()) {  // a weight someone made trainable: the usual path records the graph
+    if (embed_.requires_grad()) return false;
+    for (const Layer& L : layers_) {
+      if (L.attn_norm.requires_grad() || L.ffn_norm.requires_grad()) return false;
+      for (int i = 0; i < kNumLinear; ++i)
+        if ((L.w[i].defined() && L.w[i].requires_grad()) || (L.b[i].defined() && L.b[i].requires_grad()) ||
+            (L.q[i] && L.q[i]->bias().defined() && L.q[i]->bias().requires_grad()))
+          return false;
+    }
+  }
+  return p.cache && p.T == 1 && p.B <= 4 && !p.hooks && embed_.is_cpu() &&
+         embed_.scalar_type() == at::kFloat && quant::detail::cpu_has_fma() && c.norm == NormKind::RMS &&
+         !c.qk_norm && !c.sandwich_norms && !c.parallel_block && c.gated_mlp &&
+         (c.activation == Activation::SiLU || c.activation == Activation::GeluTanh) && c.layer_types.empty() &&
+         c.sliding_window <= 0 && c.head_dim % 8 == 0 && p.attn_mask.dim() == 4 && p.cos.is_contiguous() &&
+         p.sin.is_contiguous() && p.cos.scalar_type() == at::kFloat;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+// A decoding step without hooks, layer by layer on raw rows: the same loops and kernels as
+// run_layer's step path (so the same numbers, bit for bit), with one buffer for the step's
+// intermediates instead of some eighty ATen calls a layer (views, allocations, dispatch), which
+// on a 135M model cost as much as a fifth of a step. A layer that does not fit (a norm or cache
+// not float32) runs through run_layer; a product without a fused kernel, through linear().
+at::Tensor Model::fused_step(const Pass& p) const {
+  const ModelConfig& c = cfg_;
+  const int64_t B = p.B, D = c.hidden_size, H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim;
+  const int64_t I = c.intermediate_size, past = p.past, S = past + 1, half = p.cos.size(-1);
+  const float scale = static_cast<float>(
+      1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : static_cast<double>(hd)));
+  at::Tensor x = embed(p).contiguous();
+  std::vector<float> buf(static_cast<size_t>(B * (D + 2 * H * hd + 2 * KV * hd + D + 3 * I + D)));
+  float* h = buf.data();
+  float *q = h + B * D, *qr = q + B * H * hd, *k = qr + B * H * hd, *v = k + B * KV * hd;
+  float *a = v + B * KV * hd, *g = a + B * H * hd, *u = g + B * I, *post = u + B * I, *o = post + B * I;
+  const float* cp = p.cos.data_ptr<float>();
+  const float* sp = p.sin.data_ptr<float>();
+  const bool* mp = p.attn_mask.data_ptr<bool>();
+  const int64_t mask_b = p.attn_mask.stride(0), mask_s = p.attn_mask.stride(3);
+
+  // y [B, rows] = in Wᵀ (+ bias) for each of `which`, together where every one has a fused kernel
+  auto products = [&](const Layer& L, std::initializer_list<int> which, const float* in_p, int64_t cols,
+                      std::initializer_list<float*> outs, int64_t l) {
+    quant::detail::StepInput in;
+    in.x = in_p, in.n = B, in.cols = cols;
+    quant::detail::RowJob jobs[3];
+    quant::detail::RowJob* ptrs[3];
+    size_t n = 0;
+    auto y = outs.begin();
+    for (int w : which) {
+      if (!step_job(L, w, in, *y, &jobs[n])) break;
+      ptrs[n] = &jobs[n];
+      ++n, ++y;
+    }
+    if (n == which.size()) {
+      quant::detail::run_row_jobs(ptrs, n);
+    } else {  // the usual way, one product at a time
+      const at::Tensor xt = at::from_blob(const_cast<float*>(in_p), {B, 1, cols}, x.options());
+      y = outs.begin();
+      for (int w : which) {
+        const at::Tensor r = linear(L, w, xt, l, {}).to(at::kFloat).contiguous();
+        std::memcpy(*y++, r.data_ptr<float>(), static_cast<size_t>(r.numel()) * sizeof(float));
+      }
+      return;
+    }
+    y = outs.begin();
+    for (int w : which) {
+      const at::Tensor& b = L.q[w] ? L.q[w]->bias() : L.b[w];
+      if (b.defined()) {
+        const at::Tensor bf = b.to(at::kFloat).contiguous();
+        const float* bp = bf.data_ptr<float>();
+        const int64_t rows = bf.numel();
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t i = 0; i < rows; ++i) (*y)[r * rows + i] += bp[i];
+      }
+      ++y;
+    }
+  };
+  auto fits = [&](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const Layer& L = layers_[l];
+    at::Tensor& ck = p.cache->k[l];
+    at::Tensor& cv = p.cache->v[l];
+    if (!(fits(L.attn_norm) && fits(L.ffn_norm) && ck.scalar_type() == at::kFloat && cv.scalar_type() == at::kFloat &&
+          ck.strides() == cv.strides() && ck.stride(3) == 1)) {
+      x = run_layer(l, x, p).contiguous();
+      continue;
+    }
+    float* xp = x.data_ptr<float>();
+    rms_norm_raw(xp, B, D, L.attn_norm.data_ptr<float>(), c.rms_norm_eps, h);
+    products(L, {kQ, kK, kV}, h, D, {q, k, v}, l);
+    rope_step_raw(q, k, v, cp, sp, B, H, KV, hd, half, c.rope_layout, qr, ck, cv, past);
+    const int64_t ks[3] = {ck.stride(0), ck.stride(1), ck.stride(2)};
+#ifdef QINTERP_X86_AVX2
+    decode_attention(qr, ck.data_ptr<float>(), cv.data_ptr<float>(), mp, mask_b, mask_s, B, H, KV, S, hd, ks, scale,
+                     a);
+#endif
+    products(L, {kO}, a, H * hd, {o}, l);
+    for (int64_t i = 0; i < B * D; ++i) xp[i] = xp[i] + o[i];
+    rms_norm_raw(xp, B, D, L.ffn_norm.data_ptr<float>(), c.rms_norm_eps, h);
+    products(L, {kGate, kUp}, h, D, {g, u}, l);
+    gated_act_raw(g, u, B * I, c.activation, post);
+    products(L, {kDown}, post, I, {o}, l);
+    for (int64_t i = 0; i < B * D; ++i) xp[i] = xp[i] + o[i];
+  }
+  return x;
 }
 
 at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, const LinearObserver& obs,
@@ -823,6 +957,7 @@ at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
 
 at::Tensor Model::forward(const at::Tensor& ids, const at::Tensor& mask, const Hooks* hooks, KVCache* cache) const {
   const Pass p = begin(ids, mask, hooks, cache);
+  if (fused_step_ok(p)) return finish(fused_step(p), p);
   at::Tensor x = embed(p);
   for (int64_t l = 0; l < cfg_.num_layers; ++l) x = run_layer(l, x, p);
   return finish(x, p);

@@ -131,16 +131,19 @@ __attribute__((target("avx2,fma"))) inline void decode32(const uint8_t* p, const
 // lane even codes, high lane odd), element s % 4 of the lane's quarter.
 inline int fourbit_slot_order(int s) { return 2 * (4 * (s / 8) + s % 4) + (s % 8) / 4; }
 
+// n floats (n % 32 == 0) with each run of 32 in decode32's order.
+void permute_x32(const float* src, int64_t n, float* dst) {
+  int order[32];
+  for (int s = 0; s < 32; ++s) order[s] = fourbit_slot_order(s);
+  for (int64_t i = 0; i < n; i += 32)
+    for (int s = 0; s < 32; ++s) dst[i + s] = src[i + order[s]];
+}
+
 // x [.., cols] float32 with each run of 32 columns in decode32's order (cols % 32 == 0).
 at::Tensor permute_x32(const at::Tensor& x) {
   const at::Tensor xs = x.contiguous();
   at::Tensor out = at::empty(xs.sizes(), xs.options());
-  const float* src = xs.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  int order[32];
-  for (int s = 0; s < 32; ++s) order[s] = fourbit_slot_order(s);
-  for (int64_t i = 0, n = xs.numel(); i < n; i += 32)
-    for (int s = 0; s < 32; ++s) dst[i + s] = src[i + order[s]];
+  permute_x32(xs.data_ptr<float>(), xs.numel(), out.data_ptr<float>());
   return out;
 }
 
@@ -571,22 +574,26 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
 
 namespace detail {
 
-bool fourbit_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job) {
+bool fourbit_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* job) {
 #ifdef QINTERP_X86_AVX2
   if ((w.spec.method != Method::NF4 && w.spec.method != Method::FP4) || w.shape.size() != 2 || !cpu_has_fma() ||
-      !x.is_cpu() || x.scalar_type() != at::kFloat || !w.data.is_cpu() || x.dim() == 0 || x.size(-1) != w.shape[1] ||
-      x.numel() / w.shape[1] > 4)
+      !w.data.is_cpu() || x.cols != w.shape[1] || x.n < 1 || x.n > 4)
     return false;
   const int64_t rows = w.shape[0], cols = w.shape[1];
   if (w.spec.decode_q8) {  // the same choice as gemv_4bit
     if (cols % w.spec.block != 0 || !parts_contiguous(w)) return false;
-    *job = q8_row_job(x, rows, cols, fourbit_q8_kernel(w));
+    *job = q8_row_job(x, rows, y, fourbit_q8_kernel(w));
     return true;
   }
   if (!exact_blocked_fits(w)) return false;
-  *job = row_job(permute_x32(x), rows, cols, fourbit_exact_kernel(w));
+  if (x.perm32.empty()) {
+    x.perm32.resize(static_cast<size_t>(x.n * cols));
+    permute_x32(x.x, x.n * cols, x.perm32.data());
+  }
+  *job = row_job(x, x.perm32.data(), rows, y, fourbit_exact_kernel(w));
   return true;
 #else
+  (void)x, (void)w, (void)y, (void)job;
   return false;
 #endif
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -103,12 +104,25 @@ void with_input_rows(int64_t nx, F&& f) {
   }
 }
 
+struct Q8Input;  // gemv_q8.hpp
+
+// A decoding step's input rows x [n, cols] (n <= 4, float32, contiguous), shared by the products
+// that read them (q/k/v, gate/up): each form a kernel wants is made once, on first use -- x in the
+// exact 4-bit decoder's column order (perm32), x as int8 runs for decode=q8 (q8). The caller keeps
+// x and this object alive until the jobs made from it have run.
+struct StepInput {
+  const float* x = nullptr;
+  int64_t n = 0, cols = 0;
+  std::vector<float> perm32;
+  std::shared_ptr<Q8Input> q8;
+};
+
 // y = x Wᵀ for a decoding step's few rows, prepared and not yet run: run(r0, r1) writes the output
-// rows [r0, r1) of y [n, rows] (n <= 4), and the closure holds what it reads. A layer's products of
-// one input (q/k/v, gate/up) run together in one parallel region (run_row_jobs): one wake-up and
-// one barrier of the threads instead of one per weight.
+// rows [r0, r1) of y [n, rows] (the caller's buffer), and the closure holds what it reads. A
+// layer's products of one input (q/k/v, gate/up) run together in one parallel region
+// (run_row_jobs): one wake-up and one barrier of the threads instead of one per weight.
 struct RowJob {
-  at::Tensor y;
+  float* y = nullptr;
   int64_t rows = 0;
   std::function<void(int64_t, int64_t)> run;
 };
@@ -146,25 +160,21 @@ at::Tensor gemv_rows(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& r
   return y.view(shape);
 }
 
-// gemv_rows as a job, for x with at most four rows; the kernel is kept by value.
+// gemv_rows as a job on in.x (or on `xp`, a form of it such as perm32); the kernel is kept by value.
 template <class Kernel>
-RowJob row_job(const at::Tensor& x, int64_t rows, int64_t cols, Kernel kernel) {
-  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
+RowJob row_job(const StepInput& in, const float* xp, int64_t rows, float* y, Kernel kernel) {
   RowJob j;
   j.rows = rows;
-  j.y = at::empty({xs.size(0), rows}, xs.options());
-  const float* xp = xs.data_ptr<float>();
-  float* yp = j.y.data_ptr<float>();
-  j.run = [xs, xp, nx = xs.size(0), yp, kernel](int64_t r0, int64_t r1) { kernel(r0, r1, xp, nx, yp); };
+  j.y = y;
+  j.run = [xp, nx = in.n, y, kernel](int64_t r0, int64_t r1) { kernel(r0, r1, xp, nx, y); };
   return j;
 }
 #endif
 
-// The prepared products of a decoding step (x: at most four rows, float32 on the CPU, no
-// gradient); false where the weight has no fused CPU kernel for x (the caller then goes the usual
-// way). The job's y has no bias.
-bool fourbit_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job);
-bool grouped_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job);
-bool dense_row_job(const at::Tensor& x, const at::Tensor& w, RowJob* job);
+// The prepared products of a decoding step (StepInput; y [n, rows] without bias); false where the
+// weight has no fused CPU kernel (the caller then goes the usual way) or does not fit x.
+bool fourbit_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* job);
+bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* job);
+bool dense_row_job(StepInput& x, const at::Tensor& w, float* y, RowJob* job);
 
 }  // namespace qinterp::quant::detail

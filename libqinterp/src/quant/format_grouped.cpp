@@ -277,18 +277,18 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
 
 namespace detail {
 
-bool grouped_row_job(const at::Tensor& x, const QuantizedTensor& w, RowJob* job) {
+bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* job) {
 #ifdef QINTERP_X86_AVX2
   if ((w.spec.method != Method::RTN && w.spec.method != Method::GPTQ) || w.shape.size() != 2 || !cpu_has_fma() ||
-      !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0 || x.size(-1) != w.shape[1] ||
-      x.numel() / w.shape[1] > 4)
+      x.cols != w.shape[1] || x.n < 1 || x.n > 4)
     return false;
   switch (grouped_path(w)) {
-    case GroupedPath::Q8: *job = q8_row_job(x, w.shape[0], w.shape[1], grouped_q8_kernel(w)); return true;
-    case GroupedPath::Exact: *job = row_job(x, w.shape[0], w.shape[1], grouped_exact_kernel(w)); return true;
+    case GroupedPath::Q8: *job = q8_row_job(x, w.shape[0], y, grouped_q8_kernel(w)); return true;
+    case GroupedPath::Exact: *job = row_job(x, x.x, w.shape[0], y, grouped_exact_kernel(w)); return true;
     default: return false;
   }
 #else
+  (void)x, (void)w, (void)y, (void)job;
   return false;
 #endif
 }

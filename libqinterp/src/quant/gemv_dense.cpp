@@ -154,16 +154,16 @@ at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w) {
 
 namespace detail {
 
-bool dense_row_job(const at::Tensor& x, const at::Tensor& w, RowJob* job) {
+bool dense_row_job(StepInput& x, const at::Tensor& w, float* y, RowJob* job) {
 #ifdef QINTERP_X86_AVX2
-  if (!w.defined() || w.dim() != 2 || !x.defined() || x.dim() == 0 || x.size(-1) != w.size(1) || !x.is_cpu() ||
-      !w.is_cpu() || x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || !w.is_contiguous() ||
-      !cpu_has_fma() || x.numel() / std::max<int64_t>(w.size(1), 1) > 4 ||
-      (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())))
+  if (!w.defined() || w.dim() != 2 || x.cols != w.size(1) || x.n < 1 || x.n > 4 || !w.is_cpu() ||
+      w.scalar_type() != at::kFloat || !w.is_contiguous() || !cpu_has_fma() ||
+      (at::GradMode::is_enabled() && w.requires_grad()))
     return false;
-  *job = row_job(x, w.size(0), w.size(1), dense_kernel(w));
+  *job = row_job(x, x.x, w.size(0), y, dense_kernel(w));
   return true;
 #else
+  (void)x, (void)w, (void)y, (void)job;
   return false;
 #endif
 }

@@ -179,17 +179,19 @@ at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& row
 #endif
 
 #ifdef QINTERP_X86_AVX2
-// gemv_q8 as a job (format_common.hpp), for x with at most four rows; the kernel is kept by value.
+// gemv_q8 as a job on a StepInput, whose int8 form is made on first use and shared by the jobs of
+// the same input; the kernel is kept by value.
 template <class Kernel>
-RowJob q8_row_job(const at::Tensor& x, int64_t rows, int64_t cols, Kernel kernel) {
-  const at::Tensor xs = x.reshape({-1, cols}).contiguous();
-  auto in = std::make_shared<Q8Input>();
-  q8_quantize_avx2(xs.data_ptr<float>(), xs.size(0), cols, *in);
+RowJob q8_row_job(StepInput& in, int64_t rows, float* y, Kernel kernel) {
+  if (!in.q8) {
+    in.q8 = std::make_shared<Q8Input>();
+    q8_quantize_avx2(in.x, in.n, in.cols, *in.q8);
+  }
   RowJob j;
   j.rows = rows;
-  j.y = at::empty({xs.size(0), rows}, xs.options());
-  j.run = [in, nx = xs.size(0), yp = j.y.data_ptr<float>(), kernel](int64_t r0, int64_t r1) {
-    kernel(r0, r1, in->q.data(), in->a.data(), in->d.data(), in->s.data(), nx, yp);
+  j.y = y;
+  j.run = [q = in.q8.get(), nx = in.n, y, kernel](int64_t r0, int64_t r1) {
+    kernel(r0, r1, q->q.data(), q->a.data(), q->d.data(), q->s.data(), nx, y);
   };
   return j;
 }

@@ -29,6 +29,11 @@
 #include "qinterp/quant/quantize.hpp"
 #include "qinterp/quant/spec.hpp"
 
+namespace qinterp::quant::detail {
+struct StepInput;  // src/quant/format_common.hpp
+struct RowJob;
+}  // namespace qinterp::quant::detail
+
 namespace qinterp::model {
 
 // Keys and values of past positions, one pair per layer, so generation feeds one token per step.
@@ -156,6 +161,12 @@ class Model {
   // (bias added); false, with nothing computed, where one of them has no fused CPU kernel for x.
   bool together(const Layer& L, std::initializer_list<int> which, const at::Tensor& x, int64_t l,
                 const LinearObserver& obs, at::Tensor* out) const;
+  // The fused product of one linear for a decoding step's rows (quant::detail, internal).
+  bool step_job(const Layer& L, int which, quant::detail::StepInput& in, float* y, quant::detail::RowJob* job) const;
+  // A decoding step with no hooks (one new position per row, float32 on the CPU, no gradient, a
+  // Llama-like block): fused_step runs its layers on raw rows, giving the residual stream finish() takes.
+  bool fused_step_ok(const Pass& p) const;
+  at::Tensor fused_step(const Pass& p) const;
   at::Tensor* role_tensor(Role r, int64_t layer);  // the member holding a role (weights.hpp)
   ModelConfig cfg_;
   quant::QuantSpec quant_;

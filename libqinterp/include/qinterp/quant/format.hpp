@@ -14,7 +14,8 @@
 namespace qinterp::quant {
 
 namespace detail {
-struct RowJob;  // src/quant/format_common.hpp
+struct RowJob;     // src/quant/format_common.hpp
+struct StepInput;  // src/quant/format_common.hpp
 }
 
 struct Format {
@@ -32,9 +33,9 @@ struct Format {
   // the format's fused matrix-vector product where it has one.
   at::Tensor (*linear)(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias);
   // For a decoding step (x: at most four rows, float32 on the CPU, no gradient): the fused product
-  // prepared, not run, so that several weights of one input share a parallel region; false (or
-  // null) where the format has no fused CPU kernel for x. Internal to the library.
-  bool (*row_job)(const at::Tensor& x, const QuantizedTensor& w, detail::RowJob* job);
+  // into y prepared, not run, so that several weights of one input share a parallel region and its
+  // prepared forms; false (or null) where the format has no fused CPU kernel for x. Internal.
+  bool (*row_job)(detail::StepInput& x, const QuantizedTensor& w, float* y, detail::RowJob* job);
 };
 
 // Every quantized format, in the order of Method: nf4, fp4, int8, rtn, gptq.
