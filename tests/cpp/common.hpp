@@ -24,6 +24,11 @@ inline std::string smollm2_gguf() {
   return std::string(QINTERP_MODELS_DIR) + "/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
+inline std::string gemma3_gguf() {
+  if (const char* e = std::getenv("QINTERP_MODELS")) return std::string(e) + "/gemma-3-270m-q4_k_m.gguf";
+  return std::string(QINTERP_MODELS_DIR) + "/gemma-3-270m-q4_k_m.gguf";
+}
+
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});

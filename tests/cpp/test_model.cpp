@@ -380,6 +380,18 @@ TEST(SmolLM2, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
   expect_fused_steps_equal_hooked_steps(*load_model(qt::smollm2_gguf()), 49152, "fp32");
 }
 
+TEST(Gemma3, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
+  // Gemma's block: (1 + w) norms, q/k norms (eight head rows for two sequences), sandwich norms,
+  // sliding and global layers with their own rotary tables and masks, GELU-tanh.
+  at::manual_seed(14);
+  const auto m = load_model(qt::gemma3_gguf());
+  ASSERT_TRUE(m->config().qk_norm && m->config().sandwich_norms && !m->config().layer_types.empty());
+  expect_fused_steps_equal_hooked_steps(*m, 262144, "fp32");
+  LoadOptions lo;
+  lo.quant = "nf4:compute=fp32";
+  expect_fused_steps_equal_hooked_steps(*load_model(qt::gemma3_gguf(), lo), 262144, "nf4");
+}
+
 TEST(SmolLM2, DecodingReadsTheLmHeadFromItsExactQ8Blocks) {
   // Its GGUF stores the (tied) head as Q8_0: the exact blocks are found and decoding uses them
   // (the steps above are checked with them); without them the steps are the same within rounding.

@@ -32,23 +32,27 @@ bool decode_rows(const at::Tensor& x) {
          x.numel() / x.size(-1) <= 4 && !(at::GradMode::is_enabled() && x.requires_grad());
 }
 
-// w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's LlamaRMSNorm in float32, row by row: n rows of D.
-void rms_norm_raw(const float* xp, int64_t n, int64_t D, const float* wp, double eps, float* o) {
+// Row by row in float32 (n rows of D): w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's
+// LlamaRMSNorm, or with one_plus (x * rsqrt(mean(x^2) + eps)) * (1 + w), Gemma's.
+void rms_norm_raw(const float* xp, int64_t n, int64_t D, const float* wp, double eps, bool one_plus, float* o) {
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = xp + r * D;
     double ss = 0.0;
     for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(xr[i]) * xr[i];
     const float var = static_cast<float>(ss / static_cast<double>(D));
     const float inv = 1.0f / std::sqrt(var + static_cast<float>(eps));
-    for (int64_t i = 0; i < D; ++i) o[r * D + i] = wp[i] * (xr[i] * inv);
+    if (one_plus)
+      for (int64_t i = 0; i < D; ++i) o[r * D + i] = (xr[i] * inv) * (1.0f + wp[i]);
+    else
+      for (int64_t i = 0; i < D; ++i) o[r * D + i] = wp[i] * (xr[i] * inv);
   }
 }
 
-at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps) {
+at::Tensor rms_norm_rows(const at::Tensor& x_in, const at::Tensor& w, double eps, bool one_plus) {
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t D = x.size(-1);
-  rms_norm_raw(x.data_ptr<float>(), x.numel() / D, D, w.data_ptr<float>(), eps, out.data_ptr<float>());
+  rms_norm_raw(x.data_ptr<float>(), x.numel() / D, D, w.data_ptr<float>(), eps, one_plus, out.data_ptr<float>());
   return out;
 }
 
@@ -653,9 +657,10 @@ at::Tensor Model::embed(const Pass& p) const {
 
 at::Tensor Model::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
   if (cfg_.norm == NormKind::LayerNorm) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.rms_norm_eps);
-  if (cfg_.norm == NormKind::RMSOnePlus) return rms_norm_one_plus(x, w, cfg_.rms_norm_eps);
-  if (decode_rows(x) && w.scalar_type() == at::kFloat && w.is_contiguous()) return rms_norm_rows(x, w, cfg_.rms_norm_eps);
-  return rms_norm(x, w, cfg_.rms_norm_eps);
+  const bool one_plus = cfg_.norm == NormKind::RMSOnePlus;
+  if (decode_rows(x) && w.scalar_type() == at::kFloat && w.is_contiguous())
+    return rms_norm_rows(x, w, cfg_.rms_norm_eps, one_plus);
+  return one_plus ? rms_norm_one_plus(x, w, cfg_.rms_norm_eps) : rms_norm(x, w, cfg_.rms_norm_eps);
 }
 
 at::Tensor Model::linear(const Layer& L, int which, const at::Tensor& x, int64_t l, const LinearObserver& obs) const {
@@ -719,12 +724,13 @@ bool Model::fused_step_ok(const Pass& p) const {
           return false;
     }
   }
-  return p.cache && p.T == 1 && p.B <= 4 && !p.hooks && embed_.is_cpu() &&
-         embed_.scalar_type() == at::kFloat && quant::detail::cpu_has_fma() && c.norm == NormKind::RMS &&
-         !c.qk_norm && !c.sandwich_norms && !c.parallel_block && c.gated_mlp &&
-         (c.activation == Activation::SiLU || c.activation == Activation::GeluTanh) && c.layer_types.empty() &&
-         c.sliding_window <= 0 && c.head_dim % 8 == 0 && p.attn_mask.dim() == 4 && p.cos.is_contiguous() &&
-         p.sin.is_contiguous() && p.cos.scalar_type() == at::kFloat;
+  auto rows_of = [](const at::Tensor& t) { return !t.defined() || (t.is_contiguous() && t.dim() == 4); };
+  return p.cache && p.T == 1 && p.B <= 4 && !p.hooks && embed_.is_cpu() && embed_.scalar_type() == at::kFloat &&
+         quant::detail::cpu_has_fma() && (c.norm == NormKind::RMS || c.norm == NormKind::RMSOnePlus) &&
+         !c.parallel_block && c.gated_mlp && (c.activation == Activation::SiLU || c.activation == Activation::GeluTanh) &&
+         c.head_dim % 8 == 0 && p.attn_mask.dim() == 4 && (!p.attn_mask_local.defined() || p.attn_mask_local.dim() == 4) &&
+         rows_of(p.cos) && rows_of(p.sin) && rows_of(p.cos_local) && rows_of(p.sin_local) &&
+         p.cos.scalar_type() == at::kFloat;
 #else
   (void)p;
   return false;
@@ -739,18 +745,16 @@ bool Model::fused_step_ok(const Pass& p) const {
 at::Tensor Model::fused_step(const Pass& p) const {
   const ModelConfig& c = cfg_;
   const int64_t B = p.B, D = c.hidden_size, H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim;
-  const int64_t I = c.intermediate_size, past = p.past, S = past + 1, half = p.cos.size(-1);
+  const int64_t I = c.intermediate_size, past = p.past, S = past + 1;
   const float scale = static_cast<float>(
       1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : static_cast<double>(hd)));
   at::Tensor x = embed(p).contiguous();
-  std::vector<float> buf(static_cast<size_t>(B * (D + 2 * H * hd + 2 * KV * hd + D + 3 * I + D)));
+  // h [B, D], q, qr [B, H * hd], k, v [B, KV * hd], a [B, H * hd], gate, up, post [B, I], o [B, D]
+  std::vector<float> buf(static_cast<size_t>(B * (D + 3 * H * hd + 2 * KV * hd + 3 * I + D)));
   float* h = buf.data();
   float *q = h + B * D, *qr = q + B * H * hd, *k = qr + B * H * hd, *v = k + B * KV * hd;
   float *a = v + B * KV * hd, *g = a + B * H * hd, *u = g + B * I, *post = u + B * I, *o = post + B * I;
-  const float* cp = p.cos.data_ptr<float>();
-  const float* sp = p.sin.data_ptr<float>();
-  const bool* mp = p.attn_mask.data_ptr<bool>();
-  const int64_t mask_b = p.attn_mask.stride(0), mask_s = p.attn_mask.stride(3);
+  const bool one_plus = c.norm == NormKind::RMSOnePlus;
 
   // y [B, rows] = in Wᵀ (+ bias) for each of `which`, together where every one has a fused kernel
   auto products = [&](const Layer& L, std::initializer_list<int> which, const float* in_p, int64_t cols,
@@ -791,31 +795,47 @@ at::Tensor Model::fused_step(const Pass& p) const {
     }
   };
   auto fits = [&](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  auto norm_rows = [&](const float* in, int64_t n, int64_t d, const at::Tensor& w, float* out) {
+    rms_norm_raw(in, n, d, w.data_ptr<float>(), c.rms_norm_eps, one_plus, out);
+  };
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& L = layers_[l];
     at::Tensor& ck = p.cache->k[l];
     at::Tensor& cv = p.cache->v[l];
-    if (!(fits(L.attn_norm) && fits(L.ffn_norm) && ck.scalar_type() == at::kFloat && cv.scalar_type() == at::kFloat &&
-          ck.strides() == cv.strides() && ck.stride(3) == 1)) {
+    if (!(fits(L.attn_norm) && fits(L.ffn_norm) && (!c.qk_norm || (fits(L.q_norm) && fits(L.k_norm))) &&
+          (!c.sandwich_norms || (fits(L.post_attn_norm) && fits(L.post_ffn_norm))) && ck.scalar_type() == at::kFloat &&
+          cv.scalar_type() == at::kFloat && ck.strides() == cv.strides() && ck.stride(3) == 1)) {
       x = run_layer(l, x, p).contiguous();
       continue;
     }
+    // the rotary tables and the mask of this layer's kind (Gemma 3: sliding or global)
+    const bool local = !c.layer_types.empty() && c.layer_types[static_cast<size_t>(l)] == 's';
+    const at::Tensor& cos = local && p.cos_local.defined() ? p.cos_local : p.cos;
+    const at::Tensor& sin = local && p.sin_local.defined() ? p.sin_local : p.sin;
+    const at::Tensor& mask = local && p.attn_mask_local.defined() ? p.attn_mask_local : p.attn_mask;
     float* xp = x.data_ptr<float>();
-    rms_norm_raw(xp, B, D, L.attn_norm.data_ptr<float>(), c.rms_norm_eps, h);
+    norm_rows(xp, B, D, L.attn_norm, h);
     products(L, {kQ, kK, kV}, h, D, {q, k, v}, l);
-    rope_step_raw(q, k, v, cp, sp, B, H, KV, hd, half, c.rope_layout, qr, ck, cv, past);
+    if (c.qk_norm) {  // in place, row by row: each row is read before it is written
+      norm_rows(q, B * H, hd, L.q_norm, q);
+      norm_rows(k, B * KV, hd, L.k_norm, k);
+    }
+    rope_step_raw(q, k, v, cos.data_ptr<float>(), sin.data_ptr<float>(), B, H, KV, hd, cos.size(-1), c.rope_layout, qr,
+                  ck, cv, past);
     const int64_t ks[3] = {ck.stride(0), ck.stride(1), ck.stride(2)};
 #ifdef QINTERP_X86_AVX2
-    decode_attention(qr, ck.data_ptr<float>(), cv.data_ptr<float>(), mp, mask_b, mask_s, B, H, KV, S, hd, ks, scale,
-                     a);
+    decode_attention(qr, ck.data_ptr<float>(), cv.data_ptr<float>(), mask.data_ptr<bool>(), mask.stride(0),
+                     mask.stride(3), B, H, KV, S, hd, ks, scale, a);
 #endif
     products(L, {kO}, a, H * hd, {o}, l);
+    if (c.sandwich_norms) norm_rows(o, B, D, L.post_attn_norm, o);
     for (int64_t i = 0; i < B * D; ++i) xp[i] = xp[i] + o[i];
-    rms_norm_raw(xp, B, D, L.ffn_norm.data_ptr<float>(), c.rms_norm_eps, h);
+    norm_rows(xp, B, D, L.ffn_norm, h);
     products(L, {kGate, kUp}, h, D, {g, u}, l);
     gated_act_raw(g, u, B * I, c.activation, post);
     products(L, {kDown}, post, I, {o}, l);
+    if (c.sandwich_norms) norm_rows(o, B, D, L.post_ffn_norm, o);
     for (int64_t i = 0; i < B * D; ++i) xp[i] = xp[i] + o[i];
   }
   return x;
@@ -851,9 +871,15 @@ at::Tensor Model::run_layer(int64_t l, const at::Tensor& x_in, const Pass& p, co
   at::Tensor q = hook(hn(HookPoint::AttnQ), qmask, qkv[0].view({B, Tq, H, hd}));
   at::Tensor k = hook(hn(HookPoint::AttnK), p.mask, qkv[1].view({B, T, KV, hd}));
   at::Tensor v = hook(hn(HookPoint::AttnV), p.mask, qkv[2].view({B, T, KV, hd})).transpose(1, 2);
-  if (cfg_.qk_norm) {
-    q = norm(q, L.q_norm, {});
-    k = norm(k, L.k_norm, {});
+  if (cfg_.qk_norm) {  // per head; a decoding step's heads as rows (B * heads of them), like fused_step
+    auto head_norm = [&](const at::Tensor& t, const at::Tensor& w) {
+      if (t.size(1) == 1 && t.size(0) <= 4 && t.is_cpu() && t.scalar_type() == at::kFloat &&
+          !(at::GradMode::is_enabled() && t.requires_grad()) && w.scalar_type() == at::kFloat && w.is_contiguous())
+        return rms_norm_rows(t, w, cfg_.rms_norm_eps, cfg_.norm == NormKind::RMSOnePlus);
+      return norm(t, w, {});
+    };
+    q = head_norm(q, L.q_norm);
+    k = head_norm(k, L.k_norm);
   }
   // A decoding step (one new position per row, few rows, float32 on the CPU, no gradient).
   const bool step = p.cache && Tq == 1 && B <= 4 && q.is_cpu() && q.scalar_type() == at::kFloat &&
