@@ -24,10 +24,12 @@ inline std::string smollm2_gguf() {
   return std::string(QINTERP_MODELS_DIR) + "/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
-inline std::string gemma3_gguf() {
-  if (const char* e = std::getenv("QINTERP_MODELS")) return std::string(e) + "/gemma-3-270m-q4_k_m.gguf";
-  return std::string(QINTERP_MODELS_DIR) + "/gemma-3-270m-q4_k_m.gguf";
+inline std::string models_dir() {
+  if (const char* e = std::getenv("QINTERP_MODELS")) return e;
+  return QINTERP_MODELS_DIR;
 }
+inline std::string gemma3_gguf() { return models_dir() + "/gemma-3-270m-q4_k_m.gguf"; }
+inline std::string qwen25_gguf() { return models_dir() + "/qwen2.5-coder-0.5b-instruct.gguf"; }
 
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -380,6 +380,14 @@ TEST(SmolLM2, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
   expect_fused_steps_equal_hooked_steps(*load_model(qt::smollm2_gguf()), 49152, "fp32");
 }
 
+TEST(Qwen25, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
+  // q/k/v biases, added to the fused products' rows
+  at::manual_seed(15);
+  const auto m = load_model(qt::qwen25_gguf());
+  ASSERT_TRUE(m->config().qkv_bias);
+  expect_fused_steps_equal_hooked_steps(*m, 151936, "fp32");
+}
+
 TEST(Gemma3, FusedDecodingStepsEqualTheHookedStepPathBitForBit) {
   // Gemma's block: (1 + w) norms, q/k norms (eight head rows for two sequences), sandwich norms,
   // sliding and global layers with their own rotary tables and masks, GELU-tanh.
