@@ -122,7 +122,6 @@ struct StepInput {
 // layer's products of one input (q/k/v, gate/up) run together in one parallel region
 // (run_row_jobs): one wake-up and one barrier of the threads instead of one per weight.
 struct RowJob {
-  float* y = nullptr;
   int64_t rows = 0;
   std::function<void(int64_t, int64_t)> run;
 };
@@ -165,7 +164,6 @@ template <class Kernel>
 RowJob row_job(const StepInput& in, const float* xp, int64_t rows, float* y, Kernel kernel) {
   RowJob j;
   j.rows = rows;
-  j.y = y;
   j.run = [xp, nx = in.n, y, kernel](int64_t r0, int64_t r1) { kernel(r0, r1, xp, nx, y); };
   return j;
 }

@@ -189,7 +189,6 @@ RowJob q8_row_job(StepInput& in, int64_t rows, float* y, Kernel kernel) {
   }
   RowJob j;
   j.rows = rows;
-  j.y = y;
   j.run = [q = in.q8.get(), nx = in.n, y, kernel](int64_t r0, int64_t r1) {
     kernel(r0, r1, q->q.data(), q->a.data(), q->d.data(), q->s.data(), nx, y);
   };
