@@ -10,6 +10,7 @@
 //   - on a GPU, the same on CUDA against the CPU (skipped, saying so, without one).
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <map>
@@ -262,6 +263,40 @@ TEST(Formats, RowJobsTogetherEqualOneCallEach) {
   EXPECT_TRUE(quant::detail::dense_row_job(in2, ws[0], y, &job));
   EXPECT_FALSE(quant::detail::dense_row_job(in2, wg, y, &job));
   EXPECT_EQ(quant::format_of(Method::Int8).row_job, nullptr);
+}
+
+// The fused products' thread split (parallel_rows): every row in exactly one chunk, chunks in
+// range and non-empty, whatever the thread count; and a product split over threads that take
+// chunks as they finish equals the same product on one thread, bit for bit.
+TEST(Formats, ParallelRowsCoverEveryRowOnce) {
+#if defined(__x86_64__)
+  const int threads = at::get_num_threads();
+  for (int nt : {1, 2, 3, 5}) {
+    at::set_num_threads(nt);
+    for (int64_t total : {0, 1, 16, 32, 33, 100, 961, 10000}) {
+      std::vector<std::atomic<int>> seen(static_cast<size_t>(total));
+      for (auto& s : seen) s = 0;
+      std::atomic<int> bad{0};
+      quant::detail::parallel_rows(total, [&](int64_t b, int64_t e) {
+        if (b < 0 || e > total || b >= e) ++bad;
+        for (int64_t r = std::max<int64_t>(b, 0); r < std::min(e, total); ++r) ++seen[static_cast<size_t>(r)];
+      });
+      EXPECT_EQ(bad.load(), 0) << nt << " threads, " << total << " rows";
+      for (int64_t r = 0; r < total; ++r)
+        ASSERT_EQ(seen[static_cast<size_t>(r)].load(), 1) << nt << " threads, " << total << " rows, row " << r;
+    }
+  }
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({1000, 256}), x = at::randn({2, 256});
+  const quant::QuantizedTensor q = make(w, quant::parse_quant_spec("gptq4:group=64"));
+  at::set_num_threads(1);
+  const at::Tensor one = quant::format_of(Method::GPTQ).linear(x, q, {});
+  at::set_num_threads(std::max(2, threads));
+  EXPECT_TRUE(at::equal(one, quant::format_of(Method::GPTQ).linear(x, q, {})));
+  at::set_num_threads(threads);
+#else
+  GTEST_SKIP() << "the fused CPU kernels are x86-64 only";
+#endif
 }
 
 TEST_P(Formats, CudaMatchesCpu) {

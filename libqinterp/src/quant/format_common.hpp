@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -126,12 +127,30 @@ struct RowJob {
   std::function<void(int64_t, int64_t)> run;
 };
 
+// f(r0, r1) over the rows [0, total) on the threads: each thread takes the next chunk of rows
+// when it finishes its last (about eight chunks a thread), so that a thread the machine slows down
+// does less of the product instead of the others waiting for it at the region's end. Each row is
+// computed as a static split would compute it: the results do not depend on who took which rows.
+template <class F>
+void parallel_rows(int64_t total, F&& f) {
+  const int64_t nt = at::get_num_threads();
+  if (nt <= 1 || total <= 32 || at::in_parallel_region()) {
+    if (total > 0) f(0, total);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(16, ((total + nt * 8 - 1) / (nt * 8) + 15) & ~int64_t{15});
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {  // one call per thread
+    for (int64_t b; (b = next.fetch_add(chunk, std::memory_order_relaxed)) < total;) f(b, std::min(total, b + chunk));
+  });
+}
+
 // The jobs' rows laid end to end and split over the threads as gemv_rows splits one weight's.
 // Each output row is computed as its job alone would compute it.
 inline void run_row_jobs(RowJob* const* jobs, size_t n) {
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) total += jobs[i]->rows;
-  at::parallel_for(0, total, 16, [&](int64_t b, int64_t e) {
+  parallel_rows(total, [&](int64_t b, int64_t e) {
     int64_t off = 0;
     for (size_t i = 0; i < n; ++i) {
       const int64_t lo = std::max(b, off), hi = std::min(e, off + jobs[i]->rows);
@@ -152,7 +171,7 @@ at::Tensor gemv_rows(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& r
     const int64_t nx = std::min<int64_t>(4, xs.size(0) - k0);
     const float* xp = xs.data_ptr<float>() + k0 * cols;
     float* yp = y.data_ptr<float>() + k0 * rows;
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { rows_kernel(r0, r1, xp, nx, yp); });
+    parallel_rows(rows, [&](int64_t r0, int64_t r1) { rows_kernel(r0, r1, xp, nx, yp); });
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = rows;

@@ -118,7 +118,7 @@ at::Tensor int8_rows_cpu(const at::Tensor& a, const QuantizedTensor& w, const at
   }
   std::vector<int32_t> acc(static_cast<size_t>(n * rows));
   const int8_t* wp = w.data.data_ptr<int8_t>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+  parallel_rows(rows, [&](int64_t r0, int64_t r1) {
     for (int64_t k0 = 0; k0 < n; k0 += 4) {
       const int64_t nx = std::min<int64_t>(4, n - k0);
       const int8_t* qk = q.data() + k0 * cols;

@@ -167,7 +167,7 @@ at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& row
   for (int64_t k0 = 0; k0 < n; k0 += 4) {
     const int64_t nx = std::min<int64_t>(4, n - k0);
     float* yp = y.data_ptr<float>() + k0 * rows;
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    parallel_rows(rows, [&](int64_t r0, int64_t r1) {
       rows_kernel(r0, r1, in.q.data() + k0 * cols, in.a.data() + k0 * cols, in.d.data() + k0 * (cols / 32),
                   in.s.data() + k0 * (cols / 32), nx, yp);
     });
