@@ -271,6 +271,10 @@ TEST(Formats, RowJobsTogetherEqualOneCallEach) {
 TEST(Formats, ParallelRowsCoverEveryRowOnce) {
 #if defined(__x86_64__)
   const int threads = at::get_num_threads();
+  struct Restore {  // the thread count, even when an assertion returns early
+    int n;
+    ~Restore() { at::set_num_threads(n); }
+  } restore{threads};
   for (int nt : {1, 2, 3, 5}) {
     at::set_num_threads(nt);
     for (int64_t total : {0, 1, 16, 32, 33, 100, 961, 10000}) {
@@ -293,7 +297,6 @@ TEST(Formats, ParallelRowsCoverEveryRowOnce) {
   const at::Tensor one = quant::format_of(Method::GPTQ).linear(x, q, {});
   at::set_num_threads(std::max(2, threads));
   EXPECT_TRUE(at::equal(one, quant::format_of(Method::GPTQ).linear(x, q, {})));
-  at::set_num_threads(threads);
 #else
   GTEST_SKIP() << "the fused CPU kernels are x86-64 only";
 #endif
