@@ -146,6 +146,13 @@ TEST_P(Formats, DequantizeFollowsTheStatedLayout) {
   ASSERT_EQ(deq.sizes(), w.sizes());
   const at::Tensor ref = layout_decode(q);
   EXPECT_LE((deq - ref).abs().max().item<double>(), 1e-6 * ref.abs().max().item<double>()) << spec.str();
+  if (spec.method == Method::RTN || spec.method == Method::GPTQ) {  // the same float32 operations: the same bits
+    EXPECT_TRUE(at::equal(deq, ref)) << spec.str();
+    quant::QuantizedTensor bad = q;
+    bad.g_idx = q.g_idx.clone();
+    bad.g_idx[kCols - 1] = static_cast<int>(q.scale.size(1));
+    EXPECT_QERROR(quant::dequantize(bad, at::kFloat), "g_idx", "outside");
+  }
   const double err = rel_err(deq, w);
   EXPECT_LT(err, bound_of(GetParam())) << spec.str();
   EXPECT_GT(err, 0.0) << spec.str() << ": a lossy format returned the input exactly";

@@ -2,6 +2,7 @@
 // finds the codes): 2..8-bit codes per column group with a scale and zero per row and group; the
 // fused matrix-vector product and the format's entry points for format.hpp's table.
 #include <cmath>
+#include <cstring>
 
 #include "format_common.hpp"
 #include "formats.hpp"
@@ -299,7 +300,66 @@ bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* j
 
 QuantizedTensor rtn_quantize(const at::Tensor& x, const QuantSpec& spec) { return quantize_rtn(x, spec); }
 
+namespace {
+
+// grouped_dequantize on the CPU in one pass: scale * (code - zero) per weight, the same float32
+// operations as the tensor expression below (so the same bits), without its five full-size
+// temporaries (unpacked codes, codes as floats, the gathered zeros and scales, the difference).
+at::Tensor grouped_dequantize_cpu(const QuantizedTensor& q) {
+  const int64_t rows = q.shape[0], cols = q.shape[1], ng = q.scale.size(1);
+  const bool nibbles = q.spec.bits <= 4;
+  const at::Tensor data = q.data.contiguous(), scale = q.scale.contiguous(), zero = q.zero.contiguous(),
+                   gi = q.g_idx.contiguous();
+  const int64_t row_bytes = data.size(1);
+  const uint8_t* dp = data.data_ptr<uint8_t>();
+  const float *sp = scale.data_ptr<float>(), *zp = zero.data_ptr<float>();
+  const int32_t* gp = gi.data_ptr<int32_t>();
+  if (data.dim() != 2 || data.size(0) != rows || row_bytes < (nibbles ? (cols + 1) / 2 : cols))
+    fail("dequantize ", q.spec.str(), ": packed codes of shape ", data.sizes(), " do not hold a [", rows, ", ", cols,
+         "] weight");
+  for (int64_t c = 0; c < cols; ++c)
+    if (gp[c] < 0 || gp[c] >= ng) fail("dequantize ", q.spec.str(), ": g_idx holds a group outside [0, ", ng, ")");
+  // Natural groups (no act-order) have one scale and zero per run of columns: a loop the compiler
+  // vectorises. Codes go through a byte -> (high, low) float pair table.
+  const int64_t group = q.spec.group > 0 ? q.spec.group : cols;
+  bool natural = true;
+  for (int64_t c = 0; c < cols && natural; ++c) natural = gp[c] == c / group;
+  float pairs[256][2];
+  for (int b = 0; b < 256; ++b) pairs[b][0] = static_cast<float>(b >> 4), pairs[b][1] = static_cast<float>(b & 15);
+  at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> code(static_cast<size_t>(cols + 1));
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = dp + r * row_bytes;
+      if (nibbles) {
+        for (int64_t i = 0; i < (cols + 1) / 2; ++i) std::memcpy(&code[2 * i], pairs[row[i]], sizeof(pairs[0]));
+      } else {
+        for (int64_t c = 0; c < cols; ++c) code[c] = static_cast<float>(row[c]);
+      }
+      const float *sr = sp + r * ng, *zr = zp + r * ng, *cp = code.data();
+      float* o = op + r * cols;
+      if (natural) {
+        for (int64_t c0 = 0, g = 0; c0 < cols; c0 += group, ++g) {
+          const float sg = sr[g], zg = zr[g];
+          const int64_t c1 = std::min(cols, c0 + group);
+          for (int64_t c = c0; c < c1; ++c) o[c] = sg * (cp[c] - zg);
+        }
+      } else {
+        for (int64_t c = 0; c < cols; ++c) o[c] = sr[gp[c]] * (cp[c] - zr[gp[c]]);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
 at::Tensor grouped_dequantize(const QuantizedTensor& q, at::ScalarType dtype) {
+  if (q.data.is_cpu() && q.data.scalar_type() == at::kByte && q.scale.dim() == 2 &&
+      q.scale.scalar_type() == at::kFloat && q.zero.scalar_type() == at::kFloat && q.zero.sizes() == q.scale.sizes() &&
+      q.g_idx.scalar_type() == at::kInt && q.g_idx.numel() == q.shape[1] && q.scale.size(0) == q.shape[0])
+    return grouped_dequantize_cpu(q).to(dtype);
   const at::Tensor codes = unpack_codes(q.data, q.spec.bits, q.shape[1]).to(at::kFloat);
   const at::Tensor gi = q.g_idx.to(at::kLong);
   return (q.scale.index_select(1, gi) * (codes - q.zero.index_select(1, gi))).to(dtype);
