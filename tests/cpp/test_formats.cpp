@@ -187,13 +187,20 @@ TEST_P(Formats, LinearEqualsTheDequantizedProductWithItsGradient) {
   const at::Tensor deq = quant::dequantize(q, at::kFloat);
   at::manual_seed(9);
   const at::Tensor bias = at::randn({kRows});
-  for (int64_t rows : {1, 3, 4, 5, 9}) {  // the fused path serves up to 4 rows
+  // The fused path serves up to 4 rows, and on the CPU in float32 up to kFusedRowsPackedCpu (32) for
+  // the 4-bit and grouped formats, four rows a pass; more rows dequantize and multiply.
+  for (int64_t rows : {1, 3, 4, 5, 9, 32, 33}) {
     const at::Tensor x = at::randn({rows, kCols});
     const at::Tensor y = f.linear(x, q, bias), ref = at::linear(x, deq, bias);
     ASSERT_EQ(y.sizes(), ref.sizes());
     // LLM.int8() also rounds x to int8 per row: its own tolerance
     const double tol = spec.method == Method::Int8 ? 0.03 : 1e-5;
     EXPECT_LT(rel_err(y, ref), tol) << spec.str() << " with " << rows << " rows";
+    if (spec.method != Method::Int8 && rows <= quant::detail::kFusedRowsPackedCpu) {
+      const at::Tensor fused = spec.method == Method::NF4 || spec.method == Method::FP4 ? quant::gemv_4bit(x, q)
+                                                                                       : quant::gemv_grouped(x, q);
+      EXPECT_TRUE(at::equal(f.linear(x, q, {}), fused)) << spec.str() << " with " << rows << " rows";
+    }
   }
   const at::Tensor x = at::randn({2, kCols}).requires_grad_(true);
   f.linear(x, q, {}).sum().backward();

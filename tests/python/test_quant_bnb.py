@@ -103,14 +103,15 @@ def test_int8_activations_and_layer_output(outliers):
 
 @pytest.mark.parametrize("outliers", [False, True])
 def test_int8_decoding_step_on_the_cpu_is_the_general_path_bit_for_bit(outliers):
-    # <= 4 float32 rows take the fused CPU path (x quantized in C++, AVX2 int32 dot products);
-    # its value must be the general path's, written out here with the same torch operations.
+    # <= 32 float32 rows take the fused CPU path (x quantized in C++, AVX2 int32 dot products, four
+    # rows a pass); its value must be the general path's (33 rows), written out here with the same
+    # torch operations.
     g = torch.Generator().manual_seed(12)
     w = torch.randn(70, 200, generator=g) * 0.05  # 200 columns: six 32-byte steps and a tail of 8
     bias = torch.randn(70, generator=g) * 0.1
     qt = Q.quantize(w, "int8:threshold=6.0,compute=fp32")
     wq, scale = qt.parts()["qdata"], qt.parts()["scale"]
-    for n in [1, 2, 3, 4]:
+    for n in [1, 2, 3, 4, 5, 9, 32, 33]:
         x = (torch.randn(n, 200, generator=g) * 2).clamp(-5.9, 5.9)
         if outliers:
             x[0, 17] = 40.0  # an outlier in one row: for n > 1 its column leaves every row's int8 part

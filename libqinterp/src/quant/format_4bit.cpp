@@ -641,8 +641,10 @@ void fourbit_check(const QuantizedTensor& q, const std::string& where) {
 }
 
 at::Tensor fourbit_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias) {
-  // Few rows (decoding): the fused matrix-vector product, on CUDA or on a CPU in fp32.
-  if ((x.is_cuda() || x.scalar_type() == at::kFloat) && few_rows_no_grad(x, w.shape[1])) {
+  // Few rows (decoding, a short prompt on the CPU): the fused matrix-vector product, on CUDA or on a
+  // CPU in fp32.
+  if ((x.is_cuda() && few_rows_no_grad(x, w.shape[1])) ||
+      (x.is_cpu() && x.scalar_type() == at::kFloat && few_rows_no_grad(x, w.shape[1], kFusedRowsPackedCpu))) {
     at::Tensor y = gemv_4bit(x, w);
     return bias.defined() ? y + bias : y;
   }

@@ -69,9 +69,16 @@ inline void check_gemv_input(const char* fn, const at::Tensor& x, const Quantize
     fail(fn, ": input with ", x.dim() ? x.size(-1) : 0, " features does not fit the weight");
 }
 
-// Whether x [.., in] is a decoding step the fused products serve: a few rows, no gradient.
-inline bool few_rows_no_grad(const at::Tensor& x, int64_t in) {
-  return !(at::GradMode::is_enabled() && x.requires_grad()) && x.numel() / std::max<int64_t>(in, 1) <= 4;
+// How many input rows the fused products take. A decoding step has one row a sequence (kFewRows
+// covers a small batch, and the CUDA kernels). On the CPU in float32 they also take a short
+// prompt, four rows a pass over the weight: dequantize-then-matmul writes a float32 copy of the
+// weight and MKL packs it again, which costs more than the extra passes up to about 20 rows of
+// float32 weights and 40-60 rows of 4-bit ones (Qwen2.5-0.5B's prefill, docs/performance.md).
+inline constexpr int64_t kFewRows = 4, kFusedRowsDenseCpu = 16, kFusedRowsPackedCpu = 32;
+
+// Whether x [.., in] is a decoding step the fused products serve: at most max_rows rows, no gradient.
+inline bool few_rows_no_grad(const at::Tensor& x, int64_t in, int64_t max_rows = kFewRows) {
+  return !(at::GradMode::is_enabled() && x.requires_grad()) && x.numel() / std::max<int64_t>(in, 1) <= max_rows;
 }
 
 #ifdef QINTERP_X86_AVX2
@@ -167,12 +174,15 @@ template <class Kernel>
 at::Tensor gemv_rows(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& rows_kernel) {
   const at::Tensor xs = x.reshape({-1, cols}).contiguous();
   at::Tensor y = at::empty({xs.size(0), rows}, xs.options());
-  for (int64_t k0 = 0; k0 < xs.size(0); k0 += 4) {
-    const int64_t nx = std::min<int64_t>(4, xs.size(0) - k0);
-    const float* xp = xs.data_ptr<float>() + k0 * cols;
-    float* yp = y.data_ptr<float>() + k0 * rows;
-    parallel_rows(rows, [&](int64_t r0, int64_t r1) { rows_kernel(r0, r1, xp, nx, yp); });
-  }
+  // Each thread's rows of the weight against every input row, four at a time: one parallel region,
+  // and a chunk of the weight is read from memory once for all of them.
+  const int64_t n = xs.size(0);
+  const float* x0 = xs.data_ptr<float>();
+  float* y0 = y.data_ptr<float>();
+  parallel_rows(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t k0 = 0; k0 < n; k0 += 4)
+      rows_kernel(r0, r1, x0 + k0 * cols, std::min<int64_t>(4, n - k0), y0 + k0 * rows);
+  });
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = rows;
   return y.view(shape);

@@ -378,7 +378,7 @@ void grouped_check(const QuantizedTensor& q, const std::string& where) {
 }
 
 at::Tensor grouped_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias) {
-  if (x.is_cpu() && x.scalar_type() == at::kFloat && few_rows_no_grad(x, w.shape[1])) {
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && few_rows_no_grad(x, w.shape[1], kFusedRowsPackedCpu)) {
     at::Tensor y = gemv_grouped(x, w);
     return bias.defined() ? y + bias : y;
   }

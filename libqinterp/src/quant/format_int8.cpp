@@ -153,8 +153,9 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_f;
 #ifdef QINTERP_X86_AVX2
-  // A decoding step: a few float32 rows on the CPU, weights contiguous.
-  if (a.is_cpu() && w.data.is_cpu() && a.scalar_type() == at::kFloat && a.size(0) <= 4 && w.data.is_contiguous() &&
+  // A decoding step or a short prompt: a few float32 rows on the CPU, weights contiguous.
+  if (a.is_cpu() && w.data.is_cpu() && a.scalar_type() == at::kFloat && a.size(0) <= kFusedRowsPackedCpu &&
+      w.data.is_contiguous() &&
       w.scale.is_contiguous() && (!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous())) &&
       cpu_has_avx2()) {
     const at::Tensor ac = a.contiguous();

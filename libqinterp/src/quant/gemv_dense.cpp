@@ -172,7 +172,7 @@ bool dense_row_job(StepInput& x, const at::Tensor& w, float* y, RowJob* job) {
 
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   if (x.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && w.dim() == 2 &&
-      few_rows_no_grad(x, w.size(1)) && !(at::GradMode::is_enabled() && w.requires_grad())) {
+      few_rows_no_grad(x, w.size(1), kFusedRowsDenseCpu) && !(at::GradMode::is_enabled() && w.requires_grad())) {
     at::Tensor y = gemv_dense(x, w);
     return bias.defined() ? y + bias : y;
   }

@@ -164,14 +164,12 @@ at::Tensor gemv_q8(const at::Tensor& x, int64_t rows, int64_t cols, Kernel&& row
   Q8Input in;
   q8_quantize_avx2(xs.data_ptr<float>(), n, cols, in);
   at::Tensor y = at::empty({n, rows}, xs.options());
-  for (int64_t k0 = 0; k0 < n; k0 += 4) {
-    const int64_t nx = std::min<int64_t>(4, n - k0);
-    float* yp = y.data_ptr<float>() + k0 * rows;
-    parallel_rows(rows, [&](int64_t r0, int64_t r1) {
+  float* y0 = y.data_ptr<float>();
+  parallel_rows(rows, [&](int64_t r0, int64_t r1) {  // as gemv_rows: one region, every input row
+    for (int64_t k0 = 0; k0 < n; k0 += 4)
       rows_kernel(r0, r1, in.q.data() + k0 * cols, in.a.data() + k0 * cols, in.d.data() + k0 * (cols / 32),
-                  in.s.data() + k0 * (cols / 32), nx, yp);
-    });
-  }
+                  in.s.data() + k0 * (cols / 32), std::min<int64_t>(4, n - k0), y0 + k0 * rows);
+  });
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = rows;
   return y.view(shape);
