@@ -966,7 +966,7 @@ at::Tensor Model::finish(const at::Tensor& x_in, const Pass& p) const {
   if (head_q8_.fresh_for(lm_head_) && x.is_cpu() && x.scalar_type() == at::kFloat &&
       quant::detail::few_rows_no_grad(x, x.size(-1), quant::detail::kFusedRowsDenseCpu) &&
       !(at::GradMode::is_enabled() && lm_head_.requires_grad())) {
-    logits = quant::gemv_q8_blocks(x, head_q8_);  // a decoding step
+    logits = quant::gemv_q8_blocks(x, head_q8_);  // a decoding step or a short prompt
     if (lm_head_b_.defined()) logits = logits + lm_head_b_;
   } else {
     logits = dense(x, lm_head_, lm_head_b_).to(at::kFloat);

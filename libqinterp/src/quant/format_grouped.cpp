@@ -184,6 +184,17 @@ QuantizedTensor quantize_rtn(const at::Tensor& x, const QuantSpec& spec) {
 
 namespace {
 
+// Whether g_idx puts column c in group c / group (no act-order permutation). A running group number
+// rather than a division per column: a decoding step checks it for every product.
+bool natural_groups(const int32_t* gi, int64_t cols, int64_t group) {
+  int64_t gc = 0, next = group;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (c == next) ++gc, next += group;
+    if (gi[c] != gc) return false;
+  }
+  return true;
+}
+
 #ifdef QINTERP_X86_AVX2
 // decode=q8's row kernel (gemv_q8's signature) for nibble codes in natural groups of whole runs of
 // 32, holding what it reads.
@@ -244,16 +255,9 @@ GroupedPath grouped_path(const QuantizedTensor& w) {
   const bool nibbles = w.spec.bits <= 4;
   // Columns in their natural groups only (act-order permutes them: dequantize + matmul then).
   // Checked in a plain loop: a decoding step should run no ATen op it does not need.
-  bool natural = w.g_idx.defined() && w.g_idx.numel() == cols && w.g_idx.is_cpu() &&
-                 w.g_idx.scalar_type() == at::kInt && w.g_idx.is_contiguous();
-  if (natural) {  // a running group number rather than a division per column
-    const int32_t* gi = w.g_idx.data_ptr<int32_t>();
-    int64_t gc = 0, next = group;
-    for (int64_t c = 0; c < cols && natural; ++c) {
-      if (c == next) ++gc, next += group;
-      natural = gi[c] == gc;
-    }
-  }
+  const bool natural = w.g_idx.defined() && w.g_idx.numel() == cols && w.g_idx.is_cpu() &&
+                       w.g_idx.scalar_type() == at::kInt && w.g_idx.is_contiguous() &&
+                       natural_groups(w.g_idx.data_ptr<int32_t>(), cols, group);
   if (!w.data.device().is_cpu() || !natural) return GroupedPath::None;
   if (w.spec.decode_q8 && nibbles && cols % 32 == 0 && group % 32 == 0) return GroupedPath::Q8;
 #ifdef QINTERP_X86_AVX2
@@ -308,22 +312,21 @@ namespace {
 at::Tensor grouped_dequantize_cpu(const QuantizedTensor& q) {
   const int64_t rows = q.shape[0], cols = q.shape[1], ng = q.scale.size(1);
   const bool nibbles = q.spec.bits <= 4;
+  if (q.data.dim() != 2 || q.data.size(0) != rows || q.data.size(1) < (nibbles ? (cols + 1) / 2 : cols))
+    fail("dequantize ", q.spec.str(), ": packed codes of shape ", q.data.sizes(), " do not hold a [", rows, ", ", cols,
+         "] weight");
   const at::Tensor data = q.data.contiguous(), scale = q.scale.contiguous(), zero = q.zero.contiguous(),
                    gi = q.g_idx.contiguous();
   const int64_t row_bytes = data.size(1);
   const uint8_t* dp = data.data_ptr<uint8_t>();
   const float *sp = scale.data_ptr<float>(), *zp = zero.data_ptr<float>();
   const int32_t* gp = gi.data_ptr<int32_t>();
-  if (data.dim() != 2 || data.size(0) != rows || row_bytes < (nibbles ? (cols + 1) / 2 : cols))
-    fail("dequantize ", q.spec.str(), ": packed codes of shape ", data.sizes(), " do not hold a [", rows, ", ", cols,
-         "] weight");
   for (int64_t c = 0; c < cols; ++c)
     if (gp[c] < 0 || gp[c] >= ng) fail("dequantize ", q.spec.str(), ": g_idx holds a group outside [0, ", ng, ")");
   // Natural groups (no act-order) have one scale and zero per run of columns: a loop the compiler
   // vectorises. Codes go through a byte -> (high, low) float pair table.
   const int64_t group = q.spec.group > 0 ? q.spec.group : cols;
-  bool natural = true;
-  for (int64_t c = 0; c < cols && natural; ++c) natural = gp[c] == c / group;
+  const bool natural = natural_groups(gp, cols, group);
   float pairs[256][2];
   for (int b = 0; b < 256; ++b) pairs[b][0] = static_cast<float>(b >> 4), pairs[b][1] = static_cast<float>(b & 15);
   at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
