@@ -221,7 +221,8 @@ TEST(Formats, RowJobsTogetherEqualOneCallEach) {
   constexpr int64_t kIn = 256;
   const std::vector<std::string> specs = {"nf4", "fp4:double_quant=0", "nf4:decode=q8", "rtn4:group=64",
                                           "rtn4:group=64,decode=q8", "rtn3:group=32,sym=0", "rtn8:group=128",
-                                          "gptq4:group=32", "gptq4:group=64,decode=q8"};
+                                          "gptq4:group=32", "gptq4:group=64,decode=q8", "gptq4:group=128",
+                                          "rtn2:group=0,sym=0"};
   at::manual_seed(11);
   const std::vector<at::Tensor> ws = {at::randn({37, kIn}), at::randn({13, kIn}), at::randn({50, kIn})};
   auto input = [](const at::Tensor& x) {

@@ -235,12 +235,15 @@ def test_fused_4bit_gemv_decodes_double_quantized_absmax_bit_for_bit():
 
 
 @pytest.mark.parametrize("bits", [4, 3, 2])
-def test_grouped_gemv_nibble_decoding_equals_the_byte_path_bit_for_bit(bits):
-    # Nibble codes are decoded by shifts and 2^23 arithmetic (integer zeros) or by unpack-and-convert
-    # (any other zero); bytes always convert. With the same codes, scales and zeros stored both ways,
-    # every path sums in the same order, so the outputs must be identical bits.
+def test_grouped_gemv_nibble_kernels_against_the_byte_path(bits):
+    # Nibble codes take one of two kernels. Groups of a multiple of 64 columns (or one group a row)
+    # take the 64-code kernel, which sums code * x and subtracts zero * sum(x) once per group: within
+    # float32 rounding of the product. Other groups take the first kernel, which decodes by shifts and
+    # 2^23 arithmetic (integer zeros) or by unpack-and-convert (any other zero) and sums in the byte
+    # path's order: identical bits. So does the 64-code kernel's fallback, taken when x holds a value
+    # that its prepared form cannot scale exactly (0 < |x| < 2^-114).
     g = torch.Generator().manual_seed(bits)
-    for rows, cols, group in [(40, 576, 128), (9, 256, 32), (5, 200, 64)]:
+    for rows, cols, group in [(40, 576, 128), (9, 256, 32), (5, 200, 64), (3, 100, 0)]:
         w = torch.randn(rows, cols, generator=g)
         q4 = qinterp.quant.quantize(w, f"rtn{bits}:group={group}")
         q8 = qinterp.quant.quantize(w, f"rtn8:group={group}")
@@ -255,13 +258,19 @@ def test_grouped_gemv_nibble_decoding_equals_the_byte_path_bit_for_bit(bits):
             if zero_shift:
                 p4["zero"].add_(zero_shift)
                 p8["zero"].add_(zero_shift)
+            deq = qinterp.quant.dequantize(q4).double()
             for n in [1, 2, 4]:
                 x = torch.randn(n, cols, generator=g)
                 y4, y8 = qinterp.quant.gemv_grouped(x, q4), qinterp.quant.gemv_grouped(x, q8)
-                assert torch.equal(y4, y8), (bits, rows, cols, zero_shift, n, (y4 - y8).abs().max())
-                ref = x.double() @ qinterp.quant.dequantize(q4).double().T
-                bound = 2e-6 * (x.double().abs() @ qinterp.quant.dequantize(q4).double().abs().T) + 1e-30
-                assert ((y4.double() - ref).abs() <= bound).all()
+                ref = x.double() @ deq.T
+                bound = 2e-6 * (x.double().abs() @ deq.abs().T) + 1e-30
+                for y in (y4, y8):
+                    assert ((y.double() - ref).abs() <= bound).all(), (bits, rows, cols, zero_shift, n)
+                if group % 64:
+                    assert torch.equal(y4, y8), (bits, rows, cols, zero_shift, n, (y4 - y8).abs().max())
+                else:
+                    x[:, 3] = 1e-36  # the fallback: the first kernel
+                    assert torch.equal(qinterp.quant.gemv_grouped(x, q4), qinterp.quant.gemv_grouped(x, q8))
 
 
 @pytest.mark.parametrize("rows,cols", [(7, 130), (33, 256), (5, 2), (64, 1000), (3, 129), (1, 17)])

@@ -116,12 +116,15 @@ struct Q8Input;  // gemv_q8.hpp
 
 // A decoding step's input rows x [n, cols] (n <= 4, float32, contiguous), shared by the products
 // that read them (q/k/v, gate/up): each form a kernel wants is made once, on first use -- x in the
-// exact 4-bit decoder's column order (perm32), x as int8 runs for decode=q8 (q8). The caller keeps
+// exact 4-bit decoder's column order (perm32), x as int8 runs for decode=q8 (q8), x and its block
+// sums for the grouped 64-code kernel (nib64; state 1 made, -1 x cannot take it). The caller keeps
 // x and this object alive until the jobs made from it have run.
 struct StepInput {
   const float* x = nullptr;
   int64_t n = 0, cols = 0;
   std::vector<float> perm32;
+  std::vector<float> nib64, nib64_sums;
+  int nib64_state = 0;
   std::shared_ptr<Q8Input> q8;
 };
 
