@@ -42,13 +42,18 @@ def main():
     print(f"[{a.rows}, {a.cols}] x one row, {a.threads} threads, {n} weights rotated")
     print(f"{'kernel':28s} {'us/call':>9s} {'Gweights/s':>11s} {'vs torch fp32':>14s}")
     print(f"{'torch fp32 (at::linear)':28s} {base:9.1f} {a.rows * a.cols / base / 1e3:11.2f} {1.0:13.2f}x")
-    rows = [("qinterp fp32 (gemv_dense)", Q.gemv_dense, dense)]
+    rows = [("qinterp fp32 (gemv_dense)", Q.gemv_dense, dense, x)]
     for spec, fn in [("nf4", Q.gemv_4bit), ("nf4:decode=q8", Q.gemv_4bit), ("fp4", Q.gemv_4bit),
                      ("rtn4", Q.gemv_grouped), ("rtn4:decode=q8", Q.gemv_grouped), ("rtn8", Q.gemv_grouped),
                      ("rtn3", Q.gemv_grouped), ("rtn3:decode=q8", Q.gemv_grouped)]:
-        rows.append((f"qinterp {spec}", fn, [Q.quantize(w, spec) for w in dense]))
-    for name, fn, ws in rows:
-        us = per_call_us(fn, ws, x, a.repeat)
+        rows.append((f"qinterp {spec}", fn, [Q.quantize(w, spec) for w in dense], x))
+    # RTN/GPTQ nibbles in groups of 64k columns take the 64-code kernel; an x holding a value it cannot
+    # scale exactly (0 < |x| < 2^-114) takes the first kernel on the same weights: the A/B of the two
+    x_first = x.clone()
+    x_first[0, 1] = 1e-36
+    rows.append(("qinterp rtn4, first kernel", Q.gemv_grouped, rows[4][2], x_first))
+    for name, fn, ws, xx in rows:
+        us = per_call_us(fn, ws, xx, a.repeat)
         print(f"{name:28s} {us:9.1f} {a.rows * a.cols / us / 1e3:11.2f} {base / us:13.2f}x", flush=True)
 
 

@@ -117,8 +117,8 @@ struct Q8Input;  // gemv_q8.hpp
 // A decoding step's input rows x [n, cols] (n <= 4, float32, contiguous), shared by the products
 // that read them (q/k/v, gate/up): each form a kernel wants is made once, on first use -- x in the
 // exact 4-bit decoder's column order (perm32), x as int8 runs for decode=q8 (q8), x and its block
-// sums for the grouped 64-code kernel (nib64; state 1 made, -1 x cannot take it). The caller keeps
-// x and this object alive until the jobs made from it have run.
+// sums for the grouped 64-code kernel (nib64, one row only; state 1 made, -1 x cannot take it).
+// The caller keeps x and this object alive until the jobs made from it have run.
 struct StepInput {
   const float* x = nullptr;
   int64_t n = 0, cols = 0;

@@ -105,96 +105,89 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
 }
 
 
-// The 64-code kernel for nibble codes whose groups are whole runs of 64 columns (group % 64 == 0,
-// or one group a row). It sums code * x and subtracts zero * sum(x) once per group:
-//   y[k, r] = sum_g scale[r, g] * (sum_{c in g} code[r, c] * x[k, c] - zero[r, g] * sum_{c in g} x[k, c]),
+// The 64-code kernel, for one input row (a decoding step) and nibble codes whose groups are whole
+// runs of 64 columns (group % 64 == 0, or one group a row). It sums code * x and subtracts
+// zero * sum(x) once per group:
+//   y[r] = sum_g scale[r, g] * (sum_{c in g} code[r, c] * x[c] - zero[r, g] * sum_{c in g} x[c]),
 // the same product as above regrouped, so it agrees within float32 rounding rather than bit for bit.
 // 32 bytes of codes are one load; each of the eight nibble positions is masked in place (no shift)
 // and converted, so a code arrives as code * 16^q for q = position & 3 (the upper half of each lane
 // is shifted down once). x comes prepared to match (prepare_nib64): reordered to the lanes' order and
 // scaled by 16^-q, which is exact, so every product is exactly code * x. Per eight weights an AND, a
-// convert and an FMA, against a broadcast, a variable shift, an AND, an OR, a subtraction and an FMA:
-// 1.4-1.6x the kernel above in a standalone loop (Zen 3, in cache and from DRAM).
+// convert and an FMA, against a broadcast, a variable shift, an AND, an OR, a subtraction and an FMA
+// above: 1.3x the kernel above on one row. With several input rows both are bound by the FMAs (one
+// per weight and row), and the kernel above is as fast or faster (0.75-1.0x this one's time), so
+// it keeps those.
 constexpr int64_t kNib64 = 64;
 
-// x [n, cols] into the kernel's form: for each whole block b of 64 columns,
+// One row x [cols] into the kernel's form: for each whole block b of 64 columns,
 //   xp[64b + 8p + m] = x[64b + 8m + (p ^ 1)] * 16^-(p & 3)   (lane m, nibble position p; high nibble first)
 //   xs[8b + m] = sum_{j < 8} x[64b + 8m + j]                   (lane m's share of the block's sum)
-// per input row (xp rows of cols floats, xs rows of cols / 64 * 8); columns after the last whole
-// block are copied as they are. False where a scaled value would be subnormal and so not exact
-// (some 0 < |x| < 2^-114): the caller then takes the kernel above.
-bool prepare_nib64(const float* x, int64_t n, int64_t cols, float* xp, float* xs) {
+// and the columns after the last whole block copied as they are. False where a scaled value would
+// be subnormal and so not exact (some 0 < |x| < 2^-114): the caller then takes the kernel above.
+bool prepare_nib64(const float* x, int64_t cols, float* xp, float* xs) {
   static constexpr float kScale[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f};
   const int64_t nb = cols / kNib64;
   bool exact = true;
-  for (int64_t k = 0; k < n; ++k) {
-    const float* xr = x + k * cols;
-    float *pr = xp + k * cols, *sr = xs + k * nb * 8;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = xr + b * kNib64;
-      float* pb = pr + b * kNib64;
-      for (int m = 0; m < 8; ++m) {
-        float sum = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-          const float v = xb[8 * m + j], a = std::fabs(v);
-          exact &= !(a > 0.0f && a < 0x1p-114f);
-          sum += v;
-          pb[8 * (j ^ 1) + m] = v * kScale[j ^ 1];
-        }
-        sr[8 * b + m] = sum;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kNib64;
+    float* pb = xp + b * kNib64;
+    for (int m = 0; m < 8; ++m) {
+      float sum = 0.0f;
+      for (int j = 0; j < 8; ++j) {
+        const float v = xb[8 * m + j], a = std::fabs(v);
+        exact &= !(a > 0.0f && a < 0x1p-114f);
+        sum += v;
+        pb[8 * (j ^ 1) + m] = v * kScale[j ^ 1];
       }
+      xs[8 * b + m] = sum;
     }
-    for (int64_t c = nb * kNib64; c < cols; ++c) pr[c] = xr[c];
   }
+  for (int64_t c = nb * kNib64; c < cols; ++c) xp[c] = x[c];
   return exact;
 }
 
-template <int NX>
 __attribute__((target("avx2,fma"))) void gemv_grouped_nib64_rows(const uint8_t* d, int64_t row_bytes, const float* scale,
                                                                  const float* zero, int64_t ngroups, int64_t group,
-                                                                 int64_t r0, int64_t r1, int64_t rows, int64_t cols,
-                                                                 const float* xp, const float* xs, float* y) {
-  constexpr int CH = NX == 1 ? 4 : 2;  // independent sums per input row: enough FMAs in flight
-  const int64_t sstride = cols / kNib64 * 8;
+                                                                 int64_t r0, int64_t r1, int64_t cols, const float* xp,
+                                                                 const float* xs, float* y) {
   const __m256i m0 = _mm256_set1_epi32(0xF), m1 = _mm256_set1_epi32(0xF0), m2 = _mm256_set1_epi32(0xF00),
                 m3 = _mm256_set1_epi32(0xF000);
   for (int64_t r = r0; r < r1; ++r) {
-    __m256 acc[NX];
-    float tail[NX];
-    for (int k = 0; k < NX; ++k) acc[k] = _mm256_setzero_ps(), tail[k] = 0.0f;
+    __m256 acc = _mm256_setzero_ps();
+    float tail = 0.0f;
     const uint8_t* row = d + r * row_bytes;
     for (int64_t g = 0; g < ngroups; ++g) {
       const int64_t c0 = g * group, c1 = std::min(cols, c0 + group), cb = c0 + (c1 - c0) / kNib64 * kNib64;
-      __m256 s[NX][CH];
-      for (int k = 0; k < NX; ++k)
-        for (int i = 0; i < CH; ++i) s[k][i] = _mm256_setzero_ps();
+      // four sums (one per scale 16^q) so that four FMAs are in flight, and the block sums of x
+      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, xg = s0;
       for (int64_t c = c0; c < cb; c += kNib64) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
         const __m256i h = _mm256_srli_epi32(v, 16);
-        const __m256 w[8] = {_mm256_cvtepi32_ps(_mm256_and_si256(v, m0)), _mm256_cvtepi32_ps(_mm256_and_si256(v, m1)),
-                             _mm256_cvtepi32_ps(_mm256_and_si256(v, m2)), _mm256_cvtepi32_ps(_mm256_and_si256(v, m3)),
-                             _mm256_cvtepi32_ps(_mm256_and_si256(h, m0)), _mm256_cvtepi32_ps(_mm256_and_si256(h, m1)),
-                             _mm256_cvtepi32_ps(_mm256_and_si256(h, m2)), _mm256_cvtepi32_ps(_mm256_and_si256(h, m3))};
-        for (int p = 0; p < 8; ++p)
-          for (int k = 0; k < NX; ++k)
-            s[k][p % CH] = _mm256_fmadd_ps(w[p], _mm256_loadu_ps(xp + k * cols + c + 8 * p), s[k][p % CH]);
+        const float* xc = xp + c;
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m0)), _mm256_loadu_ps(xc), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m1)), _mm256_loadu_ps(xc + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m2)), _mm256_loadu_ps(xc + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m3)), _mm256_loadu_ps(xc + 24), s3);
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(h, m0)), _mm256_loadu_ps(xc + 32), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(h, m1)), _mm256_loadu_ps(xc + 40), s1);
+        s2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(h, m2)), _mm256_loadu_ps(xc + 48), s2);
+        s3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(h, m3)), _mm256_loadu_ps(xc + 56), s3);
+        xg = _mm256_add_ps(xg, _mm256_loadu_ps(xs + c / 8));
       }
       const float sc = scale[r * ngroups + g], ze = zero[r * ngroups + g];
-      for (int k = 0; k < NX; ++k) {
-        __m256 t = s[k][0];
-        for (int i = 1; i < CH; ++i) t = _mm256_add_ps(t, s[k][i]);
-        __m256 xg = _mm256_setzero_ps();
-        for (int64_t c = c0; c < cb; c += kNib64) xg = _mm256_add_ps(xg, _mm256_loadu_ps(xs + k * sstride + c / 8));
-        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(sc), _mm256_fnmadd_ps(_mm256_set1_ps(ze), xg, t), acc[k]);
+      const __m256 t = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(sc), _mm256_fnmadd_ps(_mm256_set1_ps(ze), xg, t), acc);
+      if (cb < c1) {  // the columns after the row's last whole block
         float ts = 0.0f;
         for (int64_t c = cb; c < c1; ++c) {
           const int code = (c & 1) ? (row[c >> 1] & 15) : (row[c >> 1] >> 4);
-          ts += (static_cast<float>(code) - ze) * xp[k * cols + c];
+          ts += (static_cast<float>(code) - ze) * xp[c];
         }
-        tail[k] += sc * ts;
+        tail += sc * ts;
       }
     }
-    for (int k = 0; k < NX; ++k) y[k * rows + r] = hsum_avx(acc[k]) + tail[k];
+    y[r] = hsum_avx(acc) + tail;
   }
 }
 
@@ -326,21 +319,18 @@ auto grouped_exact_kernel(const QuantizedTensor& w) {
   };
 }
 
-// The 64-code row kernel (gemv_rows' signature) on x prepared by prepare_nib64: xp0 and xs0 are
-// the prepared rows and sums from input row 0, and gemv_rows hands the kernel xp0 + k0 * cols.
-auto grouped_nib64_kernel(const QuantizedTensor& w, const float* xp0, const float* xs0) {
-  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
-  const int64_t ngroups = groups_of(w.spec, cols), sstride = cols / kNib64 * 8;
+// The 64-code kernel as gemv_rows' row kernel for one input row prepared by prepare_nib64 (xp, xs),
+// holding what it reads.
+auto grouped_nib64_kernel(const QuantizedTensor& w, const float* xs) {
+  const int64_t cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
+  const int64_t ngroups = groups_of(w.spec, cols);
   const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
   const uint8_t* d = data.data_ptr<uint8_t>();
   const int64_t row_bytes = data.size(1);
   const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
   return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-    (void)scale, (void)zero, (void)data;  // kept alive with the kernel
-    const float* xs = xs0 + (xp - xp0) / cols * sstride;
-    with_input_rows(nx, [&](auto n) {
-      gemv_grouped_nib64_rows<n()>(d, row_bytes, ps, pz, ngroups, group, r0, r1, rows, cols, xp, xs, yp);
-    });
+    (void)scale, (void)zero, (void)data, (void)nx;  // kept alive with the kernel; nx is 1
+    gemv_grouped_nib64_rows(d, row_bytes, ps, pz, ngroups, group, r0, r1, cols, xp, xs, yp);
   };
 }
 #endif
@@ -359,8 +349,8 @@ at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
   });
 }
 
-// Which CPU kernel gemv_grouped takes for float32 x on the CPU: Nib64 where it can (Exact where x
-// cannot be prepared for it), Exact for other groups and bytes.
+// Which CPU kernel gemv_grouped takes for float32 x on the CPU: Nib64 for one input row where it
+// can (Exact for several rows, or where x cannot be prepared for it), Exact for other groups and bytes.
 enum class GroupedPath { Q8, Nib64, Exact, None };
 
 // Whether the first kernel takes w's codes: bytes, or nibbles whose groups start on a byte.
@@ -396,15 +386,15 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   if (path == GroupedPath::Q8) return gemv_grouped_q8(x, w);
 #ifdef QINTERP_X86_AVX2
   const int64_t rows = w.shape[0], cols = w.shape[1];
-  if (path == GroupedPath::Nib64) {
+  if (path == GroupedPath::Nib64 && x.numel() == cols) {
     const at::Tensor xc = x.contiguous();
     at::Tensor xp = at::empty_like(xc);
-    std::vector<float> sums(static_cast<size_t>(xc.numel() / cols * (cols / kNib64) * 8));
-    if (prepare_nib64(xc.data_ptr<float>(), xc.numel() / cols, cols, xp.data_ptr<float>(), sums.data()))
-      return gemv_rows(xp, rows, cols, grouped_nib64_kernel(w, xp.data_ptr<float>(), sums.data()));
-    if (exact_kernel_fits(w)) return gemv_rows(x, rows, cols, grouped_exact_kernel(w));
+    std::vector<float> sums(static_cast<size_t>(cols / kNib64 * 8));
+    if (prepare_nib64(xc.data_ptr<float>(), cols, xp.data_ptr<float>(), sums.data()))
+      return gemv_rows(xp, rows, cols, grouped_nib64_kernel(w, sums.data()));
   }
-  if (path == GroupedPath::Exact) return gemv_rows(x, rows, cols, grouped_exact_kernel(w));
+  if (path == GroupedPath::Exact || (path == GroupedPath::Nib64 && exact_kernel_fits(w)))
+    return gemv_rows(x, rows, cols, grouped_exact_kernel(w));
 #endif
   return at::linear(x, dequantize(w, x.scalar_type()));
 }
@@ -419,13 +409,13 @@ bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* j
   switch (grouped_path(w)) {
     case GroupedPath::Q8: *job = q8_row_job(x, w.shape[0], y, grouped_q8_kernel(w)); return true;
     case GroupedPath::Nib64:
-      if (x.nib64_state == 0) {
-        x.nib64.resize(static_cast<size_t>(x.n * x.cols));
-        x.nib64_sums.resize(static_cast<size_t>(x.n * (x.cols / kNib64) * 8));
-        x.nib64_state = prepare_nib64(x.x, x.n, x.cols, x.nib64.data(), x.nib64_sums.data()) ? 1 : -1;
+      if (x.n == 1 && x.nib64_state == 0) {
+        x.nib64.resize(static_cast<size_t>(x.cols));
+        x.nib64_sums.resize(static_cast<size_t>(x.cols / kNib64 * 8));
+        x.nib64_state = prepare_nib64(x.x, x.cols, x.nib64.data(), x.nib64_sums.data()) ? 1 : -1;
       }
-      if (x.nib64_state > 0) {
-        *job = row_job(x, x.nib64.data(), w.shape[0], y, grouped_nib64_kernel(w, x.nib64.data(), x.nib64_sums.data()));
+      if (x.n == 1 && x.nib64_state > 0) {
+        *job = row_job(x, x.nib64.data(), w.shape[0], y, grouped_nib64_kernel(w, x.nib64_sums.data()));
         return true;
       }
       if (!exact_kernel_fits(w)) return false;
