@@ -104,7 +104,6 @@ __attribute__((target("avx2,fma"))) void gemv_grouped_rows_avx2(const uint8_t* d
   }
 }
 
-
 // The 64-code kernel, for one input row (a decoding step) and nibble codes whose groups are whole
 // runs of 64 columns (group % 64 == 0, or one group a row). It sums code * x and subtracts
 // zero * sum(x) once per group:
@@ -409,14 +408,16 @@ bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* j
   switch (grouped_path(w)) {
     case GroupedPath::Q8: *job = q8_row_job(x, w.shape[0], y, grouped_q8_kernel(w)); return true;
     case GroupedPath::Nib64:
-      if (x.n == 1 && x.nib64_state == 0) {
-        x.nib64.resize(static_cast<size_t>(x.cols));
-        x.nib64_sums.resize(static_cast<size_t>(x.cols / kNib64 * 8));
-        x.nib64_state = prepare_nib64(x.x, x.cols, x.nib64.data(), x.nib64_sums.data()) ? 1 : -1;
-      }
-      if (x.n == 1 && x.nib64_state > 0) {
-        *job = row_job(x, x.nib64.data(), w.shape[0], y, grouped_nib64_kernel(w, x.nib64_sums.data()));
-        return true;
+      if (x.n == 1) {
+        if (x.nib64_state == 0) {
+          x.nib64.resize(static_cast<size_t>(x.cols));
+          x.nib64_sums.resize(static_cast<size_t>(x.cols / kNib64 * 8));
+          x.nib64_state = prepare_nib64(x.x, x.cols, x.nib64.data(), x.nib64_sums.data()) ? 1 : -1;
+        }
+        if (x.nib64_state > 0) {
+          *job = row_job(x, x.nib64.data(), w.shape[0], y, grouped_nib64_kernel(w, x.nib64_sums.data()));
+          return true;
+        }
       }
       if (!exact_kernel_fits(w)) return false;
       *job = row_job(x, x.x, w.shape[0], y, grouped_exact_kernel(w));
