@@ -281,70 +281,59 @@ bool natural_groups(const int32_t* gi, int64_t cols, int64_t group) {
   return true;
 }
 
+// What the row kernels read of a grouped weight: its parts made contiguous and held for as long as
+// a kernel (which keeps a copy) lives, with the shape in the kernels' terms.
+struct GroupedView {
+  at::Tensor scale, zero, data;
+  const uint8_t* codes;
+  const float *ps, *pz;
+  int64_t rows, cols, group, ngroups, row_bytes;
+  explicit GroupedView(const QuantizedTensor& w)
+      : scale(w.scale.contiguous()), zero(w.zero.contiguous()), data(w.data.contiguous()),
+        codes(data.data_ptr<uint8_t>()), ps(scale.data_ptr<float>()), pz(zero.data_ptr<float>()),
+        rows(w.shape[0]), cols(w.shape[1]), group(w.spec.group > 0 ? w.spec.group : cols),
+        ngroups(groups_of(w.spec, cols)), row_bytes(data.size(1)) {}
+};
+
 #ifdef QINTERP_X86_AVX2
-// decode=q8's row kernel (gemv_q8's signature) for nibble codes in natural groups of whole runs of
-// 32, holding what it reads.
+// decode=q8's row kernel (gemv_q8's signature) for nibble codes in natural groups of whole runs of 32.
 auto grouped_q8_kernel(const QuantizedTensor& w) {
-  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
-  const int64_t ngroups = groups_of(w.spec, cols);
-  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
-  const uint8_t* p = data.data_ptr<uint8_t>();
-  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-  const int64_t row_bytes = data.size(1);
-  return [=](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d, const float* s, int64_t nx,
-             float* y) {
-    (void)scale, (void)zero, (void)data;  // kept alive with the kernel
+  return [v = GroupedView(w)](int64_t r0, int64_t r1, const int8_t* q, const uint8_t* a, const float* d,
+                              const float* s, int64_t nx, float* y) {
     with_input_rows(nx, [&](auto n) {
-      gemv_q8_rows<n(), false>(p, row_bytes, ps + r0 * ngroups, pz + r0 * ngroups, ngroups, group, nullptr, r0, r1, rows,
-                               cols, q, a, d, s, y);
+      gemv_q8_rows<n(), false>(v.codes, v.row_bytes, v.ps + r0 * v.ngroups, v.pz + r0 * v.ngroups, v.ngroups, v.group,
+                               nullptr, r0, r1, v.rows, v.cols, q, a, d, s, y);
     });
   };
 }
 
-// The exact row kernel (gemv_rows' signature) for codes in natural groups, holding what it reads.
+// The exact row kernel (gemv_rows' signature) for codes in natural groups.
 auto grouped_exact_kernel(const QuantizedTensor& w) {
-  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
-  const int64_t ngroups = groups_of(w.spec, cols);
-  const bool nibbles = w.spec.bits <= 4;
-  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
-  const uint8_t* d = data.data_ptr<uint8_t>();
-  const int64_t row_bytes = data.size(1);
-  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-  return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-    (void)scale, (void)zero, (void)data;  // kept alive with the kernel
+  return [v = GroupedView(w), nibbles = w.spec.bits <= 4](int64_t r0, int64_t r1, const float* xp, int64_t nx,
+                                                          float* yp) {
     with_input_rows(nx, [&](auto n) {
-      gemv_grouped_rows_avx2<n()>(d, row_bytes, nibbles, ps, pz, ngroups, group, r0, r1, rows, cols, xp, yp);
+      gemv_grouped_rows_avx2<n()>(v.codes, v.row_bytes, nibbles, v.ps, v.pz, v.ngroups, v.group, r0, r1, v.rows,
+                                  v.cols, xp, yp);
     });
   };
 }
 
-// The 64-code kernel as gemv_rows' row kernel for one input row prepared by prepare_nib64 (xp, xs),
-// holding what it reads.
+// The 64-code kernel as gemv_rows' row kernel for one input row prepared by prepare_nib64 (xp, xs).
 auto grouped_nib64_kernel(const QuantizedTensor& w, const float* xs) {
-  const int64_t cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
-  const int64_t ngroups = groups_of(w.spec, cols);
-  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
-  const uint8_t* d = data.data_ptr<uint8_t>();
-  const int64_t row_bytes = data.size(1);
-  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-  return [=](int64_t r0, int64_t r1, const float* xp, int64_t nx, float* yp) {
-    (void)scale, (void)zero, (void)data, (void)nx;  // kept alive with the kernel; nx is 1
-    gemv_grouped_nib64_rows(d, row_bytes, ps, pz, ngroups, group, r0, r1, cols, xp, xs, yp);
+  return [v = GroupedView(w), xs](int64_t r0, int64_t r1, const float* xp, int64_t, float* yp) {
+    gemv_grouped_nib64_rows(v.codes, v.row_bytes, v.ps, v.pz, v.ngroups, v.group, r0, r1, v.cols, xp, xs, yp);
   };
 }
 #endif
 
 // decode=q8 (gemv_q8.hpp) for nibble codes in natural groups of whole runs of 32.
 at::Tensor gemv_grouped_q8(const at::Tensor& x, const QuantizedTensor& w) {
-  const int64_t rows = w.shape[0], cols = w.shape[1], group = w.spec.group > 0 ? w.spec.group : cols;
 #ifdef QINTERP_X86_AVX2
-  if (cpu_has_fma()) return gemv_q8(x, rows, cols, grouped_q8_kernel(w));
+  if (cpu_has_fma()) return gemv_q8(x, w.shape[0], w.shape[1], grouped_q8_kernel(w));
 #endif
-  const at::Tensor scale = w.scale.contiguous(), zero = w.zero.contiguous(), data = w.data.contiguous();
-  const uint8_t* p = data.data_ptr<uint8_t>();
-  const float *ps = scale.data_ptr<float>(), *pz = zero.data_ptr<float>();
-  return gemv_q8_reference(x, rows, cols, [&](const int8_t* q, const float* d, float* y) {
-    ref::gemv_grouped_q8(p, ps, pz, rows, cols, group, q, d, y);
+  const GroupedView v(w);
+  return gemv_q8_reference(x, v.rows, v.cols, [&](const int8_t* q, const float* d, float* y) {
+    ref::gemv_grouped_q8(v.codes, v.ps, v.pz, v.rows, v.cols, v.group, q, d, y);
   });
 }
 

@@ -155,8 +155,8 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
 #ifdef QINTERP_X86_AVX2
   // A decoding step or a short prompt: a few float32 rows on the CPU, weights contiguous.
   if (a.is_cpu() && w.data.is_cpu() && a.scalar_type() == at::kFloat && a.size(0) <= kFusedRowsPackedCpu &&
-      w.data.is_contiguous() &&
-      w.scale.is_contiguous() && (!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous())) &&
+      w.data.is_contiguous() && w.scale.is_contiguous() &&
+      (!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous())) &&
       cpu_has_avx2()) {
     const at::Tensor ac = a.contiguous();
     std::vector<int64_t> outliers;
