@@ -49,6 +49,9 @@ void bind_quant(py::module_& m) {
   m.def("gemv_4bit", &quant::gemv_4bit, py::arg("x"), py::arg("weight"));
   m.def("gemv_grouped", &quant::gemv_grouped, py::arg("x"), py::arg("weight"));
   m.def("gemv_dense", &quant::gemv_dense, py::arg("x"), py::arg("weight"));
+  m.def("wide_linear", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+          return quant::wide_linear(x, w, opt_tensor(bias));
+        }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
   m.def("exact_q8_blocks", [](const at::Tensor& w) -> py::object {
           const quant::Q8Blocks b = quant::exact_q8_blocks(w);
           if (!b.defined()) return py::none();

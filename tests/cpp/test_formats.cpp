@@ -208,6 +208,91 @@ TEST_P(Formats, LinearEqualsTheDequantizedProductWithItsGradient) {
   EXPECT_TRUE(at::allclose(x.grad(), deq.sum(0).expand({2, kCols}), 1e-5, 1e-5)) << spec.str();
 }
 
+// |y - v| within half an ulp of `dt` at v plus the float32 accumulation's error (2^-20 of the sum
+// of |terms|): what one rounding of a float32-accumulated product gives, and what accumulating or
+// rounding in fp16/bf16 on the way exceeds.
+::testing::AssertionResult rounded_once(const at::Tensor& y, const at::Tensor& exact, const at::Tensor& mag,
+                                        at::ScalarType dt) {
+  const int mant = dt == at::kHalf ? 10 : 7;
+  const double min_exp = dt == at::kHalf ? -14 : -126;
+  const at::Tensor e = at::clamp_min(at::floor(at::log2(exact.abs())), min_exp);
+  const at::Tensor allowed = at::exp2(e - mant) * 0.5 + mag * std::ldexp(1.0, -20);
+  const at::Tensor over = (y.to(at::kDouble) - exact).abs() - allowed;
+  const double worst = over.max().item<double>();
+  if (worst <= 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << (over > 0).sum().item<int64_t>() << " of " << y.numel()
+                                       << " values beyond half an ulp, worst by " << worst;
+}
+
+// fp16/bf16 compute (the papers' default): the general path's product accumulates in float32 and
+// rounds once, for few rows (ATen) and many (quant::wide_linear), as the dequantized weight in that
+// dtype gives it; the gradient still reaches x.
+TEST_P(Formats, Fp16AndBf16ProductsRoundOnceFromFloat32) {
+  const quant::QuantSpec spec = quant::parse_quant_spec(GetParam());
+  const quant::QuantizedTensor q = make(weight(), spec);
+  const quant::Format& f = quant::format_of(spec.method);
+  for (at::ScalarType dt : {at::kHalf, at::kBFloat16}) {
+    const at::Tensor deq = quant::dequantize(q, dt).to(at::kDouble);
+    at::manual_seed(10);
+    const at::Tensor bias = at::randn({kRows}).to(dt);
+    for (int64_t rows : {int64_t{3}, quant::kWideRows, int64_t{33}}) {
+      const at::Tensor x = at::randn({rows, kCols}).to(dt);
+      const at::Tensor y = f.linear(x, q, bias);
+      ASSERT_EQ(y.scalar_type(), dt);
+      const at::Tensor xd = x.to(at::kDouble), bd = bias.to(at::kDouble);
+      if (spec.method == Method::Int8) {  // x rounded to int8 per row: LLM.int8()'s own tolerance
+        EXPECT_LT(rel_err(y.to(at::kDouble), at::linear(xd, deq, bd)), 0.03) << c10::toString(dt) << ", " << rows;
+        continue;
+      }
+      EXPECT_TRUE(rounded_once(y, at::linear(xd, deq, bd), at::linear(xd.abs(), deq.abs(), bd.abs()), dt))
+          << spec.str() << ", " << c10::toString(dt) << ", " << rows << " rows";
+    }
+    const at::Tensor x = at::randn({quant::kWideRows, kCols}).to(dt).requires_grad_(true);
+    f.linear(x, q, {}).sum().backward();
+    ASSERT_TRUE(x.grad().defined()) << spec.str();
+    EXPECT_TRUE(at::allclose(x.grad().to(at::kDouble), deq.sum(0).expand({quant::kWideRows, kCols}), 0.01, 0.01))
+        << spec.str() << ", " << c10::toString(dt);
+  }
+}
+
+// The dense layers' product (quant::dense_linear) in fp16/bf16: an LM-head-sized weight is widened
+// a slice at a time (4 Mi values a slice; 8200 x 520 takes two, the second partial), and the result
+// is the one rounding of the float32 product either way, with and without bias, for 3-D input.
+TEST(Formats, DenseFp16AndBf16ProductsRoundOnceInSlices) {
+  at::manual_seed(12);
+  const at::Tensor wf = at::randn({8200, 520}) * 0.05, bf = at::randn({8200});
+  for (at::ScalarType dt : {at::kHalf, at::kBFloat16}) {
+    const at::Tensor w = wf.to(dt), b = bf.to(dt), wd = w.to(at::kDouble);
+    for (bool with_bias : {true, false}) {
+      const at::Tensor x = at::randn({2, 5, 520}).to(dt), xd = x.to(at::kDouble);
+      const at::Tensor bd = with_bias ? b.to(at::kDouble) : at::zeros({8200}, at::kDouble);
+      const at::Tensor y = quant::dense_linear(x, w, with_bias ? b : at::Tensor());
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{2, 5, 8200}));
+      EXPECT_TRUE(rounded_once(y, at::linear(xd, wd, bd), at::linear(xd.abs(), wd.abs(), bd.abs()), dt))
+          << c10::toString(dt) << (with_bias ? " with bias" : " without bias");
+    }
+    // With gradient: the same values; the gradient reaching x sums g w over the same two slices.
+    const at::Tensor x = at::randn({3, quant::kWideRows, 520}).to(dt).requires_grad_(true);
+    const at::Tensor bg = b.clone().requires_grad_(true);
+    const at::Tensor y = quant::dense_linear(x, w, bg);
+    const at::Tensor xd = x.detach().to(at::kDouble), bd = b.to(at::kDouble);
+    EXPECT_TRUE(rounded_once(y.detach(), at::linear(xd, wd, bd), at::linear(xd.abs(), wd.abs(), bd.abs()), dt));
+    const at::Tensor g = at::randn({3, quant::kWideRows, 8200}).to(dt);
+    y.backward(g);
+    const at::Tensor gd = g.to(at::kDouble);
+    EXPECT_TRUE(rounded_once(x.grad(), at::matmul(gd, wd), at::matmul(gd.abs(), wd.abs()), dt)) << c10::toString(dt);
+    EXPECT_TRUE(rounded_once(bg.grad(), gd.sum(at::IntArrayRef{0, 1}), gd.abs().sum(at::IntArrayRef{0, 1}), dt))
+        << c10::toString(dt);
+    // and a weight that takes a gradient: g's columns against x
+    const at::Tensor ws = w.narrow(0, 0, 40).clone().requires_grad_(true);
+    const at::Tensor x2 = at::randn({quant::kWideRows, 520}).to(dt);
+    quant::dense_linear(x2, ws).sum().backward();
+    const at::Tensor x2d = x2.to(at::kDouble);
+    EXPECT_TRUE(rounded_once(ws.grad(), x2d.sum(0).expand({40, 520}), x2d.abs().sum(0).expand({40, 520}), dt))
+        << c10::toString(dt);
+  }
+}
+
 // A decoding step's products of one input prepared as jobs and run in one parallel region (the
 // model's q/k/v and gate/up) give each weight's output bit for bit as its own call does: the rows
 // of the three weights (37 + 13 + 50, so thread ranges straddle them) land where they belong.

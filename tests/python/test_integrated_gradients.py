@@ -240,6 +240,28 @@ def test_runs_on_quantized_models_with_comparable_gaps(stories_tok):
             assert rel(got[h]) < (0.1 if spec == "int8" else 0.01), (spec, h)
 
 
+def test_fp16_and_bf16_models_agree_with_fp32_to_their_precision(stories_tok):
+    """A model in fp16 or bf16 (paper mode loads its 4- and 8-bit runs in fp16): the steps' products
+    of 8 rows or more run in float32 and round once (quant::wide_linear, which brings its own
+    gradient). The attributions agree with the fp32 model's to the dtype's precision, and the
+    gradient has reached every position."""
+    ids = torch.tensor([stories_tok.encode(PROMPT)])
+    hooks = [f"blocks.{l}.mlp.hook_act" for l in (0, 2, 4)]
+    full = qinterp.load_model(STORIES / "stories260K.bin")
+    target = int(full.forward(ids)[0, -1].argmax())
+    ref = IntegratedGradients(full, hooks, n_steps=50).attribute(ids, target)
+    for dtype, tol in (("fp16", 0.01), ("bf16", 0.08)):
+        low = qinterp.load_model(STORIES / "stories260K.bin", dtype=dtype)
+        got = IntegratedGradients(low, hooks, n_steps=50).attribute(ids, target)
+        for h in hooks:
+            a, b = ref[h][0], got[h][0]
+            err = (b.float() - a).abs().max().item() / a.abs().max().item()
+            print(f"{dtype} {h}: max |diff| {err:.2e} of max |attr|")
+            assert b.dtype == torch.float32 and err < tol, (dtype, h, err)
+            if h != hooks[-1]:  # below the last layer every position gets a gradient
+                assert (b.abs().sum(1) > 0).all(), (dtype, h)
+
+
 # ---- SalientNeurons against the authors' scripts ------------------------------------------------
 
 def authors_salient(neurons_attributions, seq_attribution):

@@ -176,3 +176,26 @@ def test_ties_at_every_midpoint_like_bitsandbytes(quant_type, codes):
     if torch.cuda.is_available():
         assert torch.equal(Q.quantize(x.cuda(), f"{quant_type}:block=64,double_quant=0").parts()["qdata"].cpu(),
                            packed.view(-1))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_fp16_layer_product_with_many_rows_against_bitsandbytes(quant_type):
+    # compute=fp16 with more than a few rows on the CPU: a float32 product of the widened operands,
+    # rounded once (quant::wide_linear), on the weight bitsandbytes dequantizes. Ours is within half
+    # an fp16 ulp of the exact product plus float32's accumulation error; bitsandbytes' matmul_4bit
+    # (torch's CPU fp16 product) is too, so the two differ by at most twice that.
+    g = torch.Generator().manual_seed(12)
+    w = (torch.randn(300, 256, generator=g) * 0.05).half()
+    bias = (torch.randn(300, generator=g) * 0.1).half()
+    x = torch.randn(40, 256, generator=g).half()  # 40 rows: more than kWideRows
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=True)
+    ours = Q.linear(x, Q.quantize(w, quant_type), bias)
+    theirs = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    assert ours.dtype == theirs.dtype == torch.float16 and ours.shape == theirs.shape
+    wd = F.dequantize_4bit(packed, state).double()
+    exact = x.double() @ wd.t() + bias.double()
+    mag = x.double().abs() @ wd.abs().t() + bias.double().abs()
+    ulp = torch.exp2(torch.floor(torch.log2(exact.abs())).clamp_min(-14) - 10)
+    err = (ours.double() - exact).abs()
+    assert (err <= 0.5 * ulp + mag * 2.0**-20).all(), (err / ulp).max()
+    assert ((ours.double() - theirs.double()).abs() <= ulp + mag * 2.0**-19).all()

@@ -70,6 +70,14 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _C.gemv_dense(x, weight)
 
 
+def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """torch.nn.functional.linear for x and weight of one dtype; on a CPU an fp16/bf16 product of 8
+    rows or more runs as a float32 product of the widened operands, bias added in float32, rounded
+    once to the dtype (float32 accumulation, as a GPU's fp16 GEMM, at float32 speed). Every
+    general-path product of the quantized formats and the model's dense layers goes through it."""
+    return _C.wide_linear(x, weight, bias)
+
+
 def exact_q8_blocks(weight: torch.Tensor):
     """(q, d) with weight == d.repeat_interleave(32, 1) * q exactly (q int8 [out, in], d float32 [out, in / 32],
     d = a run's max |value| / 127), as a GGUF Q8_0 tensor decodes; None when weight has no such form
@@ -89,5 +97,5 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: str = "gptq
 
 
 __all__ = ["QuantizedTensor", "GptqHessian", "quantize", "dequantize", "linear", "quantize_4bit", "dequantize_4bit",
-           "gemv_grouped", "gemv_dense", "exact_q8_blocks", "gemv_q8_blocks",
+           "gemv_grouped", "gemv_dense", "wide_linear", "exact_q8_blocks", "gemv_q8_blocks",
            "int8_vectorwise_quant", "gemv_4bit", "gptq_quantize", "parse_spec", "dynamic_map"]

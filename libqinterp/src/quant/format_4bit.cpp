@@ -569,7 +569,7 @@ at::Tensor gemv_4bit(const at::Tensor& x, const QuantizedTensor& w) {
     });
   }
 #endif
-  return at::linear(x, dequantize(w, x.scalar_type()));
+  return wide_linear(x, dequantize(w, x.scalar_type()));
 }
 
 namespace detail {
@@ -648,7 +648,7 @@ at::Tensor fourbit_linear(const at::Tensor& x, const QuantizedTensor& w, const a
     at::Tensor y = gemv_4bit(x, w);
     return bias.defined() ? y + bias : y;
   }
-  return at::linear(x, dequantize(w, x.scalar_type()), bias);
+  return wide_linear(x, dequantize(w, x.scalar_type()), bias);
 }
 
 }  // namespace qinterp::quant

@@ -384,7 +384,7 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w) {
   if (path == GroupedPath::Exact || (path == GroupedPath::Nib64 && exact_kernel_fits(w)))
     return gemv_rows(x, rows, cols, grouped_exact_kernel(w));
 #endif
-  return at::linear(x, dequantize(w, x.scalar_type()));
+  return wide_linear(x, dequantize(w, x.scalar_type()));
 }
 
 namespace detail {
@@ -507,7 +507,7 @@ at::Tensor grouped_linear(const at::Tensor& x, const QuantizedTensor& w, const a
     at::Tensor y = gemv_grouped(x, w);
     return bias.defined() ? y + bias : y;
   }
-  return at::linear(x, grouped_dequantize(w, x.scalar_type()), bias);
+  return wide_linear(x, grouped_dequantize(w, x.scalar_type()), bias);
 }
 
 }  // namespace qinterp::quant

@@ -179,7 +179,12 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
     const at::Tensor sub_a = a.index_select(1, r.outlier_cols);
     const at::Tensor sub_b =
         (w.data.index_select(1, r.outlier_cols) * w.scale.unsqueeze(1) * 7.874015718698502e-3).to(x.scalar_type());
-    out = out.addmm(sub_a, sub_b.t());
+    // out + sub_a sub_bᵀ rounded once, as bitsandbytes' fp16 addmm on a GPU: on a CPU through
+    // float32 for many rows (ATen's own fp16 addmm is several times slower; see wide_linear)
+    if (a.is_cpu() && out.scalar_type() != at::kFloat && a.size(0) >= kWideRows)
+      out = at::addmm(out.to(at::kFloat), sub_a.to(at::kFloat), sub_b.to(at::kFloat).t()).to(out.scalar_type());
+    else
+      out = out.addmm(sub_a, sub_b.t());
   }
   return out.view(shape);
 }
@@ -212,7 +217,7 @@ void int8_check(const QuantizedTensor& q, const std::string& where) {
 at::Tensor int8_format_linear(const at::Tensor& x, const QuantizedTensor& w, const at::Tensor& bias) {
   at::Tensor y = int8_linear(x, w, bias);
   if (at::GradMode::is_enabled() && x.requires_grad()) {  // the int8 product's value, the gradient of the dequantized weight
-    const at::Tensor lin = at::linear(x, int8_dequantize(w, x.scalar_type()));
+    const at::Tensor lin = wide_linear(x, int8_dequantize(w, x.scalar_type()));
     y = y.detach() + (lin - lin.detach());
   }
   return y;

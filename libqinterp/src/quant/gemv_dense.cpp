@@ -1,8 +1,11 @@
 // The dense float32 matrix-vector product for decoding steps on the CPU. A decoding step reads every
 // weight once for one token, so it is bound by memory bandwidth; ATen's CPU matmul (MKL sgemv)
 // reads at about 6 GB/s on one thread here, while two threads streaming rows reach about twice that.
+// Also wide_linear: fp16/bf16 products of many rows through float32 (ATen's own are slow on a CPU).
 #include <atomic>
 #include <cmath>
+
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "format_common.hpp"
 
@@ -149,7 +152,7 @@ at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w) {
     return gemv_rows(x, w.size(0), w.size(1), dense_kernel(w));
   }
 #endif
-  return at::linear(x, w);
+  return wide_linear(x, w);
 }
 
 namespace detail {
@@ -176,7 +179,80 @@ at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tens
     at::Tensor y = gemv_dense(x, w);
     return bias.defined() ? y + bias : y;
   }
-  return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
+  return wide_linear(x, w, bias);
+}
+
+namespace {
+
+// 4 Mi float32 weights a slice (16 MiB): an LM head's float32 copy would be hundreds of MiB.
+constexpr int64_t kWideSliceElems = int64_t{1} << 22;
+
+int64_t wide_slice(const at::Tensor& w) { return std::max<int64_t>(1, kWideSliceElems / std::max<int64_t>(1, w.size(1))); }
+
+// x wᵀ + b in float32, rounded once to x's dtype; w widened a slice of output features at a time.
+at::Tensor wide_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor bf = b.defined() ? b.to(at::kFloat) : at::Tensor();
+  const int64_t out = w.size(0), slice = wide_slice(w);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  at::Tensor y = at::empty(shape, x.options());
+  for (int64_t n0 = 0; n0 < out; n0 += slice) {
+    const int64_t n = std::min(slice, out - n0);
+    const at::Tensor ws = w.narrow(0, n0, n).to(at::kFloat);
+    y.narrow(-1, n0, n).copy_(bf.defined() ? at::linear(xf, ws, bf.narrow(0, n0, n)) : at::linear(xf, ws));
+  }
+  return y;
+}
+
+// The gradient of wide_forward, the same way: g w summed in float32 over slices of w's rows (what
+// autograd would keep otherwise is a float32 copy of every weight on the path), rounded once.
+struct WideLinear : torch::autograd::Function<WideLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b) {
+    ctx->save_for_backward(w.requires_grad() ? torch::autograd::variable_list{w, x} : torch::autograd::variable_list{w});
+    return wide_forward(x, w, b);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& w = saved[0];
+    const at::Tensor g = grads[0].reshape({-1, w.size(0)});
+    const at::ScalarType t = w.scalar_type();
+    at::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) {
+      at::Tensor acc = at::zeros({g.size(0), w.size(1)}, g.options().dtype(at::kFloat));
+      const int64_t slice = wide_slice(w);
+      for (int64_t n0 = 0; n0 < w.size(0); n0 += slice) {
+        const int64_t n = std::min(slice, w.size(0) - n0);
+        acc.addmm_(g.narrow(1, n0, n).to(at::kFloat), w.narrow(0, n0, n).to(at::kFloat));
+      }
+      std::vector<int64_t> shape(grads[0].sizes().begin(), grads[0].sizes().end());
+      shape.back() = w.size(1);
+      gx = acc.to(t).view(shape);
+    }
+    if (ctx->needs_input_grad(1)) {
+      const at::Tensor x = saved[1].reshape({-1, w.size(1)});
+      gw = at::mm(g.t().to(at::kFloat), x.to(at::kFloat)).to(t);
+    }
+    if (ctx->needs_input_grad(2)) gb = g.to(at::kFloat).sum(0).to(t);
+    return {gx, gw, gb};
+  }
+};
+
+}  // namespace
+
+at::Tensor wide_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  const at::ScalarType t = x.scalar_type();
+  const bool lowp = t == at::kHalf || t == at::kBFloat16;
+  if (!lowp || !x.is_cpu() || !w.is_cpu() || w.scalar_type() != t || w.dim() != 2 || x.dim() == 0 ||
+      x.size(-1) != w.size(1) || x.numel() < kWideRows * w.size(1) || (bias.defined() && bias.scalar_type() != t))
+    return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
+  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
+                                                   (bias.defined() && bias.requires_grad()));
+  if (!grad) return wide_forward(x, w, bias);
+  // autograd's Function takes no undefined input: a zero bias adds nothing to a float32 sum
+  return WideLinear::apply(x, w, bias.defined() ? bias : at::zeros({w.size(0)}, w.options()));
 }
 
 }  // namespace qinterp::quant

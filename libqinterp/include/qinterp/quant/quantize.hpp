@@ -70,6 +70,15 @@ at::Tensor gemv_grouped(const at::Tensor& x, const QuantizedTensor& w);
 at::Tensor gemv_dense(const at::Tensor& x, const at::Tensor& w);
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
 
+// at::linear(x, w, bias) for x and w of one floating dtype. On a CPU a float16 or bfloat16 product
+// of kWideRows (16) rows or more runs as a float32 product of the exactly widened operands, bias added in
+// float32, rounded once to the dtype: the float32 accumulation of a GPU's fp16/bf16 GEMM, at float32
+// speed (ATen's own CPU fp16/bf16 product took 3.4-6.6x as long on these shapes). Without gradient
+// the float32 copy of w is made a slice of output features at a time, so it stays small beside w.
+// Every general-path product of the quantized formats and the model's dense layers goes through it.
+inline constexpr int64_t kWideRows = 16;
+at::Tensor wide_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
+
 // A float32 weight [out, in] whose every run of 32 values in a row is d * q exactly, for one float
 // d and int8 q in [-127, 127] per run -- what a GGUF Q8_0 tensor (the LM head of all three GGUF
 // models here) decodes to. The same values in that form: q [out, in] int8, d [out, in / 32] float32,

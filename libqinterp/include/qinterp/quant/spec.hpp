@@ -44,9 +44,9 @@ struct QuantSpec {
 QuantSpec parse_quant_spec(const std::string& spec);
 
 // The spec to load with on `device`: on a CPU a quantized spec that names no `compute` dtype gets
-// compute=fp32. CPUs here have no fast fp16 matrix product (fp16 compute was about 5x slower than
-// fp32 on the reference machine) and the stored weights are the same; the paper's fp16 stays
-// available by naming it (compute=fp16), as the runner's paper mode does. Other specs unchanged.
+// compute=fp32: the fused decoding kernels take float32 rows (fp16 decoding was ~5x slower here;
+// fp16 prompts run at float32 speed, see wide_linear) and the stored weights are the same; the
+// paper's fp16 stays available by naming it (compute=fp16), as paper mode does. Others unchanged.
 std::string spec_for_device(const std::string& spec, const std::string& device);
 
 }  // namespace qinterp::quant
