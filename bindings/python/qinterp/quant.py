@@ -71,7 +71,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """torch.nn.functional.linear for x and weight of one dtype; on a CPU an fp16/bf16 product of 8
+    """torch.nn.functional.linear for x and weight of one dtype; on a CPU an fp16/bf16 product of 16
     rows or more runs as a float32 product of the widened operands, bias added in float32, rounded
     once to the dtype (float32 accumulation, as a GPU's fp16 GEMM, at float32 speed). Every
     general-path product of the quantized formats and the model's dense layers goes through it."""
