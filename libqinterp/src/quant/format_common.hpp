@@ -207,4 +207,12 @@ bool fourbit_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* j
 bool grouped_row_job(StepInput& x, const QuantizedTensor& w, float* y, RowJob* job);
 bool dense_row_job(StepInput& x, const at::Tensor& w, float* y, RowJob* job);
 
+// A CPU float16/bfloat16 tensor: its products of kWideRows rows or more go through float32 (wide_linear).
+inline bool widened_on_cpu(const at::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
+
+// c + a b for 2-D operands of c's dtype, rounded once (as a GPU's fp16 addmm); widened as wide_linear.
+at::Tensor wide_addmm(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b);
+
 }  // namespace qinterp::quant::detail

@@ -179,13 +179,8 @@ at::Tensor int8_linear(const at::Tensor& x, const QuantizedTensor& w, const at::
     const at::Tensor sub_a = a.index_select(1, r.outlier_cols);
     const at::Tensor sub_b =
         (w.data.index_select(1, r.outlier_cols) * w.scale.unsqueeze(1) * 7.874015718698502e-3).to(x.scalar_type());
-    // out + sub_a sub_bᵀ rounded once, as bitsandbytes' fp16 addmm on a GPU: on a CPU through
-    // float32 for many rows (ATen's own fp16 addmm is several times slower; see wide_linear)
-    const bool lowp = out.scalar_type() == at::kHalf || out.scalar_type() == at::kBFloat16;
-    if (a.is_cpu() && lowp && a.size(0) >= kWideRows)
-      out = at::addmm(out.to(at::kFloat), sub_a.to(at::kFloat), sub_b.to(at::kFloat).t()).to(out.scalar_type());
-    else
-      out = out.addmm(sub_a, sub_b.t());
+    // out + sub_a sub_bᵀ rounded once, as bitsandbytes' fp16 addmm on a GPU
+    out = wide_addmm(out, sub_a, sub_b.t());
   }
   return out.view(shape);
 }

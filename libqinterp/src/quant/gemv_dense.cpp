@@ -171,6 +171,11 @@ bool dense_row_job(StepInput& x, const at::Tensor& w, float* y, RowJob* job) {
 #endif
 }
 
+at::Tensor wide_addmm(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  if (!widened_on_cpu(c) || a.size(0) < kWideRows) return c.addmm(a, b);
+  return at::addmm(c.to(at::kFloat), a.to(at::kFloat), b.to(at::kFloat)).to(c.scalar_type());
+}
+
 }  // namespace detail
 
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
@@ -244,8 +249,7 @@ struct WideLinear : torch::autograd::Function<WideLinear> {
 
 at::Tensor wide_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const at::ScalarType t = x.scalar_type();
-  const bool lowp = t == at::kHalf || t == at::kBFloat16;
-  if (!lowp || !x.is_cpu() || !w.is_cpu() || w.scalar_type() != t || w.dim() != 2 || x.dim() == 0 ||
+  if (!widened_on_cpu(x) || !w.is_cpu() || w.scalar_type() != t || w.dim() != 2 || x.dim() == 0 ||
       x.size(-1) != w.size(1) || x.numel() < kWideRows * w.size(1) || (bias.defined() && bias.scalar_type() != t))
     return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
