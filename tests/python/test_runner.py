@@ -167,6 +167,49 @@ def test_report_matches_file(run_file, tmp_path):
     assert (tmp_path / "rep" / "accuracy.tex").exists()
 
 
+def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
+    """A file edited or damaged after the run: one line naming the file and the object, exit 1
+    (these gave "internal error: map::at" and c10's messages; found by flipping bytes)."""
+    import shutil
+    import h5py
+    g = "stories260K/int8/boolq"
+
+    def replace(path, value):
+        def edit(f):
+            del f[path]
+            f.create_dataset(path, data=value)
+        return edit
+
+    def remove(path):
+        def edit(f):
+            del f[path]
+        return edit
+
+    def set_hooks(f):
+        f[g].attrs["hooks"] = "blocks.0.mlp.hook_act,mlp"
+
+    edits = {
+        "no_member": (remove(f"{g}/drift/{HOOKS[1]}/dead_jaccard"),
+                      f"'{g}/drift/{HOOKS[1]}' has no dataset 'dead_jaccard'"),
+        "two_counts": (replace(f"{g}/{HOOKS[0]}/salient/count", np.array([3, 4])),
+                       f"'{g}/{HOOKS[0]}/salient/count' holds 2 values where one was expected"),
+        "bad_count": (replace(f"{g}/{HOOKS[0]}/dead/count", np.float64(-2.5)),
+                      f"'{g}/{HOOKS[0]}/dead/count' is -2.5, not a count"),
+        "bad_hook": (set_hooks, f"'{g}' lists hook 'mlp', which is not blocks.<layer>.<point>"),
+        "bins": (replace(f"{g}/{HOOKS[2]}/correlation/histogram", np.zeros(3, np.int64)),
+                 "/correlation/histogram' has 3 bins where the task's other layers have"),
+    }
+    for name, (edit, message) in edits.items():
+        bad = tmp_path / f"{name}.h5"
+        shutil.copy(run_file, bad)
+        with h5py.File(bad, "r+") as f:
+            edit(f)
+        r = cli("report", bad)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.count("\n") == 1, (name, r.returncode, err)
+        assert err.startswith("qinterp: error: ") and str(bad) in err and message in err, (name, err)
+
+
 def test_rerun_skips_finished_work_and_refuses_other_settings(run_file, tmp_path):
     before = dump(run_file)
     r = small_run(run_file)

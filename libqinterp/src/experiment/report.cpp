@@ -108,6 +108,36 @@ T attr_or(const io::Attrs& a, const std::string& k, T d) {
   return d;
 }
 
+// What a run wrote, read back: a missing member or a value of the wrong shape is a damaged or
+// foreign file, said as such (never std::map's or c10's message).
+struct Reader {
+  const std::string& path;
+  const io::ResultStore& store;
+
+  at::Tensor member(const Tensors& d, const std::string& group, const std::string& key) const {
+    const auto it = d.find(key);
+    if (it == d.end()) fail(path, ": '", group, "' has no dataset '", key, "'; the file is incomplete or damaged");
+    return it->second;
+  }
+  double scalar(const at::Tensor& t, const std::string& what) const {
+    if (t.numel() != 1) fail(path, ": '", what, "' holds ", t.numel(), " values where one was expected; the file is damaged");
+    return t.to(at::kDouble).item<double>();
+  }
+  int64_t count(const at::Tensor& t, const std::string& what) const {
+    const double v = scalar(t, what);
+    if (!(v >= 0 && v <= 9.0e15) || v != std::floor(v))
+      fail(path, ": '", what, "' is ", v, ", not a count; the file is damaged");
+    return static_cast<int64_t>(v);
+  }
+  // "blocks.<N>.<...>" -> "<N>"
+  std::string layer_of(const std::string& hook, const std::string& group) const {
+    const size_t dot = hook.find('.', 7);
+    if (hook.rfind("blocks.", 0) != 0 || dot == std::string::npos || dot == 7)
+      fail(path, ": '", group, "' lists hook '", hook, "', which is not blocks.<layer>.<point>; the file is damaged");
+    return hook.substr(7, dot - 7);
+  }
+};
+
 }  // namespace
 
 Report make_report(const std::string& path, const ReportOptions& o) {
@@ -117,6 +147,7 @@ Report make_report(const std::string& path, const ReportOptions& o) {
   Table sal{"salient_neurons", "Salient neurons per hooked layer (union over the four IG scores and the examples)", {"model", "task", "precision"}, {}};
   Table corr{"correlation", "Neuron pairs per |Pearson r| bin, hooked layers pooled", {"model", "task", "precision"}, {}};
   Table drift{"drift", "Drift from the reference precision, per hooked layer (means over neurons)", {"model", "task", "precision", "layer", "reference", "cosine", "correlation", "mse", "dead agreement", "dead Jaccard"}, {}};
+  const Reader rd{path, store};
   bool any = false, any_sal = false, any_dead = false, any_corr = false;
   std::vector<std::string> dead_layers;
   for (const auto& model : store.list("")) {
@@ -147,34 +178,42 @@ Report make_report(const std::string& path, const ReportOptions& o) {
         Row dr{model, task, prec}, sr{model, task, prec};
         at::Tensor hist;
         for (const auto& h : hooks) {
-          const std::string layer = h.substr(7, h.find('.', 7) - 7);
-          if (store.exists(g + "/" + h + "/dead")) {
+          const std::string layer = rd.layer_of(h, g);
+          const std::string hg = g + "/" + h;
+          if (store.exists(hg + "/dead")) {
             any_dead = true;
-            const auto d = store.read_tensors(g + "/" + h + "/dead");
-            dr.push_back(std::to_string(d.at("count").item<int64_t>()) + " / " + std::to_string(d.at("dead").numel()));
+            const auto d = store.read_tensors(hg + "/dead");
+            dr.push_back(std::to_string(rd.count(rd.member(d, hg + "/dead", "count"), hg + "/dead/count")) + " / " +
+                         std::to_string(rd.member(d, hg + "/dead", "dead").numel()));
           }
-          if (store.exists(g + "/" + h + "/salient")) {
+          if (store.exists(hg + "/salient")) {
             any_sal = true;
-            sr.push_back(std::to_string(store.read(g + "/" + h + "/salient/count").item<int64_t>()));
+            sr.push_back(std::to_string(rd.count(store.read(hg + "/salient/count"), hg + "/salient/count")));
           }
-          if (store.exists(g + "/" + h + "/correlation")) {
+          if (store.exists(hg + "/correlation")) {
             any_corr = true;
-            const at::Tensor hh = store.read(g + "/" + h + "/correlation/histogram").to(at::kLong);
+            const at::Tensor hh = store.read(hg + "/correlation/histogram").to(at::kLong).reshape({-1});
+            if (hist.defined() && hh.numel() != hist.numel())
+              fail(path, ": '", hg, "/correlation/histogram' has ", hh.numel(), " bins where the task's other layers have ",
+                   hist.numel(), "; the file is damaged");
             hist = hist.defined() ? hist + hh : hh;
           }
           if (store.exists(g + "/drift/" + h)) {
-            const auto d = store.read_tensors(g + "/drift/" + h);
+            const std::string dg = g + "/drift/" + h;
+            const auto d = store.read_tensors(dg);
             const std::string ref = attr_or<std::string>(store.attrs(g + "/drift"), "reference", "");
-            drift.rows.push_back({model, task, prec, layer, ref, num(at::nanmean(d.at("cosine").to(at::kDouble)).item<double>()),
-                                  num(at::nanmean(d.at("correlation").to(at::kDouble)).item<double>()),
-                                  num(d.at("mse").to(at::kDouble).mean().item<double>(), 6),
-                                  num(d.at("dead_agreement").item<double>()), num(d.at("dead_jaccard").item<double>())});
+            drift.rows.push_back({model, task, prec, layer, ref,
+                                  num(at::nanmean(rd.member(d, dg, "cosine").to(at::kDouble)).item<double>()),
+                                  num(at::nanmean(rd.member(d, dg, "correlation").to(at::kDouble)).item<double>()),
+                                  num(rd.member(d, dg, "mse").to(at::kDouble).mean().item<double>(), 6),
+                                  num(rd.scalar(rd.member(d, dg, "dead_agreement"), dg + "/dead_agreement")),
+                                  num(rd.scalar(rd.member(d, dg, "dead_jaccard"), dg + "/dead_jaccard"))});
           }
         }
         if (dead.header.size() == 3)
-          for (const auto& h : hooks) dead.header.push_back("layer " + h.substr(7, h.find('.', 7) - 7));
+          for (const auto& h : hooks) dead.header.push_back("layer " + rd.layer_of(h, g));
         if (sal.header.size() == 3)
-          for (const auto& h : hooks) sal.header.push_back("layer " + h.substr(7, h.find('.', 7) - 7));
+          for (const auto& h : hooks) sal.header.push_back("layer " + rd.layer_of(h, g));
         if (dr.size() > 3) dead.rows.push_back(dr);
         if (sr.size() > 3) sal.rows.push_back(sr);
         if (hist.defined()) {

@@ -590,11 +590,9 @@ void ResultStore::write_tensors(const std::string& group, const Tensors& ts) { w
 Tensors ResultStore::read_tensors(const std::string& group) const {
   Tensors out;
   for (const auto& name : list(group)) {
+    // a member HDF5 cannot open is damage, not absence: leaving it out would hand back part of a result
     Id obj(H5Oopen(file_, ("/" + group + "/" + name).c_str(), H5P_DEFAULT), H5Oclose);
-    if (obj.id < 0) {
-      h5_message();
-      continue;
-    }
+    QH5_CHECK(obj.id, "cannot open '", group, "/", name, "'; the file is damaged");
     if (H5Iget_type(obj) == H5I_DATASET) out[name] = read(group + "/" + name);
   }
   return out;
