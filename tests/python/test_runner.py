@@ -210,6 +210,30 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
         assert err.startswith("qinterp: error: ") and str(bad) in err and message in err, (name, err)
 
 
+def test_rerun_refuses_a_file_whose_finished_results_are_damaged(run_file, tmp_path):
+    """A finished stage is skipped without reading its results: a damaged one must stop the
+    rerun at once, naming the object, and leave the file as it was (it passed silently)."""
+    import shutil
+    import h5py
+    bad = tmp_path / "damaged.h5"
+    shutil.copy(run_file, bad)
+    target = f"stories260K/int8/piqa/{HOOKS[1]}/dead/count"
+    with h5py.File(bad, "r+") as f:
+        f[target].attrs["zzmarkerzz"] = 1
+    data = bytearray(bad.read_bytes())
+    at = data.find(b"zzmarkerzz")
+    assert at > 16
+    data[at - 14:at - 12] = b"\xf0\x7f"  # that attribute message's size: the object header no longer parses
+    bad.write_bytes(bytes(data))
+    quants = [a for p in PRECS for a in ("--quant", p)]
+    r = cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", bad, "--limit", 24,
+            "--ig-limit", 3, "--batch", 8, "--data", DATA)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert str(bad) in err and f"'{target}'" in err and "already in the file do not read back" in err, err
+    assert bad.read_bytes() == bytes(data)
+
+
 def test_rerun_skips_finished_work_and_refuses_other_settings(run_file, tmp_path):
     before = dump(run_file)
     r = small_run(run_file)

@@ -644,6 +644,31 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   ++c.summary.stages_run;
 }
 
+// Every attribute and dataset under `group` (checkpoints aside) read back from the file as it is
+// on disk. A finished stage is skipped without reading its results, and HDF5 can accept writes it
+// cannot read back (a damaged file's allocation records), so a run checks both ends.
+void read_back(const io::ResultStore& s, const std::string& group) {
+  s.attrs(group);
+  const Tensors ds = s.read_tensors(group);
+  for (const auto& name : s.list(group)) {
+    if (name == "_checkpoints") continue;
+    const std::string p = group + "/" + name;
+    if (ds.count(name))
+      s.attrs(p);
+    else
+      read_back(s, p);
+  }
+}
+
+void check_results_read_back(const std::string& path, const std::string& group, const char* when) {
+  try {
+    io::ResultStore s(path, io::ResultStore::Mode::Read);
+    if (s.exists(group)) read_back(s, group);
+  } catch (const Error& e) {
+    fail(e.what(), " -- ", when, "; write to a new --out");
+  }
+}
+
 }  // namespace
 
 void validate(const RunOptions& o) {
@@ -746,6 +771,8 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
 
   std::unique_ptr<io::ResultStore> store, rank_ckpt;
   paths::make_dirs(paths::parent(o.out));  // after every check: a refused run leaves nothing behind
+  if (par.rank == 0 && paths::exists(o.out))
+    check_results_read_back(o.out, c.model_name, "the results already in the file do not read back");
   if (par.rank == 0) store = std::make_unique<io::ResultStore>(o.out, io::ResultStore::Mode::Append);
   if (par.world > 1) {
     rank_ckpt = std::make_unique<io::ResultStore>(o.out + ".rank" + std::to_string(par.rank) + ".h5",
@@ -772,6 +799,10 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
     const std::string path = rank_ckpt->path();
     rank_ckpt->close();
     std::remove(path.c_str());
+  }
+  if (store) {
+    store->close();
+    check_results_read_back(o.out, c.model_name, "this run's results do not read back (the file was damaged before the run)");
   }
   c.summary.out = o.out;
   return c.summary;
