@@ -645,8 +645,8 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
 }
 
 // Every attribute and dataset under `group` (checkpoints aside) read back from the file as it is
-// on disk. A finished stage is skipped without reading its results, and HDF5 can accept writes it
-// cannot read back (a damaged file's allocation records), so a run checks both ends.
+// on disk. A finished stage is skipped without reading its results: a run reads them before it
+// starts, and everything again once it has closed the file.
 void read_back(const io::ResultStore& s, const std::string& group) {
   s.attrs(group);
   const Tensors ds = s.read_tensors(group);
@@ -802,7 +802,7 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   }
   if (store) {
     store->close();
-    check_results_read_back(o.out, c.model_name, "this run's results do not read back (the file was damaged before the run)");
+    check_results_read_back(o.out, c.model_name, "this run's results do not read back");
   }
   c.summary.out = o.out;
   return c.summary;
