@@ -320,6 +320,52 @@ def test_run_stopped_in_every_state_of_the_file_resumes_to_the_same_file(tmp_pat
     print(f"{n}+ stop points, each resumed to the same file")
 
 
+def test_damaged_checkpoints_are_refused_not_resumed(tmp_path):
+    """A checkpoint whose count of examples done is out of range, not one value, or disagrees with
+    its predictions: one line naming what is wrong (these gave map::at and c10 messages, or would
+    have resumed from the wrong example)."""
+    import shutil
+    import h5py
+    args = ["run", "--model", MODEL, "--quant", "fp32", "--quant", "nf4", "--task", "boolq", "--limit", "8",
+            "--ig-limit", "0", "--batch", "4", "--layers", "2", "--checkpoint-seconds", "0", "--quiet"]
+    ck = "stories260K/_checkpoints/boolq/forward"
+    stopped = tmp_path / "stopped.h5"
+    for n in range(1, 40):  # the first state of the file with a forward checkpoint one batch in
+        r = subprocess.run([str(CLI), *map(str, args), "--out", str(stopped)], capture_output=True, timeout=600,
+                           env=dict(ENV, QINTERP_CRASH_AT_FLUSH=str(n)))
+        assert r.returncode == 86, (n, r.returncode, r.stderr)
+        with h5py.File(stopped, "r") as f:
+            if ck in f and int(f[ck]["examples_done"][()]) == 4:
+                break
+        stopped.unlink()
+    else:
+        pytest.fail("no stop left a forward checkpoint")
+
+    def edited(name, path, value):
+        out = tmp_path / f"{name}.h5"
+        shutil.copy(stopped, out)
+        with h5py.File(out, "r+") as f:
+            del f[path]
+            f[path] = value
+        return out
+
+    cases = [("done_past_end", f"{ck}/examples_done", np.int64(9), "'examples_done' is not one count in [0, 8]"),
+             ("done_negative", f"{ck}/examples_done", np.int64(-4), "'examples_done' is not one count in [0, 8]"),
+             ("done_two", f"{ck}/examples_done", np.array([4, 4]), "'examples_done' is not one count"),
+             ("done_other", f"{ck}/examples_done", np.int64(8), "holds 4 predictions of fp32 for 8 examples done"),
+             ("fingerprints", f"{ck}/fingerprint", np.array([1, 2]), "has 2 fingerprints"),
+             ("short_gold", f"{ck}/0|gold", np.array([0, 1]), "predictions of precision 0 are of different lengths"),
+             ("empty", f"{ck}/1|empty", np.int64(5), "'1|empty' is not one count in [0, 4]")]
+    for name, path, value, message in cases:
+        out = edited(name, path, value)
+        r = cli(*args, "--out", out)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.count("\n") == 1, (name, r.returncode, err)
+        assert err.startswith("qinterp: error: ") and message in err and "damaged" in err, (name, err)
+    r = cli(*args, "--out", stopped)  # the file as the stop left it resumes
+    assert r.returncode == 0, r.stderr
+
+
 def test_torchrun_two_processes_equal_one(tmp_path):
     args = ["run", "--model", MODEL, "--quant", "fp32", "--quant", "int8", "--task", "piqa", "--limit", "20",
             "--ig-limit", "4", "--batch", "4", "--quiet"]

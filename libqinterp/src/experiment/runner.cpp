@@ -151,6 +151,14 @@ std::vector<T> tensor_vec(const Tensors& t, const std::string& name) {
   return v;
 }
 
+// One count from a checkpoint, inside [lo, hi]; anything else is a damaged file, never a start.
+int64_t checkpoint_count(const Tensors& t, const std::string& name, int64_t lo, int64_t hi) {
+  const std::vector<int64_t> v = tensor_vec<int64_t>(t, name);
+  if (v.size() != 1 || v[0] < lo || v[0] > hi)
+    fail("checkpoint's '", name, "' is not one count in [", lo, ", ", hi, "]; the file is damaged (start again with --restart)");
+  return v[0];
+}
+
 std::string group(const Ctx& c, const std::string& prec, const std::string& task) {
   return io::ResultStore::join({c.model_name, prec, task});
 }
@@ -299,12 +307,19 @@ void load_forward_state(Ctx& c, const Tensors& t, bool merge) {
         p.calib.merge(other);
       }
       auto append = [](auto& dst, const auto& src) { dst.insert(dst.end(), src.begin(), src.end()); };
+      const auto pred = tensor_vec<int64_t>(t, k + "|pred"), gold = tensor_vec<int64_t>(t, k + "|gold");
+      const auto conf = tensor_vec<double>(t, k + "|conf");
+      const auto correct = tensor_vec<uint8_t>(t, k + "|correct");
+      if (gold.size() != pred.size() || conf.size() != pred.size() || correct.size() != pred.size())
+        fail("checkpoint's predictions of precision ", k, " are of different lengths (", pred.size(), ", ", gold.size(),
+             ", ", conf.size(), ", ", correct.size(), "); the file is damaged (start again with --restart)");
+      const int64_t empty = checkpoint_count(t, k + "|empty", 0, static_cast<int64_t>(pred.size()));
       if (!merge) p.pred.clear(), p.gold.clear(), p.conf.clear(), p.correct.clear(), p.empty_answers = 0;
-      append(p.pred, tensor_vec<int64_t>(t, k + "|pred"));
-      append(p.gold, tensor_vec<int64_t>(t, k + "|gold"));
-      append(p.conf, tensor_vec<double>(t, k + "|conf"));
-      append(p.correct, tensor_vec<uint8_t>(t, k + "|correct"));
-      p.empty_answers += tensor_vec<int64_t>(t, k + "|empty").at(0);
+      append(p.pred, pred);
+      append(p.gold, gold);
+      append(p.conf, conf);
+      append(p.correct, correct);
+      p.empty_answers += empty;
     }
   }
 }
@@ -362,7 +377,10 @@ bool skip_finished_stage(Ctx& c, const std::string& task_group_any, const std::s
 std::optional<State> resumable_checkpoint(Ctx& c, const std::string& ck, int64_t ck_fp) {
   if (c.o.restart || !c.ckpt->exists(ck)) return std::nullopt;
   State s = c.ckpt->load_state(ck);
-  if (!s.tensors.count("fingerprint") || s.tensors.at("fingerprint").item<int64_t>() != ck_fp) return std::nullopt;
+  if (!s.tensors.count("fingerprint")) return std::nullopt;
+  const std::vector<int64_t> f = tensor_vec<int64_t>(s.tensors, "fingerprint");
+  if (f.size() != 1) fail("checkpoint '", ck, "' has ", f.size(), " fingerprints; the file is damaged (start again with --restart)");
+  if (f[0] != ck_fp) return std::nullopt;
   return s;
 }
 
@@ -431,7 +449,11 @@ void forward_stage(Ctx& c, const Task& t, int64_t n) {
   int64_t start = lo;
   if (const auto s = resumable_checkpoint(c, ck, ck_fp)) {
     load_forward_state(c, s->tensors, false);
-    start = s->tensors.at("examples_done").item<int64_t>();
+    start = checkpoint_count(s->tensors, "examples_done", lo, hi);
+    for (const Prec& p : c.precs)
+      if (c.an.count("predictions") && static_cast<int64_t>(p.pred.size()) != start - lo)
+        fail("checkpoint '", ck, "' holds ", p.pred.size(), " predictions of ", p.name, " for ", start - lo,
+             " examples done; the file is damaged (start again with --restart)");
   }
   if (c.progress) c.progress({"forward " + t.name, start - lo, hi - lo, "examples", false});
   const bool separate_act_pass = c.paper && t.prompt_template != "{}";  // the authors' raw CSV prompts
@@ -575,7 +597,7 @@ void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   };
   if (const auto s = resumable_checkpoint(c, ck, ck_fp)) {
     unpack(s->tensors, false);
-    start = s->tensors.at("examples_done").item<int64_t>();
+    start = checkpoint_count(s->tensors, "examples_done", lo, hi);
   }
   if (c.progress) c.progress({"ig " + t.name + " " + p.name, start - lo, hi - lo, "examples", false});
   analysis::IgOptions io;
