@@ -17,7 +17,7 @@ QINTERP_MODELS="${QINTERP_MODELS:-$QINTERP_HOME/models}"
 say() { echo "[setup] $*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(build-essential cmake ninja-build libeigen3-dev libhdf5-dev libgtest-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache
+apt_pkgs=(build-essential cmake ninja-build libeigen3-dev libhdf5-dev zlib1g-dev libgtest-dev nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config ccache
           unzip python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do

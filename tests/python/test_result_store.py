@@ -54,6 +54,63 @@ def test_results_and_attrs_readable_with_h5py(tmp_path):
         store.write("x", torch.zeros(1))
 
 
+def test_checksums_are_zlib_crc32_and_changes_are_caught(tmp_path):
+    """Every dataset carries zlib.crc32 of its bytes and every attributed object a CRC-32 of its
+    attributes (the form in result_store.cpp). A changed number in a small dataset or an attribute
+    (neither checked by HDF5 in this format) is an error naming the object; files without the
+    checksums (h5py's) read as before."""
+    import zlib
+    path = tmp_path / "run.h5"
+    with qa.ResultStore(str(path), "w") as store:
+        store.write("g/count", torch.tensor(7))
+        store.write("g/hist", torch.arange(10, dtype=torch.int64))
+        store.write("g/dead", torch.tensor([True, False, True]))
+        store.write("g/big", torch.arange(100000, dtype=torch.float32))
+        store.set_attrs("g", {"accuracy": 0.75, "n": 4, "spec": "nf4"})
+    with h5py.File(path, "r") as f:
+        for name in ("count", "hist", "dead", "big"):
+            ds = f["g"][name]
+            assert ds.attrs["crc32"] == zlib.crc32(ds[()].tobytes()), name
+        form = b"".join(k.encode() + b"\0" + v for k, v in sorted({
+            "accuracy": b"f" + np.float64(0.75).tobytes(), "n": b"i" + np.int64(4).tobytes(),
+            "spec": b"snf4\0"}.items()))
+        assert f["g"].attrs["attrs_crc32"] == zlib.crc32(form)
+    store = qa.ResultStore(str(path), "r")
+    assert store.attrs("g") == {"accuracy": 0.75, "n": 4, "spec": "nf4"}  # the checksums are not results
+    assert store.read("g/hist").tolist() == list(range(10))
+
+    def changed(name, edit):
+        out = tmp_path / f"{name}.h5"
+        out.write_bytes(path.read_bytes())
+        with h5py.File(out, "r+") as f:
+            edit(f)
+        return str(out)
+
+    def poke(f):  # one element rewritten in place, as damage would: the dataset keeps its checksum
+        f["g/hist"][3] = 4
+    bad = changed("data", poke)
+    with pytest.raises(qinterp.Error, match=r"data\.h5: dataset 'g/hist' does not match its checksum"):
+        qa.ResultStore(bad, "r").read("g/hist")
+    bad = changed("attr", lambda f: f["g"].attrs.modify("accuracy", 0.875))
+    with pytest.raises(qinterp.Error, match=r"attr\.h5: the attributes of 'g' do not match their checksum"):
+        qa.ResultStore(bad, "r").attrs("g")
+
+    def accept(f):  # deleting the checksums is how an edit outside qinterp is accepted
+        f["g/hist"][3] = 4
+        del f["g/hist"].attrs["crc32"]
+        f["g"].attrs.modify("accuracy", 0.875)
+        del f["g"].attrs["attrs_crc32"]
+    ok = qa.ResultStore(changed("accepted", accept), "r")
+    assert ok.read("g/hist")[3] == 4 and ok.attrs("g")["accuracy"] == 0.875
+
+    # An attribute name that is not UTF-8 (only a damaged or foreign file has one) comes back
+    # escaped, so that it converts to a Python str.
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.attrs[b"qinterp\xffversion"] = 1
+    assert qa.ResultStore(str(foreign), "r").attrs("") == {"qinterp\\xffversion": 1}
+
+
 def test_activation_dump_layout_and_append(tmp_path):
     path = str(tmp_path / "dump.h5")
     torch.manual_seed(0)

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <sys/stat.h>
 #include <type_traits>
+#include <zlib.h>
 
 #include "qinterp/error.hpp"
 #include "qinterp/io/mapped_file.hpp"
@@ -86,6 +87,52 @@ hid_t fp16_type() {
     return x;
   }();
   return t;
+}
+
+// HDF5 checksums neither the data of small (contiguous) datasets nor attribute values in the
+// 1.8 format these files use, so a damaged byte there would read back as another number. Every
+// dataset this store writes carries the CRC-32 (zlib's, as Python's zlib.crc32) of its bytes,
+// and every object it sets attributes on the CRC-32 of those attributes; reads check both.
+constexpr const char* kDataCrc = "crc32";
+constexpr const char* kAttrsCrc = "attrs_crc32";
+
+uint32_t crc_of(const void* p, size_t n, uint32_t crc = 0) {
+  return static_cast<uint32_t>(crc32_z(crc, static_cast<const Bytef*>(p), n));
+}
+
+// The attributes in a fixed byte form: for each, sorted by name, the name, a NUL, a type letter
+// and the value (int64 or float64 as 8 little-endian bytes, a string with its NUL).
+uint32_t crc_of(const Attrs& attrs) {
+  uint32_t crc = 0;
+  for (const auto& [name, value] : attrs) {
+    if (name == kAttrsCrc) continue;
+    crc = crc_of(name.c_str(), name.size() + 1, crc);
+    unsigned char v[9] = {};
+    if (auto* i = std::get_if<int64_t>(&value)) {
+      v[0] = 'i';
+      for (int k = 0; k < 8; ++k) v[1 + k] = static_cast<unsigned char>(static_cast<uint64_t>(*i) >> (8 * k));
+      crc = crc_of(v, 9, crc);
+    } else if (auto* d = std::get_if<double>(&value)) {
+      uint64_t bits;
+      std::memcpy(&bits, d, 8);
+      v[0] = 'f';
+      for (int k = 0; k < 8; ++k) v[1 + k] = static_cast<unsigned char>(bits >> (8 * k));
+      crc = crc_of(v, 9, crc);
+    } else {
+      const std::string& str = std::get<std::string>(value);
+      v[0] = 's';
+      crc = crc_of(v, 1, crc);
+      crc = crc_of(str.c_str(), str.size() + 1, crc);
+    }
+  }
+  return crc;
+}
+
+herr_t write_crc_attr(hid_t obj, const char* name, uint32_t crc) {
+  if (H5Aexists(obj, name) > 0 && H5Adelete(obj, name) < 0) return -1;
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  Id a(H5Acreate2(obj, name, H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  return a.id < 0 ? -1 : H5Awrite(a, H5T_NATIVE_UINT32, &crc);
 }
 
 hid_t h5_type(at::ScalarType s) {
@@ -308,6 +355,9 @@ void ResultStore::set_attrs(const std::string& object, const Attrs& attrs) {
       QH5_CHECK(H5Awrite(a, t, &p), "cannot write attribute '", name, "'");
     }
   }
+  // Over what a reader will see: the object's attributes as read back, old ones included.
+  QH5_CHECK(write_crc_attr(obj, kAttrsCrc, crc_of(read_attrs(object))), "cannot write attribute '", kAttrsCrc,
+            "' on '", object, "'");
   flush();
 }
 
@@ -375,6 +425,22 @@ void check_extent(const std::string& path, hid_t ds, const std::string& dataset,
 }  // namespace
 
 Attrs ResultStore::attrs(const std::string& object) const {
+  Attrs out = read_attrs(object);
+  const auto crc = out.find(kAttrsCrc);
+  if (crc != out.end()) {
+    const auto* stored = std::get_if<int64_t>(&crc->second);
+    const uint32_t now = crc_of(out);
+    if (!stored || *stored != now)
+      fail("HDF5 file ", path_, ": the attributes of '", object.empty() ? "/" : object,
+           "' do not match their checksum; the file is damaged, or they were changed outside qinterp (deleting "
+           "attribute '", kAttrsCrc, "' accepts that)");
+    out.erase(crc);
+  }
+  out.erase(kDataCrc);
+  return out;
+}
+
+Attrs ResultStore::read_attrs(const std::string& object) const {
   if (split(object).size() && !exists(object)) fail("HDF5 file ", path_, ": no object '", object, "'");
   Id obj(H5Oopen(file_, split(object).empty() ? "/" : ("/" + object).c_str(), H5P_DEFAULT), H5Oclose);
   QH5_CHECK(obj.id, "cannot open '", object, "'");
@@ -389,12 +455,20 @@ Attrs ResultStore::attrs(const std::string& object) const {
     uint64_t header;
   } ctx{this, {}, {}, {}, heaps, static_cast<uint64_t>(info.addr)};
   hsize_t idx = 0;
-  H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
+  const herr_t walked = H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
               [](hid_t loc, const char* name, const H5A_info_t*, void* p) -> herr_t {
                 auto* c = static_cast<Ctx*>(p);
+                // Leaving out an attribute that cannot be read would hand back part of them.
+                auto unreadable = [&]() -> herr_t {
+                  c->bad = name;
+                  c->why = "it cannot be read";
+                  return -1;
+                };
                 Id a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+                if (a.id < 0) return unreadable();
                 Id t(H5Aget_type(a), H5Tclose);
                 Id space(H5Aget_space(a), H5Sclose);
+                if (t.id < 0 || space.id < 0) return unreadable();
                 if (H5Sget_simple_extent_npoints(space) != 1) return 0;  // only scalars are ours
                 const H5T_class_t cls = H5Tget_class(t);
                 if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !sane_number_type(t)) {
@@ -411,12 +485,14 @@ Attrs ResultStore::attrs(const std::string& object) const {
                 switch (cls) {
                   case H5T_INTEGER: {
                     int64_t v = 0;
-                    if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) c->out[key] = v;
+                    if (H5Aread(a, H5T_NATIVE_INT64, &v) < 0) return unreadable();
+                    c->out[key] = v;
                     break;
                   }
                   case H5T_FLOAT: {
                     double v = 0;
-                    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) >= 0) c->out[key] = v;
+                    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) return unreadable();
+                    c->out[key] = v;
                     break;
                   }
                   case H5T_STRING: {
@@ -433,13 +509,13 @@ Attrs ResultStore::attrs(const std::string& object) const {
                       Id mt(H5Tcopy(H5T_C_S1), H5Tclose);
                       H5Tset_size(mt, H5T_VARIABLE);
                       H5Tset_cset(mt, H5Tget_cset(t));
-                      if (H5Aread(a, mt, &s) >= 0 && s) {
-                        c->out[key] = detail::printable_utf8(s);
-                        H5free_memory(s);
-                      }
+                      if (H5Aread(a, mt, &s) < 0) return unreadable();
+                      c->out[key] = s ? detail::printable_utf8(s) : std::string();
+                      if (s) H5free_memory(s);
                     } else {
                       std::string s(H5Tget_size(t), '\0');
-                      if (H5Aread(a, t, s.data()) >= 0) c->out[key] = detail::printable_utf8(s.c_str());
+                      if (H5Aread(a, t, s.data()) < 0) return unreadable();
+                      c->out[key] = detail::printable_utf8(s.c_str());
                     }
                     break;
                   }
@@ -448,10 +524,13 @@ Attrs ResultStore::attrs(const std::string& object) const {
                 return 0;
               },
               &ctx);
-  h5_message();
+  const std::string msg = h5_message();
   if (!ctx.bad.empty())
     fail("HDF5 file ", path_, ": attribute '", ctx.bad, "' of '", object.empty() ? "/" : object, "': ", ctx.why,
-         "; the file is damaged");
+         "; the file is damaged", msg.empty() ? "" : " (HDF5: " + msg + ")");
+  if (walked < 0)
+    fail("HDF5 file ", path_, ": cannot read the attributes of '", object.empty() ? "/" : object,
+         "'; the file is damaged", msg.empty() ? "" : " (HDF5: " + msg + ")");
   return ctx.out;
 }
 
@@ -489,6 +568,8 @@ void ResultStore::write_unflushed(const std::string& dataset, const at::Tensor& 
   Id ds(H5Dcreate2(parent, leaf_of(dataset).c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
   QH5_CHECK(ds.id, "cannot create dataset '", dataset, "'");
   if (t.numel() > 0) QH5_CHECK(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()), "cannot write '", dataset, "'");
+  QH5_CHECK(write_crc_attr(ds, kDataCrc, crc_of(t.data_ptr(), static_cast<size_t>(t.nbytes()))),
+            "cannot write the checksum of '", dataset, "'");
   if (t_in.scalar_type() == at::kBool) {
     Id as(H5Screate(H5S_SCALAR), H5Sclose);
     Id st(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -542,6 +623,19 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
   }
   if (out.numel() > 0)
     QH5_CHECK(H5Dread(ds, h5_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), "cannot read '", dataset, "'");
+  if (H5Aexists(ds, kDataCrc) > 0) {  // written by this store: the bytes read are the bytes written
+    uint32_t stored = 0;
+    Id a(H5Aopen(ds, kDataCrc, H5P_DEFAULT), H5Aclose);
+    Id at(a.id < 0 ? -1 : H5Aget_type(a), H5Tclose);
+    Id as(a.id < 0 ? -1 : H5Aget_space(a), H5Sclose);
+    const bool ok = at.id >= 0 && as.id >= 0 && H5Tget_class(at) == H5T_INTEGER && sane_number_type(at) &&
+                    H5Sget_simple_extent_npoints(as) == 1 && H5Aread(a, H5T_NATIVE_UINT32, &stored) >= 0;
+    h5_message();
+    if (!ok || stored != crc_of(out.data_ptr(), static_cast<size_t>(out.nbytes())))
+      fail("HDF5 file ", path_, ": dataset '", dataset,
+           "' does not match its checksum; the file is damaged, or the data was changed outside qinterp (deleting its "
+           "attribute '", kDataCrc, "' accepts that)");
+  }
   if (st == at::kByte && H5Aexists(ds, "dtype") > 0) out = out.ne(0);
   h5_message();
   return out;

@@ -15,6 +15,11 @@
 // reading a path that does not exist, throws qinterp::Error naming the file and the object.
 // Dtypes: bool (stored as uint8 with attribute dtype=bool), uint8, int32, int64, float16,
 // float32, float64; tensors on a GPU are copied to the host.
+// Checksums: each dataset written by write() or a result carries `crc32`, the CRC-32 of its bytes
+// (Python's zlib.crc32 of `ds[()].tobytes()`), and each object given attributes `attrs_crc32`
+// over them (result_store.cpp: crc_of). read() and attrs() check them where present and throw
+// naming the object when they differ; attrs() does not return them. The activation dumps, which
+// grow in place, carry none.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -116,6 +121,7 @@ class ResultStore {
   void open_check() const;
   void write_group(const std::string& group, const Tensors& ts, const Attrs& attrs);
   void write_unflushed(const std::string& dataset, const at::Tensor& t);
+  Attrs read_attrs(const std::string& object) const;  // as stored, checksum unchecked
 };
 
 }  // namespace qinterp::io
