@@ -191,6 +191,17 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
         f[g].attrs["hooks"] = "blocks.0.mlp.hook_act,mlp"
         del f[g].attrs["attrs_crc32"]  # an edit accepted, so that the hook names themselves are read
 
+    def no_attr(path, name):
+        def edit(f):
+            del f[path].attrs[name]
+            del f[path].attrs["attrs_crc32"]
+        return edit
+
+    def move(path, to):
+        def edit(f):
+            f.move(path, to)
+        return edit
+
     edits = {
         "no_member": (remove(f"{g}/drift/{HOOKS[1]}/dead_jaccard"),
                       f"'{g}/drift/{HOOKS[1]}' has no dataset 'dead_jaccard'"),
@@ -201,6 +212,14 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
         "bad_hook": (set_hooks, f"'{g}' lists hook 'mlp', which is not blocks.<layer>.<point>"),
         "bins": (replace(f"{g}/{HOOKS[2]}/correlation/histogram", np.zeros(3, np.int64)),
                  "/correlation/histogram' has 3 bins where the task's other layers have"),
+        # a flipped byte in a link name: that layer's results were left out of the table and the
+        # pooled histogram, and the other layers' cells moved under its header
+        "layer_gone": (move(f"{g}/{HOOKS[1]}/dead", f"{g}/{HOOKS[1]}/deae"),
+                       f"'{g}/{HOOKS[1]}/dead' is missing where the other hooked layers of '{g}' have theirs"),
+        "no_empty": (no_attr(f"{g}/predictions", "empty_answers"),
+                     f"'{g}/predictions' has no numeric attribute 'empty_answers'"),
+        "changed": (lambda f: f[f"{g}/calibration"].attrs.modify("accuracy", 0.99),
+                    f"the attributes of '{g}/calibration' do not match their checksum"),
     }
     for name, (edit, message) in edits.items():
         bad = tmp_path / f"{name}.h5"
@@ -211,6 +230,92 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
         err = r.stderr.decode()
         assert r.returncode == 1 and err.count("\n") == 1, (name, r.returncode, err)
         assert err.startswith("qinterp: error: ") and str(bad) in err and message in err, (name, err)
+
+    # An attribute message HDF5 cannot decode (its int64's size made 256 bytes): the attributes
+    # read as none at all, and the task's accuracy row vanished from the table.
+    data = bytearray(run_file.read_bytes())
+    at, hits = data.find(b"empty_answers\0"), 0
+    while at > 0:  # every task's and precision's (the report stops at the first)
+        assert data[at + 16] & 0x0F == 0 and data[at + 20:at + 24] == b"\x08\0\0\0"  # fixed-point, 8 bytes
+        data[at + 20:at + 24] = b"\0\x01\0\0"
+        at, hits = data.find(b"empty_answers\0", at + 1), hits + 1
+    assert hits == len(PRECS) * 2
+    bad = tmp_path / "undecodable.h5"
+    bad.write_bytes(bytes(data))
+    r = cli("report", bad)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert str(bad) in err and "/predictions'; the file is damaged" in err, err
+
+    # A stage without its done flag (a run killed while writing its results) is not reported;
+    # the IG stage's table (salient neurons) still is.
+    part = tmp_path / "unfinished.h5"
+    shutil.copy(run_file, part)
+    with h5py.File(part, "r+") as f:
+        no_attr(g, "forward_done")(f)
+    r = cli("report", part)
+    assert r.returncode == 0, r.stderr
+    sections = r.stdout.decode().split("\n### ")[1:]
+    assert len(sections) == 5
+    for sec in sections:
+        rows = [line for line in sec.splitlines() if line.startswith("| stories260K | boolq |")]
+        assert rows and any("| nf4 |" in line for line in rows), sec
+        assert any("| int8 |" in line for line in rows) == sec.startswith("Salient"), sec
+
+
+def test_figures_read_what_the_run_wrote(run_file, tmp_path):
+    """qinterp.plots (the paper's figures) reads the calibration attributes and pools the layers'
+    histograms as the report does; histograms of different sizes are an error, not a zip."""
+    import shutil
+    import h5py
+    from qinterp.plots import draw_all, read_run
+    rows, hist = read_run(str(run_file))
+    assert len(rows) == len(PRECS) * 2 and set(hist) == {(r["model"], r["task"], r["precision"]) for r in rows}
+    with ResultStore(str(run_file), "r") as s:
+        for r in rows:
+            g = f"{r['model']}/{r['precision']}/{r['task']}"
+            a = s.attrs(g + "/calibration")
+            assert all(r[k] == a[k] for k in ("accuracy", "confidence", "ece", "ace")), r
+            pooled = sum(s.read(f"{g}/{h}/correlation/histogram") for h in HOOKS)
+            assert hist[(r["model"], r["task"], r["precision"])] == pooled.tolist()
+    files = draw_all(str(run_file), str(tmp_path / "fig"))
+    assert sorted(os.path.basename(f) for f in files) == ["accuracy.png", "ace.png", "confidence.png", "correlation.png"]
+    assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in files)
+    bad = tmp_path / "bins.h5"
+    shutil.copy(run_file, bad)
+    with h5py.File(bad, "r+") as f:
+        path = f"stories260K/nf4/piqa/{HOOKS[2]}/correlation/histogram"
+        del f[path]
+        f[path] = np.zeros(3, np.int64)
+    with pytest.raises(qinterp.Error, match=r"histogram' has 3 bins where the task's other layers have 10"):
+        read_run(str(bad))
+
+
+def test_report_lines_up_models_hooked_at_other_layers(tmp_path):
+    """Two models in one file, hooked at other blocks: each table has a column per block, and a
+    model's cells sit under its own blocks (the first model's headers were used for every row)."""
+    out = tmp_path / "two.h5"
+    for name, layers in (("a", "0,2,4"), ("b", "1,3")):
+        r = cli("run", "--model", MODEL, "--name", name, "--quant", "fp32", "--task", "boolq", "--data", DATA,
+                "--limit", 4, "--ig-limit", 1, "--layers", layers, "--out", out, "--quiet")
+        assert r.returncode == 0, r.stderr
+    r = cli("report", out, "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    with ResultStore(str(out), "r") as s:
+        for table, what in (("dead_neurons", "dead"), ("salient_neurons", "salient")):
+            with open(tmp_path / "rep" / f"{table}.csv") as f:
+                rows = list(csv.DictReader(f))
+            assert list(rows[0])[3:] == [f"layer {L}" for L in range(5)], table
+            for row in rows:
+                hooked = {0, 2, 4} if row["model"] == "a" else {1, 3}
+                for L in range(5):
+                    cell = row[f"layer {L}"]
+                    if L not in hooked:
+                        assert cell == "\u2013", (table, row)
+                        continue
+                    d = s.read_result(f"{row['model']}/fp32/boolq/blocks.{L}.mlp.hook_act/{what}")
+                    want = f"{d['count']} / {d['dead'].numel()}" if what == "dead" else str(int(d["count"]))
+                    assert cell == want, (table, row)
 
 
 def test_rerun_refuses_a_file_whose_finished_results_are_damaged(run_file, tmp_path):

@@ -18,6 +18,7 @@ __all__ = ["read_run", "draw_all"]
 
 def read_run(path: str) -> Tuple[List[dict], Dict[Tuple[str, str, str], List[int]]]:
     """(rows of model/task/precision/accuracy/confidence/ece/ace, {(model, task, precision): pooled |r| histogram})."""
+    from . import Error
     from .analysis import ResultStore
     rows, hist = [], {}
     with ResultStore(path, "r") as s:
@@ -33,7 +34,7 @@ def read_run(path: str) -> Tuple[List[dict], Dict[Tuple[str, str, str], List[int
                 for task in s.list(f"{model}/{prec}"):
                     g = f"{model}/{prec}/{task}"
                     ta = s.attrs(g)
-                    if "hooks" not in ta:
+                    if "hooks" not in ta or "forward_done" not in ta:  # as the report: finished stages only
                         continue
                     if s.exists(g + "/calibration"):
                         a = s.attrs(g + "/calibration")
@@ -43,6 +44,9 @@ def read_run(path: str) -> Tuple[List[dict], Dict[Tuple[str, str, str], List[int
                     for h in str(ta["hooks"]).split(","):
                         if s.exists(f"{g}/{h}/correlation"):
                             v = s.read(f"{g}/{h}/correlation/histogram").tolist()
+                            if total is not None and len(v) != len(total):
+                                raise Error(f"{path}: '{g}/{h}/correlation/histogram' has {len(v)} bins where the "
+                                            f"task's other layers have {len(total)}; the file is damaged")
                             total = v if total is None else [x + y for x, y in zip(total, v)]
                     if total is not None:
                         hist[(model, task, prec)] = total

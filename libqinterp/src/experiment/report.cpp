@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
+#include <type_traits>
 #include <sstream>
 
 #include "qinterp/error.hpp"
@@ -114,6 +116,27 @@ struct Reader {
   const std::string& path;
   const io::ResultStore& store;
 
+  template <class T>
+  T attr(const io::Attrs& a, const std::string& object, const std::string& key) const {
+    const auto it = a.find(key);
+    const T* v = it == a.end() ? nullptr : std::get_if<T>(&it->second);
+    if (!v) fail(path, ": '", object, "' has no ", std::is_same_v<T, std::string> ? "string" : "numeric", " attribute '",
+                 key, "'; the file is incomplete or damaged");
+    return *v;
+  }
+  // Whether the task group g holds `what` (a path under g, from a hook name) for its hooks: for
+  // all or for none, as a finished stage writes them; a part would pool or list too few layers.
+  template <class F>
+  bool for_all_hooks(const std::string& g, const std::vector<std::string>& hooks, F where) const {
+    size_t n = 0;
+    std::string missing;
+    for (const auto& h : hooks)
+      if (store.exists(where(h))) ++n;
+      else missing = where(h);
+    if (n && n < hooks.size())
+      fail(path, ": '", missing, "' is missing where the other hooked layers of '", g, "' have theirs; the file is damaged");
+    return n > 0;
+  }
   at::Tensor member(const Tensors& d, const std::string& group, const std::string& key) const {
     const auto it = d.find(key);
     if (it == d.end()) fail(path, ": '", group, "' has no dataset '", key, "'; the file is incomplete or damaged");
@@ -129,12 +152,13 @@ struct Reader {
       fail(path, ": '", what, "' is ", v, ", not a count; the file is damaged");
     return static_cast<int64_t>(v);
   }
-  // "blocks.<N>.<...>" -> "<N>"
-  std::string layer_of(const std::string& hook, const std::string& group) const {
+  // "blocks.<N>.<...>" -> N
+  int64_t layer_of(const std::string& hook, const std::string& group) const {
     const size_t dot = hook.find('.', 7);
-    if (hook.rfind("blocks.", 0) != 0 || dot == std::string::npos || dot == 7)
+    if (hook.rfind("blocks.", 0) != 0 || dot == std::string::npos || dot == 7 || dot > 7 + 9 ||
+        hook.find_first_not_of("0123456789", 7) != dot)
       fail(path, ": '", group, "' lists hook '", hook, "', which is not blocks.<layer>.<point>; the file is damaged");
-    return hook.substr(7, dot - 7);
+    return std::stoll(hook.substr(7, dot - 7));
   }
 };
 
@@ -149,7 +173,14 @@ Report make_report(const std::string& path, const ReportOptions& o) {
   Table drift{"drift", "Drift from the reference precision, per hooked layer (means over neurons)", {"model", "task", "precision", "layer", "reference", "cosine", "correlation", "mse", "dead agreement", "dead Jaccard"}, {}};
   const Reader rd{path, store};
   bool any = false, any_sal = false, any_dead = false, any_corr = false;
-  std::vector<std::string> dead_layers;
+  // Per-layer cells keyed by layer: a model hooked at other layers gets its own columns, and a
+  // layer without results shows "–" rather than shifting the cells after it under other headers.
+  struct LayerRow {
+    Row head;
+    std::map<int64_t, std::string> cells;
+    std::vector<int64_t> layers;
+  };
+  std::vector<LayerRow> dead_rows, sal_rows;
   for (const auto& model : store.list("")) {
     const io::Attrs ma = store.attrs(model);
     if (!ma.count("layers")) continue;  // not a run's model group
@@ -165,32 +196,44 @@ Report make_report(const std::string& path, const ReportOptions& o) {
         if (!ta.count("hooks")) continue;
         any = true;
         const auto hooks = split(attr_or<std::string>(ta, "hooks", ""), ',');
-        if (store.exists(g + "/calibration")) {
-          const io::Attrs ca = store.attrs(g + "/calibration");
-          const int64_t empty = store.exists(g + "/predictions") ? attr_or<int64_t>(store.attrs(g + "/predictions"), "empty_answers", 0) : 0;
-          acc.rows.push_back({model, task, prec, std::to_string(attr_or<int64_t>(ca, "examples", 0)),
-                              num(attr_or<double>(ca, "accuracy", NAN)), num(attr_or<double>(ca, "confidence", NAN)),
-                              num(attr_or<double>(ca, "ece", NAN)), num(attr_or<double>(ca, "ace", NAN)), std::to_string(empty),
+        std::vector<int64_t> layers;
+        for (const auto& h : hooks) layers.push_back(rd.layer_of(h, g));
+        // Results of a stage count once its done flag is set (runner.cpp writes it after all of
+        // them): before that the group may hold some layers' results but not others'.
+        const bool forward = ta.count("forward_done") > 0, ig = ta.count("ig_done") > 0;
+        if (forward && store.exists(g + "/calibration")) {
+          const std::string cg = g + "/calibration", pg = g + "/predictions";
+          const io::Attrs ca = store.attrs(cg);
+          const int64_t empty = rd.attr<int64_t>(store.attrs(pg), pg, "empty_answers");
+          acc.rows.push_back({model, task, prec, std::to_string(rd.attr<int64_t>(ca, cg, "examples")),
+                              num(rd.attr<double>(ca, cg, "accuracy")), num(rd.attr<double>(ca, cg, "confidence")),
+                              num(rd.attr<double>(ca, cg, "ece")), num(rd.attr<double>(ca, cg, "ace")), std::to_string(empty),
                               attr_or<std::string>(ta, "scoring", "?") +
                                   (attr_or<std::string>(ta, "chat", "none") == "none" ? "" : " + chat template"),
                               attr_or<std::string>(ta, "mode", "?")});
         }
-        Row dr{model, task, prec}, sr{model, task, prec};
+        LayerRow dr{{model, task, prec}, {}, layers}, sr{{model, task, prec}, {}, layers};
         at::Tensor hist;
-        for (const auto& h : hooks) {
-          const std::string layer = rd.layer_of(h, g);
+        auto under = [&](const std::string& what) { return [&g, what](const std::string& h) { return g + "/" + h + "/" + what; }; };
+        const bool has_dead = forward && rd.for_all_hooks(g, hooks, under("dead")),
+                   has_sal = ig && rd.for_all_hooks(g, hooks, under("salient")),
+                   has_corr = forward && rd.for_all_hooks(g, hooks, under("correlation")),
+                   has_drift = forward && rd.for_all_hooks(g, hooks, [&g](const std::string& h) { return g + "/drift/" + h; });
+        for (size_t hi = 0; hi < hooks.size(); ++hi) {
+          const std::string& h = hooks[hi];
+          const int64_t layer = layers[hi];
           const std::string hg = g + "/" + h;
-          if (store.exists(hg + "/dead")) {
+          if (has_dead) {
             any_dead = true;
             const auto d = store.read_tensors(hg + "/dead");
-            dr.push_back(std::to_string(rd.count(rd.member(d, hg + "/dead", "count"), hg + "/dead/count")) + " / " +
-                         std::to_string(rd.member(d, hg + "/dead", "dead").numel()));
+            dr.cells[layer] = std::to_string(rd.count(rd.member(d, hg + "/dead", "count"), hg + "/dead/count")) + " / " +
+                              std::to_string(rd.member(d, hg + "/dead", "dead").numel());
           }
-          if (store.exists(hg + "/salient")) {
+          if (has_sal) {
             any_sal = true;
-            sr.push_back(std::to_string(rd.count(store.read(hg + "/salient/count"), hg + "/salient/count")));
+            sr.cells[layer] = std::to_string(rd.count(store.read(hg + "/salient/count"), hg + "/salient/count"));
           }
-          if (store.exists(hg + "/correlation")) {
+          if (has_corr) {
             any_corr = true;
             const at::Tensor hh = store.read(hg + "/correlation/histogram").to(at::kLong).reshape({-1});
             if (hist.defined() && hh.numel() != hist.numel())
@@ -198,11 +241,11 @@ Report make_report(const std::string& path, const ReportOptions& o) {
                    hist.numel(), "; the file is damaged");
             hist = hist.defined() ? hist + hh : hh;
           }
-          if (store.exists(g + "/drift/" + h)) {
+          if (has_drift) {
             const std::string dg = g + "/drift/" + h;
             const auto d = store.read_tensors(dg);
-            const std::string ref = attr_or<std::string>(store.attrs(g + "/drift"), "reference", "");
-            drift.rows.push_back({model, task, prec, layer, ref,
+            const std::string ref = rd.attr<std::string>(store.attrs(g + "/drift"), g + "/drift", "reference");
+            drift.rows.push_back({model, task, prec, std::to_string(layer), ref,
                                   num(at::nanmean(rd.member(d, dg, "cosine").to(at::kDouble)).item<double>()),
                                   num(at::nanmean(rd.member(d, dg, "correlation").to(at::kDouble)).item<double>()),
                                   num(rd.member(d, dg, "mse").to(at::kDouble).mean().item<double>(), 6),
@@ -210,12 +253,8 @@ Report make_report(const std::string& path, const ReportOptions& o) {
                                   num(rd.scalar(rd.member(d, dg, "dead_jaccard"), dg + "/dead_jaccard"))});
           }
         }
-        if (dead.header.size() == 3)
-          for (const auto& h : hooks) dead.header.push_back("layer " + rd.layer_of(h, g));
-        if (sal.header.size() == 3)
-          for (const auto& h : hooks) sal.header.push_back("layer " + rd.layer_of(h, g));
-        if (dr.size() > 3) dead.rows.push_back(dr);
-        if (sr.size() > 3) sal.rows.push_back(sr);
+        if (!dr.cells.empty()) dead_rows.push_back(std::move(dr));
+        if (!sr.cells.empty()) sal_rows.push_back(std::move(sr));
         if (hist.defined()) {
           const int64_t bins = hist.numel();
           if (corr.header.size() == 3)
@@ -228,6 +267,16 @@ Report make_report(const std::string& path, const ReportOptions& o) {
     }
   }
   if (!any) fail(path, ": holds no run results (expected groups written by `qinterp run`)");
+  for (auto [t, rows] : {std::pair<Table*, std::vector<LayerRow>*>{&dead, &dead_rows}, {&sal, &sal_rows}}) {
+    std::set<int64_t> layers;
+    for (const auto& r : *rows) layers.insert(r.layers.begin(), r.layers.end());
+    for (int64_t l : layers) t->header.push_back("layer " + std::to_string(l));
+    for (const auto& r : *rows) {
+      Row row = r.head;
+      for (int64_t l : layers) row.push_back(r.cells.count(l) ? r.cells.at(l) : "\u2013");
+      t->rows.push_back(std::move(row));
+    }
+  }
   std::vector<const Table*> tables{&acc};
   if (any_dead) tables.push_back(&dead);
   if (any_sal) tables.push_back(&sal);
