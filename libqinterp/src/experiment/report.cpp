@@ -172,7 +172,7 @@ Report make_report(const std::string& path, const ReportOptions& o) {
   Table corr{"correlation", "Neuron pairs per |Pearson r| bin, hooked layers pooled", {"model", "task", "precision"}, {}};
   Table drift{"drift", "Drift from the reference precision, per hooked layer (means over neurons)", {"model", "task", "precision", "layer", "reference", "cosine", "correlation", "mse", "dead agreement", "dead Jaccard"}, {}};
   const Reader rd{path, store};
-  bool any = false, any_sal = false, any_dead = false, any_corr = false;
+  bool any = false, any_corr = false;
   // Per-layer cells keyed by layer: a model hooked at other layers gets its own columns, and a
   // layer without results shows "–" rather than shifting the cells after it under other headers.
   struct LayerRow {
@@ -224,13 +224,11 @@ Report make_report(const std::string& path, const ReportOptions& o) {
           const int64_t layer = layers[hi];
           const std::string hg = g + "/" + h;
           if (has_dead) {
-            any_dead = true;
             const auto d = store.read_tensors(hg + "/dead");
             dr.cells[layer] = std::to_string(rd.count(rd.member(d, hg + "/dead", "count"), hg + "/dead/count")) + " / " +
                               std::to_string(rd.member(d, hg + "/dead", "dead").numel());
           }
           if (has_sal) {
-            any_sal = true;
             sr.cells[layer] = std::to_string(rd.count(store.read(hg + "/salient/count"), hg + "/salient/count"));
           }
           if (has_corr) {
@@ -278,8 +276,8 @@ Report make_report(const std::string& path, const ReportOptions& o) {
     }
   }
   std::vector<const Table*> tables{&acc};
-  if (any_dead) tables.push_back(&dead);
-  if (any_sal) tables.push_back(&sal);
+  if (!dead_rows.empty()) tables.push_back(&dead);
+  if (!sal_rows.empty()) tables.push_back(&sal);
   if (any_corr) tables.push_back(&corr);
   if (!drift.rows.empty()) tables.push_back(&drift);
   Report r;
