@@ -219,6 +219,7 @@ Report make_report(const std::string& path, const ReportOptions& o) {
                    has_sal = ig && rd.for_all_hooks(g, hooks, under("salient")),
                    has_corr = forward && rd.for_all_hooks(g, hooks, under("correlation")),
                    has_drift = forward && rd.for_all_hooks(g, hooks, [&g](const std::string& h) { return g + "/drift/" + h; });
+        const std::string ref = has_drift ? rd.attr<std::string>(store.attrs(g + "/drift"), g + "/drift", "reference") : "";
         for (size_t hi = 0; hi < hooks.size(); ++hi) {
           const std::string& h = hooks[hi];
           const int64_t layer = layers[hi];
@@ -242,7 +243,6 @@ Report make_report(const std::string& path, const ReportOptions& o) {
           if (has_drift) {
             const std::string dg = g + "/drift/" + h;
             const auto d = store.read_tensors(dg);
-            const std::string ref = rd.attr<std::string>(store.attrs(g + "/drift"), g + "/drift", "reference");
             drift.rows.push_back({model, task, prec, std::to_string(layer), ref,
                                   num(at::nanmean(rd.member(d, dg, "cosine").to(at::kDouble)).item<double>()),
                                   num(at::nanmean(rd.member(d, dg, "correlation").to(at::kDouble)).item<double>()),

@@ -623,20 +623,16 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
   }
   if (out.numel() > 0)
     QH5_CHECK(H5Dread(ds, h5_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), "cannot read '", dataset, "'");
-  if (H5Aexists(ds, kDataCrc) > 0) {  // written by this store: the bytes read are the bytes written
-    uint32_t stored = 0;
-    Id a(H5Aopen(ds, kDataCrc, H5P_DEFAULT), H5Aclose);
-    Id at(a.id < 0 ? -1 : H5Aget_type(a), H5Tclose);
-    Id as(a.id < 0 ? -1 : H5Aget_space(a), H5Sclose);
-    const bool ok = at.id >= 0 && as.id >= 0 && H5Tget_class(at) == H5T_INTEGER && sane_number_type(at) &&
-                    H5Sget_simple_extent_npoints(as) == 1 && H5Aread(a, H5T_NATIVE_UINT32, &stored) >= 0;
-    h5_message();
-    if (!ok || stored != crc_of(out.data_ptr(), static_cast<size_t>(out.nbytes())))
+  const Attrs da = read_attrs(dataset);
+  const auto crc = da.find(kDataCrc);
+  if (crc != da.end()) {  // written by this store: the bytes read are the bytes written
+    const auto* stored = std::get_if<int64_t>(&crc->second);
+    if (!stored || *stored != crc_of(out.data_ptr(), static_cast<size_t>(out.nbytes())))
       fail("HDF5 file ", path_, ": dataset '", dataset,
            "' does not match its checksum; the file is damaged, or the data was changed outside qinterp (deleting its "
            "attribute '", kDataCrc, "' accepts that)");
   }
-  if (st == at::kByte && H5Aexists(ds, "dtype") > 0) out = out.ne(0);
+  if (st == at::kByte && da.count("dtype")) out = out.ne(0);
   h5_message();
   return out;
 }
