@@ -342,6 +342,40 @@ def test_rerun_refuses_a_file_whose_finished_results_are_damaged(run_file, tmp_p
     assert bad.read_bytes() == bytes(data)
 
 
+@pytest.mark.parametrize("edit", ["dead_gone", "salient_gone", "drift_gone", "mark_gone"])
+def test_rerun_refuses_a_finished_stage_with_a_hole(run_file, tmp_path, edit):
+    """A stage marked finished is skipped on a rerun. Results missing from it (a group deleted or
+    renamed, the finished mark gone from one precision) must stop the rerun, naming the object,
+    not pass on to a report that refuses the file (or, before, to one with a layer missing)."""
+    import shutil
+    import h5py
+    bad = tmp_path / "hole.h5"
+    shutil.copy(run_file, bad)
+    g = "stories260K/nf4/piqa"
+    with h5py.File(bad, "r+") as f:
+        if edit == "dead_gone":
+            missing = f"{g}/{HOOKS[1]}/dead"
+            f.move(missing, f"{g}/{HOOKS[1]}/dead_old")
+        elif edit == "salient_gone":
+            missing = f"stories260K/int8/boolq/{HOOKS[2]}/salient"
+            del f[missing]
+        elif edit == "drift_gone":
+            missing = f"{g}/drift/{HOOKS[0]}"
+            del f[missing]
+        else:
+            missing = g
+            del f[g].attrs["forward_done"]
+            del f[g].attrs["attrs_crc32"]  # an edit outside qinterp, accepted as such
+    edited = bad.read_bytes()
+    quants = [a for p in PRECS for a in ("--quant", p)]
+    r = cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", bad, "--limit", 24,
+            "--ig-limit", 3, "--batch", 8, "--data", DATA)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert str(bad) in err and missing in err and "damaged or was edited" in err, err
+    assert bad.read_bytes() == edited
+
+
 def test_rerun_skips_finished_work_and_refuses_other_settings(run_file, tmp_path):
     before = dump(run_file)
     r = small_run(run_file)

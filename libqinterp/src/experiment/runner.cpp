@@ -346,28 +346,51 @@ void reset_accumulators(Ctx& c) {
   }
 }
 
-// Whether rank 0's file already holds this stage's results (every rank gets rank 0's answer).
-bool stage_done(Ctx& c, const std::string& task_group_any, const std::string& flag, int64_t fp) {
-  int64_t done = 0;  // 0 no, 1 yes, 2 other settings
-  if (c.store && !c.o.restart && c.store->exists(task_group_any)) {
-    const auto a = c.store->attrs(task_group_any);
-    auto it = a.find(flag);
-    if (it != a.end()) {
-      const int64_t* v = std::get_if<int64_t>(&it->second);
-      done = v && *v == fp ? 1 : 2;
+// What marks a stage finished: the flag (with the settings' fingerprint) on every group, set on
+// groups.front() last, and the objects the stage writes.
+struct StageMark {
+  std::vector<std::string> groups, required;
+  std::string flag;
+  int64_t fp = 0;
+};
+
+// Whether rank 0's file already holds this stage's results (every rank gets rank 0's answer). A
+// stage marked finished must also have the flag on every group and every required object, else the
+// file was damaged or edited and a resume would leave a hole that only the report would find.
+bool stage_done(Ctx& c, const StageMark& m) {
+  int64_t done = 0;  // 0 no, 1 yes, 2 other settings, 3 incomplete
+  std::string missing;
+  auto marked = [&](const std::string& g) {
+    const auto a = c.store->attrs(g);
+    const auto it = a.find(m.flag);
+    if (it == a.end()) return 0;
+    const int64_t* v = std::get_if<int64_t>(&it->second);
+    return v && *v == m.fp ? 1 : 2;
+  };
+  if (c.store && !c.o.restart && c.store->exists(m.groups.front())) {
+    done = marked(m.groups.front());
+    for (size_t i = 0; done == 1 && i < m.groups.size() + m.required.size(); ++i) {
+      const std::string& o = i < m.groups.size() ? m.groups[i] : m.required[i - m.groups.size()];
+      if (!c.store->exists(o))
+        missing = o + " is missing";
+      else if (i < m.groups.size() && marked(o) != 1)
+        missing = o + " lacks the '" + m.flag + "' mark of " + m.groups.front();
+      if (!missing.empty()) done = 3;
     }
   }
   if (c.par.world > 1) done = c.par.broadcast(done);
   if (done == 2)
-    fail(c.o.out, ": ", task_group_any, " holds results of a run with other settings; use another --out, or --restart to replace them");
+    fail(c.o.out, ": ", m.groups.front(), " holds results of a run with other settings; use another --out, or --restart to replace them");
+  if (done == 3)
+    fail(c.o.out, ": ", missing.empty() ? m.groups.front() + " is incomplete" : missing, " although its stage is marked finished ('",
+         m.flag, "'); the file is damaged or was edited (use another --out, or --restart to replace it)");
   return done == 1;
 }
 
 // A stage already in the file is skipped; a checkpoint left by a run killed after writing the
 // results, before the clean-up, goes with it.
-bool skip_finished_stage(Ctx& c, const std::string& task_group_any, const std::string& flag, int64_t fp,
-                         const std::string& ck) {
-  if (!stage_done(c, task_group_any, flag, fp)) return false;
+bool skip_finished_stage(Ctx& c, const StageMark& m, const std::string& ck) {
+  if (!stage_done(c, m)) return false;
   if (c.ckpt->exists(ck)) c.ckpt->remove(ck);
   ++c.summary.stages_skipped;
   return true;
@@ -439,11 +462,41 @@ void write_forward_results(Ctx& c, const Task& t, int64_t fp) {
   c.store->flush();
 }
 
+std::string ig_settings(const Ctx& c, const Task& t, const Prec& p, int64_t n) {
+  std::ostringstream os;
+  os << "ig|" << forward_settings(c, t, n) << "|" << p.name << "|" << c.o.ig_steps << "|" << c.o.ig_method << "|"
+     << c.o.ig_target;
+  return os.str();
+}
+
+StageMark forward_mark(const Ctx& c, const Task& t, int64_t n) {
+  StageMark m{{}, {}, "forward_done", fingerprint(forward_settings(c, t, n))};
+  for (const Prec& p : c.precs) {
+    const std::string g = group(c, p.name, t.name);
+    m.groups.push_back(g);
+    if (c.an.count("predictions")) m.required.insert(m.required.end(), {g + "/predictions", g + "/calibration"});
+    const bool drift = c.an.count("drift") && p.quantized && c.ref >= 0;  // as reset_accumulators
+    for (const auto& h : c.hooks) {
+      for (const char* a : {"dead", "stats", "correlation"})
+        if (c.an.count(a)) m.required.push_back(g + "/" + h + "/" + a);
+      if (drift) m.required.push_back(g + "/drift/" + h);
+    }
+  }
+  return m;
+}
+
+StageMark ig_mark(const Ctx& c, const Task& t, size_t pi, int64_t n) {
+  const std::string g = group(c, c.precs[pi].name, t.name);
+  StageMark m{{g}, {}, "ig_done", fingerprint(ig_settings(c, t, c.precs[pi], n))};
+  for (const auto& h : c.hooks) m.required.push_back(g + "/" + h + "/salient");
+  return m;
+}
+
 void forward_stage(Ctx& c, const Task& t, int64_t n) {
   const int64_t fp = fingerprint(forward_settings(c, t, n));
   const int64_t ck_fp = fingerprint(forward_settings(c, t, n) + "|world " + std::to_string(c.par.world));
   const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "forward"});
-  if (skip_finished_stage(c, group(c, c.precs.front().name, t.name), "forward_done", fp, ck)) return;
+  if (skip_finished_stage(c, forward_mark(c, t, n), ck)) return;
   reset_accumulators(c);
   const auto [lo, hi] = shard(c, n);
   int64_t start = lo;
@@ -558,20 +611,13 @@ void forward_stage(Ctx& c, const Task& t, int64_t n) {
 
 // ---- the IG stage
 
-std::string ig_settings(const Ctx& c, const Task& t, const Prec& p, int64_t n) {
-  std::ostringstream os;
-  os << "ig|" << forward_settings(c, t, n) << "|" << p.name << "|" << c.o.ig_steps << "|" << c.o.ig_method << "|"
-     << c.o.ig_target;
-  return os.str();
-}
-
 void ig_stage(Ctx& c, const Task& t, size_t pi, int64_t n) {
   Prec& p = c.precs[pi];
   const int64_t fp = fingerprint(ig_settings(c, t, p, n));
   const int64_t ck_fp = fingerprint(ig_settings(c, t, p, n) + "|world " + std::to_string(c.par.world));
   const std::string g = group(c, p.name, t.name);
   const std::string ck = io::ResultStore::join({c.model_name, "_checkpoints", t.name, "ig", p.name});
-  if (skip_finished_stage(c, g, "ig_done", fp, ck)) return;
+  if (skip_finished_stage(c, ig_mark(c, t, pi, n), ck)) return;
   const std::string target_mode = !c.o.ig_target.empty() ? c.o.ig_target : c.paper ? "retokenized" : "generated";
   const std::string sal_mode = c.paper ? "paper" : "positions";
   std::vector<analysis::SalientNeurons> sal(c.hooks.size(), analysis::SalientNeurons(sal_mode));
@@ -802,20 +848,27 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   }
   c.store = store.get();
   c.ckpt = rank_ckpt ? rank_ckpt.get() : store.get();
+  // Each task's sizes and stages; every finished stage is checked before anything is written, so
+  // that a file with other settings or a hole is refused as it was.
+  std::vector<std::pair<int64_t, int64_t>> sizes;
+  const bool forward = c.an.size() > 1 || !c.an.count("salient");
+  for (const Task& t : tasks) {
+    const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, static_cast<int64_t>(t.examples.size()))
+                                  : static_cast<int64_t>(t.examples.size());
+    sizes.emplace_back(n, c.an.count("salient") ? (o.ig_limit >= 0 ? std::min(o.ig_limit, n) : n) : 0);
+    if (forward) stage_done(c, forward_mark(c, t, n));
+    for (size_t pi = 0; sizes.back().second > 0 && pi < c.precs.size(); ++pi) stage_done(c, ig_mark(c, t, pi, sizes.back().second));
+  }
   if (c.store) c.store->set_attrs(c.model_name, {{"model_file", o.model}, {"layers", [&] {
                                                    std::string s;
                                                    for (int64_t l : c.layers) s += (s.empty() ? "" : ",") + std::to_string(l);
                                                    return s;
                                                  }()}, {"num_layers", L}, {"precisions", join_list(o.precisions)}});
   c10::NoGradGuard ng;
-  for (const Task& t : tasks) {
-    const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, static_cast<int64_t>(t.examples.size()))
-                                  : static_cast<int64_t>(t.examples.size());
-    const int64_t n_ig = o.ig_limit >= 0 ? std::min(o.ig_limit, n) : n;
-    if (c.an.size() > 1 || !c.an.count("salient")) forward_stage(c, t, n);
-    if (c.an.count("salient") && n_ig > 0) {
-      for (size_t pi = 0; pi < c.precs.size(); ++pi) ig_stage(c, t, pi, n_ig);
-    }
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    const auto [n, n_ig] = sizes[ti];
+    if (forward) forward_stage(c, tasks[ti], n);
+    for (size_t pi = 0; n_ig > 0 && pi < c.precs.size(); ++pi) ig_stage(c, tasks[ti], pi, n_ig);
   }
   if (rank_ckpt) {
     const std::string path = rank_ckpt->path();
