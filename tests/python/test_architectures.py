@@ -115,6 +115,54 @@ def test_mistral_sliding_window_shorter_than_the_prompt(tmp_path):
     assert (qinterp.load_model(tmp_path).forward(ids) - ref).abs().max().item() > 1e-2 * ref.abs().max().item()
 
 
+# config.json keys that transformers reads for one architecture only. Each case changed the logits
+# silently (qinterp read the key where transformers ignores it, or the other way round) until
+# config_from_hf_json followed transformers; found by mutating config.json and comparing both.
+KEY_CASES = [
+    ("llama", {}, dict(hidden_activation="gelu")),  # Gemma's name for the activation
+    ("phi", {}, dict(hidden_activation="silu")),
+    ("qwen2", {}, dict(partial_rotary_factor=0.5)),  # rotary fraction: Phi's key only
+    ("mistral", {}, dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    ("gemma3", dict(sliding_window=8), dict(partial_rotary_factor=0.5)),
+    # transformers runs a Mistral file with layer_types as Ministral: the window on sliding layers only
+    ("mistral", dict(sliding_window=8), dict(layer_types=["full_attention", "sliding_attention", "full_attention"])),
+]
+
+
+@pytest.mark.parametrize("kind,over,edit", KEY_CASES, ids=[f"{k}-{next(iter(e))}" for k, _, e in KEY_CASES])
+def test_config_keys_count_where_transformers_counts_them(tmp_path, kind, over, edit):
+    import transformers as tf
+    build(kind, tmp_path, **over)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, **edit)))
+    hf = tf.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    compare(qinterp.load_model(tmp_path), hf, T=40, tag=f"{kind} {edit}")
+
+
+@pytest.mark.parametrize("edit,says", [
+    (dict(attention_bias="true"), '"attention_bias" must be true or false'),
+    (dict(tie_word_embeddings=1), '"tie_word_embeddings" must be true or false'),
+    (dict(hidden_act=["silu"]), '"hidden_act" must be a string'),
+    (dict(model_type=None), 'missing "model_type"'),
+    (dict(eos_token_id=["2"]), '"eos_token_id" must hold token ids'),
+    (dict(layer_types="full_attention"), '"layer_types" must be a list'),
+    (dict(use_sliding_window="no"), '"use_sliding_window" must be true or false'),
+    (dict(layer_types=["full_attention", "sliding_attention", "full_attention"]), "sliding layer_types"),
+])
+def test_config_values_of_the_wrong_type_are_named(tmp_path, edit, says):
+    """Each of these reached Python as the JSON library's RuntimeError, or ran a model transformers
+    would not (Qwen2 sliding layers without use_sliding_window)."""
+    build("qwen2", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(qinterp.Error, match=says) as e:
+        qinterp.load_model(tmp_path)
+    assert "config.json" in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def phi(tmp_path_factory):
     path = tmp_path_factory.mktemp("phi")

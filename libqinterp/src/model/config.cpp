@@ -217,7 +217,9 @@ ModelConfig config_from_json(const std::string& text, const std::string& where) 
   return c;
 }
 
-ModelConfig config_from_hf_json(const std::string& path) {
+namespace {
+
+ModelConfig hf_config(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail(path, ": cannot open config.json");
   nlohmann::json j;
@@ -240,10 +242,35 @@ ModelConfig config_from_hf_json(const std::string& path) {
     if (!j[k].is_number()) fail(path, ": \"", k, "\" must be a number");
     return j[k].get<double>();
   };
+  auto get_b = [&](const char* k, bool dflt) -> bool {
+    if (!j.contains(k) || j[k].is_null()) return dflt;
+    if (!j[k].is_boolean()) fail(path, ": \"", k, "\" must be true or false, not ", j[k].dump());
+    return j[k].get<bool>();
+  };
+  auto get_s = [&](const char* k, const std::string& dflt) -> std::string {
+    if (!j.contains(k) || j[k].is_null()) return dflt;
+    if (!j[k].is_string()) fail(path, ": \"", k, "\" must be a string, not ", j[k].dump());
+    return j[k].get<std::string>();
+  };
+  // One letter per layer ('s' sliding, 'f' full) from "layer_types", or "" when absent.
+  auto layer_letters = [&]() {
+    std::string out;
+    if (!j.contains("layer_types") || j["layer_types"].is_null()) return out;
+    if (!j["layer_types"].is_array()) fail(path, ": \"layer_types\" must be a list");
+    for (const auto& t : j["layer_types"]) {
+      const std::string k = t.is_string() ? t.get<std::string>() : "";
+      if (k == "sliding_attention") out += 's';
+      else if (k == "full_attention") out += 'f';
+      else fail(path, ": layer type ", t.dump(), " is not supported (sliding_attention, full_attention)");
+    }
+    return out;
+  };
   ModelConfig c;
   c.source = path;
   c.format = "safetensors";
-  c.arch = j.value("model_type", std::string("llama"));
+  // Required, as in transformers: a Mistral file without it read as Llama would lose its window.
+  c.arch = get_s("model_type", "");
+  if (c.arch.empty()) fail(path, ": missing \"model_type\" (llama, mistral, qwen2, phi, gemma3_text)");
   if (c.arch == "gemma3")
     fail(path, ": model_type \"gemma3\" is Gemma 3's image-text model; qinterp reads the text model (gemma3_text, "
          "Gemma3ForCausalLM)");
@@ -261,7 +288,7 @@ ModelConfig config_from_hf_json(const std::string& path) {
   c.max_seq_len = get_i("max_position_embeddings", 2048, false);
   c.rms_norm_eps = phi ? get_f("layer_norm_eps", 1e-5) : get_f("rms_norm_eps", 1e-6);
   c.rope_theta = get_f("rope_theta", 10000.0);
-  double partial_rotary = get_f("partial_rotary_factor", phi ? 0.5 : 1.0);
+  double partial_rotary = phi ? get_f("partial_rotary_factor", 0.5) : 1.0;
   // transformers >= 5 writes the rope settings as "rope_parameters" (rope_theta, rope_type, scaling,
   // partial_rotary_factor); older files have top-level keys and an optional rope_scaling. A rope
   // type qinterp does not implement is refused by name, never silently ignored.
@@ -278,8 +305,8 @@ ModelConfig config_from_hf_json(const std::string& path) {
       rope_sets["rope_parameters"] = both["full_attention"];
       if (both.contains("sliding_attention") && both["sliding_attention"].is_object()) {
         const auto& sl = both["sliding_attention"];
-        if (sl.value("rope_type", std::string("default")) != "default")
-          fail(path, ": rope type \"", sl.value("rope_type", std::string()), "\" on sliding layers is not supported");
+        const nlohmann::json type = sl.contains("rope_type") ? sl["rope_type"] : nlohmann::json("default");
+        if (type != "default") fail(path, ": rope type ", type.dump(), " on sliding layers is not supported");
         if (sl.contains("rope_theta") && sl["rope_theta"].is_number()) c.rope_theta_local = sl["rope_theta"].get<double>();
       }
     }
@@ -315,55 +342,56 @@ ModelConfig config_from_hf_json(const std::string& path) {
       fail(path, ": rope type \"", type, "\" (", key, ") is not supported; qinterp implements default, linear and llama3");
     }
   }
-  if (!(partial_rotary > 0 && partial_rotary <= 1)) fail(path, ": partial_rotary_factor must be in (0, 1]");
-  // As transformers: int(head_dim * factor) dims rotate.
-  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial_rotary);
-  if (c.rotary_dim == c.head_dim) c.rotary_dim = 0;
-  if (c.arch == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null())
-    c.sliding_window = get_i("sliding_window", 0, false);
+  // As transformers: int(head_dim * factor) dims rotate, in Phi only; the Llama-family models there
+  // rotate every dimension whatever the file says.
+  if (phi) {
+    if (!(partial_rotary > 0 && partial_rotary <= 1)) fail(path, ": partial_rotary_factor must be in (0, 1]");
+    c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * partial_rotary);
+    if (c.rotary_dim == c.head_dim) c.rotary_dim = 0;
+  }
+  if (c.arch == "mistral") {
+    // With "layer_types" transformers runs a Mistral checkpoint as Ministral: the window on the
+    // sliding layers only.
+    if (j.contains("sliding_window") && !j["sliding_window"].is_null()) c.sliding_window = get_i("sliding_window", 0, false);
+    c.layer_types = layer_letters();
+  }
   if (gemma) {
     // One letter per layer from layer_types, or from the older sliding_window_pattern (every
     // pattern-th layer global).
     c.sliding_window = get_i("sliding_window", 4096, false);
-    if (j.contains("layer_types") && j["layer_types"].is_array()) {
-      for (const auto& t : j["layer_types"]) {
-        const std::string k = t.is_string() ? t.get<std::string>() : "";
-        if (k == "sliding_attention") c.layer_types += 's';
-        else if (k == "full_attention") c.layer_types += 'f';
-        else fail(path, ": layer type ", t.dump(), " is not supported (sliding_attention, full_attention)");
-      }
-    } else {
+    c.layer_types = layer_letters();
+    if (c.layer_types.empty()) {
       const int64_t pattern = get_i("sliding_window_pattern", 6, false);
       for (int64_t l = 0; l < c.num_layers; ++l) c.layer_types += (pattern > 0 && (l + 1) % pattern == 0) ? 'f' : 's';
     }
     if (c.layer_types.find('s') == std::string::npos) c.rope_theta_local = 0;
     if (j.contains("attn_logit_softcapping") && !j["attn_logit_softcapping"].is_null())
       fail(path, ": attn_logit_softcapping is not supported");
-    if (j.value("use_bidirectional_attention", false)) fail(path, ": use_bidirectional_attention is not supported");
+    if (get_b("use_bidirectional_attention", false)) fail(path, ": use_bidirectional_attention is not supported");
     c.norm = NormKind::RMSOnePlus;
     c.sandwich_norms = c.qk_norm = c.scale_embeddings = true;
     c.query_pre_attn_scalar = get_f("query_pre_attn_scalar", static_cast<double>(c.head_dim));
     c.final_logit_softcap = get_f("final_logit_softcapping", 0.0);
   }
-  if (c.arch == "qwen2" && j.value("use_sliding_window", false))
-    fail(path, ": use_sliding_window (Qwen2's windowed layers) is not supported");
-  c.tie_embeddings = j.value("tie_word_embeddings", gemma);
+  if (c.arch == "qwen2" && (get_b("use_sliding_window", false) || layer_letters().find('s') != std::string::npos))
+    fail(path, ": use_sliding_window and sliding layer_types (Qwen2's windowed layers) are not supported");
+  c.tie_embeddings = get_b("tie_word_embeddings", gemma);
   if (phi) {
-    if (j.value("qk_layernorm", false)) fail(path, ": qk_layernorm (Phi's q/k norms) is not supported");
+    if (get_b("qk_layernorm", false)) fail(path, ": qk_layernorm (Phi's q/k norms) is not supported");
     c.norm = NormKind::LayerNorm;
     c.parallel_block = true;
     c.gated_mlp = false;
     c.qkv_bias = c.attn_out_bias = c.mlp_bias = c.lm_head_bias = true;
   } else {
     // Llama's attention_bias puts a bias on o_proj too; Qwen2 has q/k/v biases only.
-    const bool attention_bias = j.value("attention_bias", false);
+    const bool attention_bias = get_b("attention_bias", false);
     c.qkv_bias = c.arch == "qwen2" || attention_bias;
     c.attn_out_bias = attention_bias;
-    c.mlp_bias = j.value("mlp_bias", false);
+    c.mlp_bias = get_b("mlp_bias", false);
   }
-  const std::string act = j.contains("hidden_activation") && j["hidden_activation"].is_string()
-                              ? j["hidden_activation"].get<std::string>()
-                              : j.value("hidden_act", std::string(phi ? "gelu_new" : "silu"));
+  // Gemma names its activation hidden_activation, the others hidden_act; transformers reads only
+  // the one its model names.
+  const std::string act = gemma ? get_s("hidden_activation", "gelu_pytorch_tanh") : get_s("hidden_act", phi ? "gelu_new" : "silu");
   if (act == "silu" || act == "swish") c.activation = Activation::SiLU;
   else if (act == "gelu_new" || act == "gelu_pytorch_tanh") c.activation = Activation::GeluTanh;
   else if (act == "gelu") c.activation = Activation::Gelu;
@@ -372,11 +400,23 @@ ModelConfig config_from_hf_json(const std::string& path) {
   c.rope_layout = RopeLayout::HalfSplit;
   if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) c.bos_id = j["bos_token_id"].get<int64_t>();
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) c.eos_id = j["eos_token_id"].get<int64_t>();
-  if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty())
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty()) {
+    if (!j["eos_token_id"][0].is_number_integer()) fail(path, ": \"eos_token_id\" must hold token ids");
     c.eos_id = j["eos_token_id"][0].get<int64_t>();
+  }
   if (j.contains("pad_token_id") && j["pad_token_id"].is_number_integer()) c.pad_id = j["pad_token_id"].get<int64_t>();
   c.validate();
   return c;
+}
+
+}  // namespace
+
+ModelConfig config_from_hf_json(const std::string& path) {
+  try {
+    return hf_config(path);
+  } catch (const nlohmann::json::exception& e) {  // a value of a type the checks above did not expect
+    fail(path, ": a value of the wrong type (", e.what(), ")");
+  }
 }
 
 }  // namespace qinterp::model
