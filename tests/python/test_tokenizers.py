@@ -165,6 +165,80 @@ def test_trained_tokenizer_json_matches_hf_tokenizers(kind, tmp_path):
             assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), (kind, t)
 
 
+def _edit_added_ids(j):  # ids the file gives that tokenizers does not: a content already in the vocabulary, a gap
+    j["added_tokens"] += [dict(j["added_tokens"][-1], id=9000, content="the", special=False, normalized=True),
+                          dict(j["added_tokens"][-1], id=7777, content="Answer:", special=True, normalized=False)]
+
+
+def _edit_prepend(j):  # a normalized added token is matched as its content normalized: "▁<think>"
+    j["normalizer"] = {"type": "Prepend", "prepend": "\u2581"}
+    j["added_tokens"] += [dict(j["added_tokens"][-1], id=3004, content="ab", normalized=True, lstrip=False, rstrip=False)]
+
+
+def _edit_single_word(j):  # word boundaries are Unicode \w; a match inside a word is passed over whole
+    j["added_tokens"] += [dict(j["added_tokens"][-1], id=3004, content="on", single_word=True, lstrip=False, rstrip=False),
+                          dict(j["added_tokens"][-1], id=3005, content="o", single_word=True, lstrip=False, rstrip=False)]
+
+
+def _edit_no_decoder(j):  # without a decoder tokenizers joins the tokens with spaces
+    j["decoder"] = None
+
+
+def _edit_lowercase(j):  # tokenizers lowercases character by character: no final sigma
+    j["normalizer"] = {"type": "Lowercase"}
+
+
+def _edit_rstrip(j):  # tokenizers looks for the next added token from the end of the match: "\n\n" is two
+    j["added_tokens"] += [dict(j["added_tokens"][-1], id=3004, content="\n", special=False, normalized=False,
+                               lstrip=False, rstrip=True)]
+
+
+def _edit_special_normalized(j):  # "True" normalized to "true" is no longer special when decoding
+    j["added_tokens"] += [dict(j["added_tokens"][-1], id=3004, content="True", special=True, normalized=True,
+                               lstrip=True, rstrip=False)]
+
+
+def _edit_fuse_unk(j):  # one unk per Whitespace piece: Rust's \w has the joiner U+200D, not "²"
+    j["model"]["fuse_unk"] = True
+
+
+@pytest.mark.parametrize("kind,edit", [("gpt2", _edit_added_ids), ("smollm", _edit_prepend), ("gpt2", _edit_single_word),
+                                       ("smollm", _edit_no_decoder), ("smollm", _edit_lowercase), ("whitespace", _edit_rstrip),
+                                       ("metaspace", _edit_special_normalized), ("whitespace", _edit_fuse_unk)],
+                         ids=["added_ids", "prepend", "single_word", "no_decoder", "lowercase", "rstrip",
+                              "special_normalized", "whitespace_classes"])
+def test_tokenizer_json_rules_found_by_differential_fuzzing(kind, edit, tmp_path):
+    """Each edit made qinterp's ids or text differ from tokenizers' (scripts/fuzz_tokenizers.py)."""
+    import json
+    j = json.loads(_trained(kind, list(paper_prompts()[::7])).to_str())
+    edit(j)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(j))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok = qinterp.load_tokenizer(tmp_path / "tokenizer.json")
+    extra = ["Answer: the theme", "a <think> b", "ab abc xab", "on o one—on on，o «on» on_ é-on 中on", "ΣΑΣ ΟΔΟΣ. Σ",
+             "İstanbul", "the Answer:", "a\nb\n\n", "x \n \n\n  y\n", "Answer: True", "x² ½ 3¾ a\u0085b",
+             "family 👨\u200d👩\u200d👧 ok"]
+    texts = list(EDGE) + list(paper_prompts()[::50]) + extra
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same_ids(tok.encode_many(texts), theirs, texts, f"{kind} {edit.__name__}")
+    assert tok.vocab_size == hf.get_vocab_size()
+    for t, ids in zip(texts, theirs):
+        if t in extra or texts.index(t) % 20 == 0:
+            assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), (edit.__name__, t)
+
+
+def test_empty_patterns_are_refused(tmp_path):
+    """An empty Split or Replace pattern: tokenizers cuts or rewrites between every character, qinterp
+    ran it as no pattern at all; refused by name."""
+    import json
+    base = json.loads(_trained("llama3", list(paper_prompts()[::50])).to_str())
+    for where, edit in [("pre_tokenizer", {"type": "Split", "pattern": {"String": ""}, "behavior": "Isolated", "invert": False}),
+                        ("normalizer", {"type": "Replace", "pattern": {"String": ""}, "content": "x"})]:
+        (tmp_path / "tokenizer.json").write_text(json.dumps(dict(base, **{where: edit})))
+        with pytest.raises(qinterp.Error, match="empty pattern"):
+            qinterp.load_tokenizer(tmp_path / "tokenizer.json")
+
+
 # --- GGUF vocabularies ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

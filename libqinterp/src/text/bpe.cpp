@@ -4,6 +4,8 @@
 #include <pcre2.h>
 #include <unicode/locid.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
+#include <unicode/utf8.h>
 #include <unicode/unistr.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <queue>
+#include <unordered_set>
 
 #include "bpe.hpp"
 #include "qinterp/error.hpp"
@@ -97,6 +100,10 @@ BpeTokenizer::BpeTokenizer(const std::string& tokenizer_json) : s_(read_tokenize
 
 BpeTokenizer::~BpeTokenizer() = default;
 
+namespace {
+std::string normalize(const BpeTokenizer::Spec& spec, std::string s);
+}
+
 void BpeTokenizer::init() {
   cache_ = std::make_shared<WordCache>();
   for (const auto& p : s_->pre)
@@ -104,19 +111,27 @@ void BpeTokenizer::init() {
   for (size_t i = 0; i + 1 < s_->pre.size(); ++i)
     if (s_->pre[i].kind == Spec::Pre::ByteLevel)
       fail(source_, ": a ByteLevel pre-tokenizer followed by others is not supported (ByteLevel must come last)");
-  // Added tokens longest first, so that the first match at a position is the longest one.
+  // As tokenizers: a normalized added token is matched in the normalized text as its content
+  // normalized (a Prepend normalizer makes "<x>" "▁<x>"). Longest first, so that the first match
+  // at a position is the longest one.
+  for (auto& a : s_->added) a.pattern = a.normalized ? normalize(*s_, a.content) : a.content;
   std::stable_sort(s_->added.begin(), s_->added.end(),
-                   [](const Spec::Added& a, const Spec::Added& b) { return a.content.size() > b.content.size(); });
+                   [](const Spec::Added& a, const Spec::Added& b) { return a.pattern.size() > b.pattern.size(); });
   int64_t n = static_cast<int64_t>(s_->vocab.size());
   for (const auto& a : s_->added) n = std::max(n, a.id + 1);
   s_->vocab.resize(static_cast<size_t>(n));
   for (const auto& a : s_->added)
-    if (!a.content.empty()) s_->added_by_byte[a.normalized][static_cast<unsigned char>(a.content[0])].push_back(&a);
+    if (!a.pattern.empty()) s_->added_by_byte[a.normalized][static_cast<unsigned char>(a.pattern[0])].push_back(&a);
   s_->special_flag.assign(static_cast<size_t>(n), 0);
+  // tokenizers 0.23 decodes a normalized added token as its normalized content, and leaves out of
+  // a decode the tokens whose text is the content of a special one.
+  std::unordered_set<std::string> special;
+  for (const auto& a : s_->added)
+    if (a.special) special.insert(a.content);
   for (const auto& a : s_->added) {
     if (a.id < 0) fail(source_, ": added token '", a.content, "' has id ", a.id);
-    s_->vocab[static_cast<size_t>(a.id)] = a.content;
-    s_->special_flag[static_cast<size_t>(a.id)] = a.special;
+    s_->vocab[static_cast<size_t>(a.id)] = a.pattern;
+    s_->special_flag[static_cast<size_t>(a.id)] = special.count(a.pattern) > 0;
   }
   bos_ = s_->bos, eos_ = s_->eos, pad_ = s_->pad, unk_ = s_->unk >= 0 ? s_->unk : s_->model_unk;
   add_bos_ = s_->add_bos && bos_ >= 0;
@@ -185,42 +200,70 @@ size_t trim_right(const std::string& s, size_t b, size_t e) {
   return e;
 }
 
-bool is_word_byte(const std::string& s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  return std::isalnum(c) || c == '_' || c >= 0x80;
+// Unicode \w as Rust's regex has it (UTS #18): Alphabetic, marks, decimal digits, connector
+// punctuation, join controls.
+bool is_word_char(UChar32 c) {
+  if (u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL)) return true;
+  const int8_t t = u_charType(c);
+  return t == U_NON_SPACING_MARK || t == U_ENCLOSING_MARK || t == U_COMBINING_SPACING_MARK ||
+         t == U_DECIMAL_DIGIT_NUMBER || t == U_CONNECTOR_PUNCTUATION;
 }
 
-// Cut `text` at the added tokens (leftmost, longest), honouring lstrip / rstrip / single_word.
+// Whether the character ending at byte `e` (before) or starting at byte `b` (after) is a word
+// character; s is valid UTF-8.
+bool word_before(const std::string& s, size_t e) {
+  if (e == 0) return false;
+  int32_t i = static_cast<int32_t>(e);
+  UChar32 c;
+  U8_PREV(reinterpret_cast<const uint8_t*>(s.data()), 0, i, c);
+  return c >= 0 && is_word_char(c);
+}
+bool word_after(const std::string& s, size_t b) {
+  if (b >= s.size()) return false;
+  int32_t i = static_cast<int32_t>(b);
+  UChar32 c;
+  U8_NEXT(reinterpret_cast<const uint8_t*>(s.data()), i, static_cast<int32_t>(s.size()), c);
+  return c >= 0 && is_word_char(c);
+}
+
+// Cut `text` at the added tokens (leftmost, longest), honouring lstrip / rstrip / single_word as
+// tokenizers does: a single_word match inside a word is passed over whole, not tried shorter.
 void split_added(const Spec& spec, bool normalized, const std::string& text, size_t offset, std::vector<Piece>& out) {
   size_t start = 0, i = 0;
   while (i < text.size()) {
     const Spec::Added* hit = nullptr;
-    for (const Spec::Added* ap : spec.added_by_byte[normalized][static_cast<unsigned char>(text[i])]) {
-      const Spec::Added& a = *ap;
-      if (text.compare(i, a.content.size(), a.content) != 0) continue;
-      if (a.single_word) {
-        const size_t e = i + a.content.size();
-        if ((i > 0 && is_word_byte(text, i - 1)) || (e < text.size() && is_word_byte(text, e))) continue;
+    for (const Spec::Added* ap : spec.added_by_byte[normalized][static_cast<unsigned char>(text[i])])
+      if (text.compare(i, ap->pattern.size(), ap->pattern) == 0) {
+        hit = ap;
+        break;
       }
-      hit = &a;
-      break;
-    }
     if (!hit) {
       ++i;
       continue;
     }
-    size_t b = i, e = i + hit->content.size();
+    if (hit->single_word && (word_before(text, i) || word_after(text, i + hit->pattern.size()))) {
+      i += hit->pattern.size();
+      continue;
+    }
+    size_t b = i, e = i + hit->pattern.size();
     if (hit->lstrip) b = std::max(start, trim_right(text, start, b));
     if (hit->rstrip) e = trim_left(text, e, text.size());
     if (b > start) out.push_back({text.substr(start, b - start), offset + start});
     out.push_back({hit->content, offset + b, hit->id});
-    start = i = e;
+    // tokenizers goes on looking from the end of the match, inside the whitespace an rstrip took:
+    // "\n\n" with an rstrip "\n" token is that token twice.
+    start = e;
+    i += hit->pattern.size();
   }
   if (start < text.size()) out.push_back({text.substr(start), offset + start});
 }
 
-std::string icu_transform(const std::string& s, const Spec::Norm& n) {
+std::string icu_transform(const std::string& in, const Spec::Norm& n) {
   UErrorCode err = U_ZERO_ERROR;
+  // tokenizers lowercases character by character; ICU's full mapping would also apply the one
+  // contextual rule of the root locale, Σ -> ς at the end of a word. σ maps to itself, so
+  // taking Σ to σ first leaves character-by-character mapping.
+  const std::string s = n.kind == Spec::Norm::Lowercase ? utf8::replace_all(in, "\xCE\xA3", "\xCF\x83") : in;
   icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
   if (n.kind == Spec::Norm::Lowercase) {
     u.toLower(icu::Locale::getRoot());
@@ -590,14 +633,15 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
     if (!s_->special_flag[static_cast<size_t>(id)]) toks.push_back(s_->vocab[static_cast<size_t>(id)]);
   }
   std::string out;
-  for (auto& t : run_decoder(*s_, std::move(toks), true)) out += t;
+  const std::vector<std::string> pieces = run_decoder(*s_, std::move(toks), true);
+  for (size_t i = 0; i < pieces.size(); ++i) out += (s_->join_with_space && i > 0 ? " " : "") + pieces[i];
   return out;
 }
 
 std::string BpeTokenizer::decode_piece(int64_t prev, int64_t id) const {
   check_id(id);
   if (s_->special_flag[static_cast<size_t>(id)]) return "";
-  std::string out;
+  std::string out = s_->join_with_space && prev >= 0 && !s_->special_flag[static_cast<size_t>(prev)] ? " " : "";
   for (auto& t : run_decoder(*s_, {s_->vocab[static_cast<size_t>(id)]}, prev < 0 || prev == bos_)) out += t;
   return out;
 }

@@ -43,10 +43,12 @@ struct BpeTokenizer::Spec {
     std::string content;
     int64_t id = -1;
     bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+    std::string pattern;  // what is matched (set by init): the content, normalized if `normalized`
   };
   std::vector<Added> added;
   std::vector<uint8_t> special_flag;  // per id: a special added token (decode leaves it out)
-  // Added tokens by first byte, longest first; [0] matched on raw text, [1] on normalized text.
+  // Added tokens by the first byte of their pattern, longest first; [0] matched on raw text, [1]
+  // on normalized text.
   std::vector<const Added*> added_by_byte[2][256];
 
   struct Norm {
@@ -77,6 +79,7 @@ struct BpeTokenizer::Spec {
     bool prepend_first = true;  // Metaspace: drop the leading space of the first token
   };
   std::vector<Dec> decoder;
+  bool join_with_space = false;  // tokenizer.json without a decoder: tokenizers joins the tokens with " "
 
   std::vector<int64_t> prefix, suffix;  // post-processor template around a single sequence
   int64_t bos = -1, eos = -1, pad = -1, unk = -1;

@@ -135,9 +135,9 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const io::GgufFile& f) {
   for (size_t i = 0; i < types.size(); ++i) {
     // 3 = control: special added tokens (those spelled in the byte alphabet); 4 = user-defined.
     if (types[i] == 3 && in_alphabet(tokens[i]))
-      s->added.push_back({tokens[i], static_cast<int64_t>(i), true, false, false, false, false});
+      s->added.push_back({tokens[i], static_cast<int64_t>(i), true, false, false, false, false, {}});
     else if (types[i] == 4)
-      s->added.push_back({tokens[i], static_cast<int64_t>(i), false, false, false, false, false});
+      s->added.push_back({tokens[i], static_cast<int64_t>(i), false, false, false, false, false, {}});
   }
   const std::string pre = f.has("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : "";
   BpeTokenizer::Spec::Pre bl;

@@ -43,6 +43,9 @@ struct Reader {
   // A {"String": s} or {"Regex": r} pattern as a regex.
   std::shared_ptr<Regex> pattern(const json& j, const std::string& where) const {
     const json& p = need(j, "pattern", where);
+    for (const char* k : {"Regex", "String"})
+      if (p.is_object() && p.contains(k) && p[k].is_string() && p[k].get<std::string>().empty())
+        bad(where, "an empty pattern is not supported");
     if (p.is_object() && p.contains("Regex") && p["Regex"].is_string()) return std::make_shared<Regex>(p["Regex"].get<std::string>(), file);
     if (p.is_object() && p.contains("String") && p["String"].is_string()) return std::make_shared<Regex>(escape(p["String"].get<std::string>()), file);
     bad(where, "pattern is neither {\"String\": ...} nor {\"Regex\": ...}");
@@ -78,6 +81,7 @@ struct Reader {
       n.b = str(j, "content", "normalizer Replace");
       if (p.is_object() && p.contains("String") && p["String"].is_string()) {
         n.kind = Spec::Norm::Replace, n.a = p["String"].get<std::string>();
+        if (n.a.empty()) bad("normalizer Replace", "an empty pattern is not supported");
       } else {
         n.kind = Spec::Norm::ReplaceRegex, n.re = pattern(j, "normalizer Replace");
       }
@@ -125,7 +129,13 @@ struct Reader {
       p.behavior = SplitBehavior::Isolated;
     } else if (t == "Whitespace") {
       p.kind = Spec::Pre::Whitespace;
-      p.re = std::make_shared<Regex>("\\w+|[^\\w\\s]+", file);
+      // tokenizers' \w+|[^\w\s]+ in Rust's regex, whose \w is Alphabetic, marks, decimal digits,
+      // connector punctuation and join controls and whose \s is White_Space; PCRE2's differ (its
+      // \w takes "²" and "½", its \s leaves out U+0085).
+      p.re = std::make_shared<Regex>(
+          "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]+|"
+          "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\p{White_Space}]+",
+          file);
     } else if (t == "WhitespaceSplit") {
       p.kind = Spec::Pre::WhitespaceSplit;
     } else {
@@ -162,6 +172,7 @@ struct Reader {
       if (!(p.is_object() && p.contains("String") && p["String"].is_string()))
         bad("decoder Replace", "only {\"String\": ...} patterns are supported");
       d.kind = Spec::Dec::Replace, d.a = p["String"].get<std::string>(), d.b = str(j, "content", "decoder Replace");
+      if (d.a.empty()) bad("decoder Replace", "an empty pattern is not supported");
     } else if (t == "ByteFallback") {
       d.kind = Spec::Dec::ByteFallback;
     } else if (t == "Fuse") {
@@ -314,9 +325,35 @@ std::unique_ptr<Spec> read_tokenizer_json(const std::string& path) {
       s->added.push_back(std::move(t));
     }
   }
+  // tokenizers gives added tokens their ids itself, in file order, and only warns where the file
+  // says otherwise: a content the model's vocabulary or an earlier added token has keeps that id;
+  // a new one takes the vocabulary's size, then one past the largest added id. An empty content
+  // is dropped, and a repeated one keeps its first id with the later flags.
+  {
+    std::vector<Spec::Added> list;
+    std::unordered_map<std::string, size_t> at;
+    const int64_t model_n = static_cast<int64_t>(vocab.size());
+    int64_t most = -1;
+    for (Spec::Added& t : s->added) {
+      if (t.content.empty()) continue;
+      if (const auto f = at.find(t.content); f != at.end()) {
+        t.id = list[f->second].id;
+        t.special = t.special || list[f->second].special;
+        list[f->second] = std::move(t);
+        continue;
+      }
+      const auto v = s->ids.find(t.content);
+      t.id = v != s->ids.end() ? v->second : most < 0 ? model_n : most >= model_n || model_n == 0 ? most + 1 : model_n;
+      most = std::max(most, t.id);
+      at.emplace(t.content, list.size());
+      list.push_back(std::move(t));
+    }
+    s->added = std::move(list);
+  }
   r.normalizer(j.value("normalizer", json()), *s);
   r.pre_tokenizer(j.value("pre_tokenizer", json()), *s);
   r.decoder(j.value("decoder", json()), *s);
+  s->join_with_space = !j.contains("decoder") || j["decoder"].is_null();
   r.post_processor(j.value("post_processor", json()), *s);
   if (s->prefix.size() > 1 || s->suffix.size() > 1)
     r.bad("post_processor", "templates adding more than one token before or after the text are not supported");
