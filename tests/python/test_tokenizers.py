@@ -64,6 +64,51 @@ def test_sentencepiece_model_matches_sentencepiece(llama2_sp):
         assert tok.decode([1] + ids + [2]) == llama2_sp.decode([1] + ids + [2])
 
 
+def _sp_variant(tmp_path, trainer=None, normalizer=None, pieces=None):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    m = pb.ModelProto()
+    m.ParseFromString(LLAMA2_MODEL.read_bytes())
+    for k, v in (trainer or {}).items():
+        setattr(m.trainer_spec, k, v)
+    for k, v in (normalizer or {}).items():
+        setattr(m.normalizer_spec, k, v)
+    for i, t in (pieces or {}).items():
+        m.pieces[i].type = t
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("trainer,normalizer", [
+    ({}, dict(remove_extra_whitespaces=True)),   # every leading "▁" comes off while the text is empty
+    ({}, dict(escape_whitespaces=False, add_dummy_prefix=False)),  # "▁" decodes as " " all the same
+    (dict(unk_surface="<?>", byte_fallback=False), {}),            # the file's unk surface
+], ids=["remove_extra_whitespaces", "no_escape", "unk_surface"])
+def test_sentencepiece_settings_decode_like_sentencepiece(tmp_path, trainer, normalizer):
+    """Found by scripts/fuzz_sentencepiece.py: these decoded otherwise than sentencepiece."""
+    pieces = {i: 1 for i in range(3, 259)} if trainer.get("byte_fallback") is False else None  # bytes as plain pieces
+    path = _sp_variant(tmp_path, trainer, normalizer, pieces)
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    tok = qinterp.load_tokenizer(path)
+    texts = corpus()[::40] + list(EDGE) + ["  two  spaces ", "\u2581already", "\u2581\u2581x", "日本語 ☃ 𝔘"]
+    assert_same_ids(tok.encode_many(texts, False, False), sp.encode(texts), texts, str(normalizer or trainer))
+    for t in texts:
+        ids = sp.encode(t)
+        assert tok.decode(ids) == sp.decode(ids), repr(t)
+        assert tok.decode([1] + ids + [2]) == sp.decode([1] + ids + [2]), repr(t)
+    # byte pieces that are not UTF-8 decode as U+FFFD each, as sentencepiece's
+    for ids in ([3 + 0xE4, 3 + 0xB8], [3 + 0xFF, 3 + 0x41], [3 + 0xE4, 3 + 0xB8, 3 + 0xAD]):
+        if tok.vocab_size > 259 and pieces is None:
+            assert tok.decode(ids) == sp.decode(ids), ids
+
+
+def test_sentencepiece_files_sentencepiece_refuses_are_refused(tmp_path):
+    with pytest.raises(qinterp.Error, match="more than one piece has the unknown type"):
+        qinterp.load_tokenizer(_sp_variant(tmp_path, pieces={500: 2}))
+    with pytest.raises(qinterp.Error, match="byte_fallback is off"):
+        qinterp.load_tokenizer(_sp_variant(tmp_path, trainer=dict(byte_fallback=False)))
+
+
 def test_sentencepiece_malformed_utf8_like_sentencepiece(llama2_sp):
     tok = qinterp.load_tokenizer(LLAMA2_MODEL)
     for raw in [b"a\xffb", b"\xe4\xb8", b"\xc3", b"ok\xed\xa0\x80surrogate", b"\xf0\x9f\x98", b"\x80\x80x", b"\xc0\xafoverlong"]:

@@ -6,6 +6,8 @@
 #include <unordered_map>
 #include <queue>
 
+#include <unicode/utf8.h>
+
 #include "qinterp/error.hpp"
 #include "qinterp/io/mapped_file.hpp"
 #include "qinterp/text/tokenizer.hpp"
@@ -100,6 +102,10 @@ SentencePieceModel read_model_proto(const std::string& path) {
       while (!w.done()) {
         const uint64_t k = w.varint();
         const uint32_t fl = static_cast<uint32_t>(k >> 3), t = k & 7;
+        if (fl == 44 && t == 2) {
+          m.unk_surface = w.bytes();
+          continue;
+        }
         if (t != 0) { w.skip(t); continue; }
         const auto v = static_cast<int64_t>(static_cast<int32_t>(w.varint()));  // int32 fields, negatives sign-extended
         switch (fl) {
@@ -138,6 +144,11 @@ SentencePieceModel read_model_proto(const std::string& path) {
   if (!charsmap.empty())
     fail(path, ": normalizer '", normalizer, "' uses a precompiled character map, which is not supported "
          "(Llama-2 and Mistral use 'identity')");
+  // What sentencepiece refuses to load.
+  if (std::count(m.types.begin(), m.types.end(), TokenType::Unknown) > 1)
+    fail(path, ": more than one piece has the unknown type");
+  if (!m.byte_fallback && std::count(m.types.begin(), m.types.end(), TokenType::Byte) > 0)
+    fail(path, ": byte pieces (<0xNN>) although byte_fallback is off");
   const auto n = static_cast<int64_t>(m.pieces.size());
   const auto in_range = [&](int64_t id) { return id >= 0 && id < n ? id : -1; };
   m.unk = in_range(unk), m.bos = in_range(bos), m.eos = in_range(eos), m.pad = in_range(pad);
@@ -220,6 +231,10 @@ std::vector<int64_t> SentencePieceTokenizer::tokenize(const std::string& text) c
   out.reserve(clean.size() / 3 + 4);
   if (!m_.user_defined_in_raw_text || user_defined_.empty()) {
     encode_segment(clean, true, out);
+    // sentencepiece makes a run of unknown pieces one (its PopulateSentencePieceText).
+    if (!m_.user_defined_in_raw_text && m_.unk >= 0)
+      out.erase(std::unique(out.begin(), out.end(), [&](int64_t a, int64_t b) { return a == m_.unk && b == m_.unk; }),
+                out.end());
     return out;
   }
   // Raw-text user-defined pieces first (longest match at each position), the rest between them.
@@ -378,32 +393,66 @@ std::string SentencePieceTokenizer::surface(int64_t id) const {
   const auto i = static_cast<size_t>(id);
   switch (m_.types[i]) {
     case TokenType::Control: return "";
-    case TokenType::Unknown: return " \xE2\x81\x87 ";  // sentencepiece's default unk surface " ⁇ "
+    case TokenType::Unknown: return m_.unk_surface;
     case TokenType::Byte: return std::string(1, static_cast<char>(utf8::parse_byte_piece(m_.pieces[i])));
-    default: return m_.escape_whitespaces ? utf8::replace_all(m_.pieces[i], utf8::kMetaspace, " ") : m_.pieces[i];
+    default: return utf8::replace_all(m_.pieces[i], utf8::kMetaspace, " ");  // whatever escape_whitespaces says
   }
 }
 
+namespace {
+// Bytes of byte pieces as text: each maximal valid UTF-8 character kept, each other byte U+FFFD.
+void append_bytes(std::string& out, std::string& bytes) {
+  for (int32_t i = 0, n = static_cast<int32_t>(bytes.size()); i < n;) {
+    const int32_t b = i;
+    UChar32 c;
+    U8_NEXT(reinterpret_cast<const uint8_t*>(bytes.data()), i, n, c);
+    if (c < 0) {
+      out += "\xEF\xBF\xBD";
+      i = b + 1;
+    } else {
+      out.append(bytes, static_cast<size_t>(b), static_cast<size_t>(i - b));
+    }
+  }
+  bytes.clear();
+}
+}  // namespace
+
 std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids) const {
-  // The dummy prefix comes off the first piece that produces text, as sentencepiece does it.
-  std::string out;
-  bool at_start = m_.add_dummy_prefix;
+  // As sentencepiece: the leading "▁" comes off the first piece that starts the text (off every
+  // such piece while the text is empty when remove_extra_whitespaces is set); bytes are gathered
+  // and made UTF-8, an invalid byte becoming U+FFFD.
+  const bool strip = m_.add_dummy_prefix || m_.remove_extra_whitespaces;
+  std::string out, bytes;
+  bool at_start = true, stripped = false;
   for (int64_t id : ids) {
     check_id(id);
-    std::string t = surface(id);
-    if (t.empty()) continue;
-    if (at_start && m_.types[static_cast<size_t>(id)] != TokenType::Byte && t[0] == ' ') t.erase(0, 1);
-    at_start = false;
-    out += t;
+    const auto i = static_cast<size_t>(id);
+    if (m_.types[i] == TokenType::Byte) {
+      bytes += surface(id);
+      continue;
+    }
+    append_bytes(out, bytes);
+    if (stripped || !out.empty()) at_start = false;
+    stripped = false;
+    const TokenType t = m_.types[i];
+    if (at_start && strip && t != TokenType::Control && t != TokenType::Unknown &&
+        m_.pieces[i].compare(0, utf8::kMetaspace.size(), utf8::kMetaspace) == 0) {
+      out += utf8::replace_all(m_.pieces[i].substr(utf8::kMetaspace.size()), utf8::kMetaspace, " ");
+      stripped = !m_.remove_extra_whitespaces;
+      continue;
+    }
+    out += surface(id);
   }
+  append_bytes(out, bytes);
   return out;
 }
 
 std::string SentencePieceTokenizer::decode_piece(int64_t prev, int64_t id) const {
   check_id(id);
   std::string t = surface(id);
-  if (prev == bos_ && m_.add_dummy_prefix && m_.types[static_cast<size_t>(id)] != TokenType::Byte && !t.empty() &&
-      t[0] == ' ')
+  if (prev == bos_ && (m_.add_dummy_prefix || m_.remove_extra_whitespaces) &&
+      m_.types[static_cast<size_t>(id)] != TokenType::Byte && m_.types[static_cast<size_t>(id)] != TokenType::Unknown &&
+      !t.empty() && t[0] == ' ')
     t.erase(0, 1);
   return t;
 }

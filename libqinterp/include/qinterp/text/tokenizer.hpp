@@ -91,6 +91,7 @@ struct SentencePieceModel {
   bool remove_extra_whitespaces = true;   // strip ends, collapse runs of spaces
   bool escape_whitespaces = true;         // " " -> "▁"
   bool byte_fallback = false;             // unknown characters as <0xNN> pieces
+  std::string unk_surface = " \xE2\x81\x87 ";  // what decoding writes for unk (sentencepiece's " ⁇ ")
   int64_t bos = -1, eos = -1, pad = -1, unk = -1;
   bool add_bos = true, add_eos = false;
   // GGUF vocabularies (llama.cpp, and transformers reading them): user-defined pieces are found in
