@@ -154,6 +154,33 @@ def test_empty_and_degenerate_weights(spec):
         Q.gemv_4bit(torch.ones(1, 64, dtype=torch.long), Q.quantize(torch.randn(8, 64), "nf4"))
 
 
+@pytest.mark.parametrize("spec", ["nf4", "fp4:double_quant=1", "int8", "rtn4:group=32", "rtn8"])
+@pytest.mark.parametrize("bad", ["inf", "nan", "overflow"])
+def test_non_finite_weights_are_refused(spec, bad):
+    """bitsandbytes quantizes a block holding inf or NaN (or a float32 value beyond float16, made
+    inf by the conversion) into a scale of inf or NaN and codes that mean nothing; each such case
+    also came out with other codes than qinterp's. Refused, counting the values."""
+    w = torch.randn(8, 64)
+    if bad == "overflow":
+        w[3, 5] = 1e6
+        w = w.half()
+    else:
+        w[3, 5] = float(bad)
+    with pytest.raises(qinterp.Error, match="1 non-finite value"):
+        Q.quantize(w, spec)
+
+
+def test_model_quantize_names_the_layer_with_non_finite_weights(tmp_path):
+    from conftest import STORIES
+    m = qinterp.load_model(STORIES / "stories260K.bin")
+    params = m.named_parameters()
+    name = next(k for k in params if "layers.1." in k and "up_proj" in k)
+    with torch.no_grad():
+        params[name][0, 0] = float("nan")  # the model's own storage
+    with pytest.raises(qinterp.Error, match=r"layer 1, linear 5 .*non-finite"):
+        m.quantize("nf4")
+
+
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,

@@ -1048,7 +1048,13 @@ void Model::quantize(const quant::QuantSpec& spec, const std::function<void(int6
     Layer& L = layers_[l];
     for (int k = 0; k < kNumLinear; ++k) {
       if (!L.w[k].defined()) continue;  // non-gated MLP has no up_proj
-      set_linear(l, k, std::make_shared<const quant::QLinear>(quant::quantize(L.w[k], spec), L.b[k]));
+      quant::QuantizedTensor q;
+      try {
+        q = quant::quantize(L.w[k], spec);
+      } catch (const Error& e) {
+        fail(cfg_.source, ": layer ", l, ", linear ", k, " (q, k, v, o, gate, up, down): ", e.what());
+      }
+      set_linear(l, k, std::make_shared<const quant::QLinear>(std::move(q), L.b[k]));
     }
     if (progress) progress(l + 1, cfg_.num_layers);
   }

@@ -40,6 +40,16 @@ inline void check_float(const at::Tensor& x, const char* what) {
     fail(what, ": needs a float32, float16 or bfloat16 tensor, got ", c10::toString(t));
 }
 
+// A weight to quantize must be finite: an inf or NaN makes its block's scale inf or NaN, and
+// every code of the block then means nothing (bitsandbytes quantizes it all the same).
+inline void check_finite(const at::Tensor& x, const std::string& what) {
+  if (x.numel() == 0) return;
+  const int64_t bad = at::isfinite(x).logical_not().sum().item<int64_t>();
+  if (bad > 0)
+    fail(what, ": the weight holds ", bad, " non-finite value", bad > 1 ? "s" : "",
+         " (inf or NaN, after conversion to its dtype); its quantized codes and scales would mean nothing");
+}
+
 inline bool use_cuda(const at::Tensor& x) {
 #ifdef QINTERP_HAVE_CUDA
   return x.is_cuda();

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "format_common.hpp"
 #include "grouped.hpp"
 #include "qinterp/error.hpp"
 
@@ -26,6 +27,7 @@ void GptqHessian::add(const at::Tensor& x_in) {
 QuantizedTensor gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in, const QuantSpec& spec, double* loss) {
   c10::NoGradGuard no_grad;
   if (w_in.dim() != 2) fail("gptq_quantize: weight must be 2-D [out, in]");
+  detail::check_finite(w_in, "gptq_quantize");
   const int64_t rows = w_in.size(0), cols = w_in.size(1);
   if (h_in.dim() != 2 || h_in.size(0) != cols || h_in.size(1) != cols)
     fail("gptq_quantize: Hessian must be [", cols, ", ", cols, "]");

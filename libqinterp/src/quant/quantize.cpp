@@ -96,6 +96,7 @@ QuantizedTensor quantize(const at::Tensor& x, const QuantSpec& spec) {
   if (!f.quantize)
     fail("quantize ", spec.str(), ": GPTQ needs calibration activations; use quant::gptq_quantize_model or "
          "load_model(path, quant=\"", spec.str(), "\")");
+  check_finite(x, "quantize " + spec.str());
   return f.quantize(x, spec);
 }
 
