@@ -441,3 +441,54 @@ def test_gemma3_gguf_settings_the_file_does_not_state(tmp_path, layers, scalar):
     r = gguf.GGUFReader(str(tmp_path / "g.gguf"))
     stored = next(x for x in r.tensors if x.name == "blk.1.attn_q_norm.weight").data
     assert torch.equal(m.named_parameters()["model.layers.1.self_attn.q_norm.weight"], torch.from_numpy(stored - 1))
+
+
+def _tiny_llama_gguf(path, extra):
+    """A 2-layer llama GGUF with random weights, written with gguf-py, plus `extra` key/values."""
+    import gguf
+    import numpy as np
+    D, H, hd, I, Vg = 32, 4, 8, 48, 64
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(128)
+    w.add_embedding_length(D)
+    w.add_block_count(2)
+    w.add_feed_forward_length(I)
+    w.add_head_count(H)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(1e4)
+    for key, (kind, value) in extra.items():
+        getattr(w, f"add_{kind}")(key, value)
+    rng = np.random.default_rng(0)
+    t = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.1
+    w.add_tensor("token_embd.weight", t(Vg, D))
+    w.add_tensor("output_norm.weight", 1 + t(D))
+    for l in range(2):
+        for name, shape in [("attn_norm", (D,)), ("attn_q", (H * hd, D)), ("attn_k", (2 * hd, D)), ("attn_v", (2 * hd, D)),
+                            ("attn_output", (D, H * hd)), ("ffn_norm", (D,)), ("ffn_gate", (I, D)), ("ffn_up", (I, D)),
+                            ("ffn_down", (D, I))]:
+            w.add_tensor(f"blk.{l}.{name}.weight", (1 + t(*shape)) if name.endswith("norm") else t(*shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("extra,says", [
+    ({}, None),
+    ({"llama.rope.dimension_count": ("uint32", 8)}, None),  # the head size: fine
+    ({"llama.rope.dimension_count": ("uint32", 4)}, "partial rotary"),
+    ({"llama.expert_count": ("uint32", 8)}, "mixture-of-experts"),
+    ({"llama.final_logit_softcapping": ("float32", 30.0)}, "soft-capping"),
+])
+def test_gguf_settings_qinterp_does_not_implement_are_refused(tmp_path, extra, says):
+    """llama.cpp rotates rope.dimension_count dimensions, routes experts, caps logits; qinterp ran
+    such files as if the keys were absent."""
+    path = _tiny_llama_gguf(tmp_path / "t.gguf", extra)
+    if says is None:
+        assert qinterp.load_model(path).forward(torch.tensor([[1, 2, 3]])).shape == (1, 3, 64)
+    else:
+        with pytest.raises(qinterp.Error, match=says):
+            qinterp.load_model(path)
+

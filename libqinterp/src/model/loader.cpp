@@ -114,10 +114,19 @@ std::shared_ptr<Model> from_gguf(const std::string& path) {
   cfg.intermediate_size = f.get_int(k + "feed_forward_length");
   cfg.num_heads = f.get_int(k + "attention.head_count");
   cfg.num_kv_heads = f.get_int(k + "attention.head_count_kv", cfg.num_heads);
-  cfg.head_dim = f.get_int(k + "attention.key_length",
-                           f.get_int(k + "rope.dimension_count", cfg.num_heads > 0 ? cfg.hidden_size / cfg.num_heads : 0));
+  // As llama.cpp: the head size is key_length, else d_model / heads; rope.dimension_count is how
+  // many of its dimensions rotate (checked below).
+  cfg.head_dim = f.get_int(k + "attention.key_length", cfg.num_heads > 0 ? cfg.hidden_size / cfg.num_heads : 0);
   if (f.has(k + "attention.value_length") && f.get_int(k + "attention.value_length") != cfg.head_dim)
     fail(path, ": attention.value_length differs from key_length; qinterp's heads have one size");
+  // Settings llama.cpp honours that qinterp does not implement: refused, never run as if absent.
+  if (f.has(k + "rope.dimension_count") && f.get_int(k + "rope.dimension_count") != cfg.head_dim)
+    fail(path, ": rope.dimension_count ", f.get_int(k + "rope.dimension_count"), " differs from the head size ",
+         cfg.head_dim, "; partial rotary embeddings are not supported in GGUF files");
+  if (f.has(k + "expert_count") && f.get_int(k + "expert_count") > 0)
+    fail(path, ": a mixture-of-experts model (", k, "expert_count ", f.get_int(k + "expert_count"), ") is not supported");
+  for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
+    if (f.has(k + cap)) fail(path, ": ", k, cap, " (Gemma 2's soft-capping) is not supported in GGUF files");
   cfg.max_seq_len = f.get_int(k + "context_length", 2048);
   cfg.rope_theta = f.get_float(k + "rope.freq_base", 10000.0);
   cfg.rms_norm_eps = f.get_float(k + "attention.layer_norm_rms_epsilon", 1e-5);
