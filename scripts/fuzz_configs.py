@@ -17,6 +17,7 @@ warnings.filterwarnings("ignore")
 import transformers as tf
 tf.logging.set_verbosity_error()
 import qinterp
+from differential import Tally, attempt
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "python"))
 from test_architectures import build, V
 
@@ -104,6 +105,13 @@ def logits_hf(path, ids):
         return m(ids).logits
 
 
+def close_logits(got, ref):
+    if got.shape != ref.shape:
+        return f"SILENT-SHAPE {tuple(got.shape)} against {tuple(ref.shape)}"
+    err, scale = (got - ref).abs().max().item(), ref.abs().max().item()
+    return "" if err <= 2e-4 * scale else f"SILENT dlogit {err:.3g} of {scale:.3g}"
+
+
 def main():
     seed, cases = int(sys.argv[1]), int(sys.argv[2])
     archs = sys.argv[3].split(",") if len(sys.argv) > 3 else ["llama", "mistral", "qwen2", "phi", "gemma3"]
@@ -116,7 +124,7 @@ def main():
         build(a, d, **over)
         bases[a] = d
     ids = torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(5))
-    stats = {}
+    tally = Tally("hf")
     for i in range(cases):
         a = rng.choice(archs)
         cfg = json.load(open(os.path.join(bases[a], "config.json")))
@@ -125,37 +133,11 @@ def main():
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(bases[a], d)
         json.dump(c, open(os.path.join(d, "config.json"), "w"))
-        try:
-            ref = logits_hf(d, ids); hf_ok = True
-        except Exception as e:
-            ref = None; hf_ok = False; hf_err = f"{type(e).__name__}: {str(e)[:120]}"
-        try:
-            got = qinterp.load_model(d).forward(ids); q = "ok"
-        except qinterp.Error as e:
-            q = "err"; qerr = str(e)[:160]
-        except Exception as e:
-            q = "BUG"; qerr = f"{type(e).__name__}: {str(e)[:200]}"
-        if q == "BUG":
-            verdict = "BUG-EXC"
-        elif q == "ok" and hf_ok:
-            if got.shape != ref.shape:
-                verdict = "SILENT-SHAPE"
-            else:
-                err = (got - ref).abs().max().item(); sc = ref.abs().max().item()
-                verdict = "same" if err <= 2e-4 * sc else f"SILENT dlogit {err:.3g} of {sc:.3g}"
-        elif q == "ok":
-            verdict = "q-accepts-hf-refuses"
-        elif hf_ok:
-            verdict = "q-refuses"
-        else:
-            verdict = "both-refuse"
-        key = verdict.split()[0]
-        stats[key] = stats.get(key, 0) + 1
-        if key not in ("same", "both-refuse"):
-            extra = (f" | q: {qerr}" if q != "ok" else "") + ("" if hf_ok else f" | hf: {hf_err}")
-            print(f"[{i}] {a} {' '.join(log)} -> {verdict}{extra}", flush=True)
+        theirs = attempt(lambda: logits_hf(d, ids), False)
+        ours = attempt(lambda: qinterp.load_model(d).forward(ids), True)
+        tally.add(f"[{i}] {a} {' '.join(log)}", ours, theirs, close_logits)
     shutil.rmtree(root, ignore_errors=True)
-    print(stats)
+    print(tally.counts)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 import qinterp
+from differential import Tally, attempt, compare_decode, compare_ids
 from test_tokenizers import EDGE, paper_prompts, LLAMA2_MODEL
 
 TRAINER_BOOLS = ["split_by_whitespace", "split_by_unicode_script", "split_by_number", "split_digits",
@@ -58,57 +59,28 @@ def main():
     texts = list(EDGE) + list(paper_prompts()[::80]) + ["  two  spaces ", "x\u3000y", "日本語 テキスト 123 4567", "tab\tsep", " ⁇ ", "a  b   c", "\n\n x \n"]
     root = tempfile.mkdtemp(prefix="spfuzz")
     path = os.path.join(root, "tokenizer.model")
-    stats = {}
+    tally = Tally("sp")
     for i in range(cases):
         m = pb.ModelProto(); m.ParseFromString(base)
         log = mutate(m, rng)
         open(path, "wb").write(m.SerializeToString())
-        try:
+        def reference():
             sp = spm.SentencePieceProcessor(model_file=path)
-            theirs = [sp.encode(t) for t in texts]
-            hf_ok = True
-        except BaseException as e:
-            hf_ok, hf_err = False, f"{type(e).__name__}: {str(e)[:100]}"
-        try:
+            return sp, [sp.encode(t) for t in texts]
+
+        def qinterp_side():
             tok = qinterp.load_tokenizer(path)
-            ours = tok.encode_many(texts, False, False)
-            q = "ok"
-        except qinterp.Error as e:
-            q, qerr = "err", str(e)[:160]
-        except BaseException as e:
-            q, qerr = "BUG", f"{type(e).__name__}: {str(e)[:160]}"
-        if q == "BUG":
-            verdict = "BUG-EXC"
-        elif q == "ok" and hf_ok:
-            bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
-            if bad:
-                verdict = f"SILENT-ENCODE {len(bad)}/{len(texts)} first {bad[0][0][:40]!r} q={bad[0][1][:12]} sp={bad[0][2][:12]}"
-            else:
-                verdict = "same"
-                dbad = []
-                for ids in theirs[:len(EDGE)] + theirs[len(EDGE)::5]:
-                    try:
-                        a = tok.decode(ids)
-                    except qinterp.Error as e:
-                        a = "ERR " + str(e)[:60]
-                    b = sp.decode(ids)
-                    if a != b:
-                        dbad.append((a, b))
-                if dbad:
-                    verdict = f"SILENT-DECODE {len(dbad)} first q={dbad[0][0][:40]!r} sp={dbad[0][1][:40]!r}"
-        elif q == "ok":
-            verdict = "q-accepts-sp-refuses"
-        elif hf_ok:
-            verdict = "q-refuses"
-        else:
-            verdict = "both-refuse"
-        key = verdict.split()[0]
-        stats[key] = stats.get(key, 0) + 1
-        if key not in ("same", "both-refuse"):
-            extra = (f" | q: {qerr}" if q != "ok" else "") + ("" if hf_ok else f" | sp: {hf_err}")
-            print(f"[{i}] {' | '.join(log)} -> {verdict}{extra}", flush=True)
+            return tok, tok.encode_many(texts, False, False)
+
+        def compare(o, t):
+            (tok, ours), (sp, theirs) = o, t
+            pairs = [(attempt(lambda: tok.decode(ids), True)[1], sp.decode(ids))
+                     for ids in theirs[:len(EDGE)] + theirs[len(EDGE)::5]]
+            return compare_ids(texts, ours, theirs, "sp") or compare_decode(pairs, "sp")
+
+        tally.add(f"[{i}] {' | '.join(log)}", attempt(qinterp_side, True), attempt(reference, False), compare)
     shutil.rmtree(root, ignore_errors=True)
-    print(stats)
+    print(tally.counts)
 
 
 if __name__ == "__main__":

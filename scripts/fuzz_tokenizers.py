@@ -15,6 +15,7 @@ import copy, json, os, random, shutil, sys, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "python"))
 import tokenizers
 import qinterp
+from differential import Tally, attempt, compare_decode, compare_ids
 from test_tokenizers import EDGE, paper_prompts, _trained
 
 ENUMS = {
@@ -128,60 +129,30 @@ def main():
     for kind in ["gpt2", "llama3", "smollm", "metaspace", "whitespace"]:
         bases[kind] = json.loads(_trained(kind, list(paper_prompts()[::7])).to_str())
     root = tempfile.mkdtemp(prefix="tokfuzz")
-    stats = {}
+    tally = Tally("hf")
     for i in range(cases):
         kind = rng.choice(list(bases))
         j, log = mutate(bases[kind], rng)
         s = json.dumps(j)
         path = os.path.join(root, "tokenizer.json")
         open(path, "w").write(s)
-        try:
+        def reference():
             hf = tokenizers.Tokenizer.from_str(s)
-            theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
-            hf_ok = True
-        except BaseException as e:
-            hf_ok = False
-            hf_err = f"{type(e).__name__}: {str(e)[:100]}"
-        try:
+            return hf, [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+
+        def qinterp_side():
             tok = qinterp.load_tokenizer(path)
-            ours = tok.encode_many(texts)
-            q = "ok"
-        except qinterp.Error as e:
-            q, qerr = "err", str(e)[:160]
-        except BaseException as e:
-            q, qerr = "BUG", f"{type(e).__name__}: {str(e)[:160]}"
-        if q == "BUG":
-            verdict = "BUG-EXC"
-        elif q == "ok" and hf_ok:
-            bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
-            if bad:
-                verdict = f"SILENT-ENCODE {len(bad)}/{len(texts)} first {bad[0][0][:40]!r} q={bad[0][1][:12]} hf={bad[0][2][:12]}"
-            else:
-                verdict = "same"
-                dbad = []
-                for ids in theirs[:len(EDGE)] + theirs[len(EDGE)::5]:
-                    try:
-                        a = tok.decode(ids)
-                    except qinterp.Error as e:
-                        a = "ERR " + str(e)[:60]
-                    b = hf.decode(ids, skip_special_tokens=True)
-                    if a != b:
-                        dbad.append((a, b))
-                if dbad:
-                    verdict = f"SILENT-DECODE {len(dbad)} first q={dbad[0][0][:40]!r} hf={dbad[0][1][:40]!r}"
-        elif q == "ok":
-            verdict = "q-accepts-hf-refuses"
-        elif hf_ok:
-            verdict = "q-refuses"
-        else:
-            verdict = "both-refuse"
-        key = verdict.split()[0]
-        stats[key] = stats.get(key, 0) + 1
-        if key not in ("same", "both-refuse"):
-            extra = (f" | q: {qerr}" if q != "ok" else "") + ("" if hf_ok else f" | hf: {hf_err}")
-            print(f"[{i}] {kind} {' | '.join(log)} -> {verdict}{extra}", flush=True)
+            return tok, tok.encode_many(texts)
+
+        def compare(o, t):
+            (tok, ours), (hf, theirs) = o, t
+            pairs = [(attempt(lambda: tok.decode(ids), True)[1], hf.decode(ids, skip_special_tokens=True))
+                     for ids in theirs[:len(EDGE)] + theirs[len(EDGE)::5]]
+            return compare_ids(texts, ours, theirs, "hf") or compare_decode(pairs, "hf")
+
+        tally.add(f"[{i}] {kind} {' | '.join(log)}", attempt(qinterp_side, True), attempt(reference, False), compare)
     shutil.rmtree(root, ignore_errors=True)
-    print(stats)
+    print(tally.counts)
 
 
 if __name__ == "__main__":
