@@ -114,6 +114,7 @@ struct Ctx {
   io::ResultStore* store = nullptr;       // rank 0's results
   io::ResultStore* ckpt = nullptr;        // this rank's checkpoints
   RunSummary summary;
+  std::set<std::pair<std::string, std::string>> finished;  // (group, flag) of stages found done before the run wrote
 };
 
 // ---- checkpoints: every accumulator of a stage flattened into one State, saved in one write.
@@ -387,10 +388,10 @@ bool stage_done(Ctx& c, const StageMark& m) {
   return done == 1;
 }
 
-// A stage already in the file is skipped; a checkpoint left by a run killed after writing the
-// results, before the clean-up, goes with it.
+// A stage already in the file (as run() found it, before writing) is skipped; a checkpoint left by
+// a run killed after writing the results, before the clean-up, goes with it.
 bool skip_finished_stage(Ctx& c, const StageMark& m, const std::string& ck) {
-  if (!stage_done(c, m)) return false;
+  if (!c.finished.count({m.groups.front(), m.flag})) return false;
   if (c.ckpt->exists(ck)) c.ckpt->remove(ck);
   ++c.summary.stages_skipped;
   return true;
@@ -771,7 +772,7 @@ void validate(const RunOptions& o) {
 RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& par) {
   validate(o);
   if (par.world > 1 && (!par.gather || !par.broadcast)) fail("run: a data-parallel run needs gather and broadcast functions");
-  Ctx c{o, analyses_of(o), nullptr, "", {}, {}, "", 32, o.mode == "paper", -1, {}, progress, par, nullptr, nullptr, {}};
+  Ctx c{o, analyses_of(o), nullptr, "", {}, {}, "", 32, o.mode == "paper", -1, {}, progress, par, nullptr, nullptr, {}, {}};
   c.batch = o.batch > 0 ? o.batch : 32;
   c.model_name = o.model_name.empty() ? io::paths::stem(o.model) : o.model_name;
   c.tok = text::load_tokenizer(o.tokenizer.empty() ? text::find_tokenizer(o.model) : o.tokenizer);
@@ -856,8 +857,11 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
     const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, static_cast<int64_t>(t.examples.size()))
                                   : static_cast<int64_t>(t.examples.size());
     sizes.emplace_back(n, c.an.count("salient") ? (o.ig_limit >= 0 ? std::min(o.ig_limit, n) : n) : 0);
-    if (forward) stage_done(c, forward_mark(c, t, n));
-    for (size_t pi = 0; sizes.back().second > 0 && pi < c.precs.size(); ++pi) stage_done(c, ig_mark(c, t, pi, sizes.back().second));
+    std::vector<StageMark> marks;
+    if (forward) marks.push_back(forward_mark(c, t, n));
+    for (size_t pi = 0; sizes.back().second > 0 && pi < c.precs.size(); ++pi) marks.push_back(ig_mark(c, t, pi, sizes.back().second));
+    for (const StageMark& m : marks)
+      if (stage_done(c, m)) c.finished.insert({m.groups.front(), m.flag});
   }
   if (c.store) c.store->set_attrs(c.model_name, {{"model_file", o.model}, {"layers", [&] {
                                                    std::string s;
