@@ -370,9 +370,11 @@ def test_matches_captum_on_smollm2():
     """The paper's setting on a real model: layers 0, 14 and 29 of SmolLM2 on a BoolQ prompt.
     Layers 14 and 29 agree with Captum as stories260K does. Layer 0 is ill-conditioned: along its
     path later blocks switch massive activations (attention sinks) on and off position by position,
-    so f jumps by nats within a few hundredths of alpha and the gradients at the quadrature points
-    amplify the ~1e-5 differences between the two forward implementations (docs/analysis.md); it
-    is held to 1e-3 of the maximum, with the same salient sets."""
+    so f jumps by nats within a few hundredths of alpha, and the gradients at the quadrature points
+    amplify float32 rounding (docs/analysis.md). There both float32 answers are held to Captum run
+    on the same weights in float64: qinterp came within 2.5e-4 of the maximum attribution and
+    Captum's own float32 run within 1.6e-3 (AVX-512 MKL), so the reference is the float64 run,
+    with the same salient sets."""
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name, dtype=torch.float32).eval()
     ours = qinterp.load_model(SMOLLM2)
@@ -385,13 +387,24 @@ def test_matches_captum_on_smollm2():
         ref, delta = captum_ig(hf, l, ids, [target], 0, n_steps=20)
         print(f"  delta ours {got[h]['delta']:.6g} captum {delta:.6g}; completeness gap {got[h]['completeness_gap']:.4g}")
         if l == 0:
-            scale = ref.abs().max().item()
-            assert (got[h]["attributions"] - ref).abs().max().item() <= 1e-3 * scale
-            assert abs(got[h]["delta"] - delta) < 1e-3 * max(1.0, abs(delta))
+            hf64 = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name,
+                                                        dtype=torch.float64).eval()
+            ref64, delta64 = captum_ig(hf64, l, ids, [target], 0, n_steps=20)
+            del hf64
+            scale = ref64.abs().max().item()
+            ours_err = (got[h]["attributions"].double() - ref64).abs().max().item() / scale
+            captum_err = (ref.double() - ref64).abs().max().item() / scale
+            print(f"  layer 0 against Captum in float64: qinterp {ours_err:.2e}, Captum float32 {captum_err:.2e} "
+                  f"of max |attr| {scale:.4g}; delta float64 {delta64:.6g}")
+            # Rounding is amplified by an amount that depends on the CPU's kernels: qinterp must be
+            # within 1e-3 of the float64 answer, or no further than twice Captum's float32 run is.
+            assert ours_err <= max(1e-3, 2 * captum_err)
+            assert abs(got[h]["delta"] - delta64) < max(1e-3 * max(1.0, abs(delta64)), 2 * abs(delta - delta64))
+            assert torch.equal(salient_sets(got[h]["attributions"]), salient_sets(ref64.float()))
         else:
             check_close(got[h]["attributions"], ref, f"SmolLM2 layer {l}")
             assert abs(got[h]["delta"] - delta) < 1e-4 * max(1.0, abs(delta))
-        assert torch.equal(salient_sets(got[h]["attributions"]), salient_sets(ref))
+            assert torch.equal(salient_sets(got[h]["attributions"]), salient_sets(ref))
 
 
 def test_answer_targets_as_the_authors_retokenize():
