@@ -29,6 +29,13 @@ def compare_decode(pairs, ref):
     return f"SILENT-DECODE {len(bad)} first q={bad[0][0][:40]!r} {ref}={bad[0][1][:40]!r}" if bad else ""
 
 
+def compare_tokenizers(texts, ours, theirs, decode_ours, decode_ref, ref, edge):
+    """'' or the first SILENT line: the ids of every text, then decoding their ids back (the first
+    `edge` texts, which are the edge cases, and every fifth after them) on both sides."""
+    pairs = [(attempt(lambda: decode_ours(ids), True)[1], decode_ref(ids)) for ids in theirs[:edge] + theirs[edge::5]]
+    return compare_ids(texts, ours, theirs, ref) or compare_decode(pairs, ref)
+
+
 class Tally:
     def __init__(self, ref):
         self.ref, self.counts = ref, {}

@@ -15,7 +15,7 @@ import copy, json, os, random, shutil, sys, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "python"))
 import tokenizers
 import qinterp
-from differential import Tally, attempt, compare_decode, compare_ids
+from differential import Tally, attempt, compare_tokenizers
 from test_tokenizers import EDGE, paper_prompts, _trained
 
 ENUMS = {
@@ -146,9 +146,8 @@ def main():
 
         def compare(o, t):
             (tok, ours), (hf, theirs) = o, t
-            pairs = [(attempt(lambda: tok.decode(ids), True)[1], hf.decode(ids, skip_special_tokens=True))
-                     for ids in theirs[:len(EDGE)] + theirs[len(EDGE)::5]]
-            return compare_ids(texts, ours, theirs, "hf") or compare_decode(pairs, "hf")
+            return compare_tokenizers(texts, ours, theirs, tok.decode,
+                                      lambda ids: hf.decode(ids, skip_special_tokens=True), "hf", len(EDGE))
 
         tally.add(f"[{i}] {kind} {' | '.join(log)}", attempt(qinterp_side, True), attempt(reference, False), compare)
     shutil.rmtree(root, ignore_errors=True)
