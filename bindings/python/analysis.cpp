@@ -194,6 +194,9 @@ void bind_analysis(py::module_& m) {
            }), py::arg("path"), py::arg("mode") = "a")
       .def_property_readonly("path", &io::ResultStore::path)
       .def_static("join", &io::ResultStore::join, py::arg("parts"))
+      .def_static("drop_unreadable_objects", &io::ResultStore::drop_unreadable_objects, py::arg("path"),
+                  "Rewrites the closed file without the unreadable save copies ('<group>.partial') that "
+                  "killed runs leave; returns their paths (the file is untouched when there are none)")
       .def("exists", &io::ResultStore::exists, py::arg("object"))
       .def("list", &io::ResultStore::list, py::arg("group") = "")
       .def("set_attrs", [](io::ResultStore& s, const std::string& o, const py::dict& d) { s.set_attrs(o, to_attrs(d)); },

@@ -144,6 +144,7 @@ void bind_experiment(py::module_& m) {
           d["out"] = s.out;
           d["stages_run"] = s.stages_run;
           d["stages_skipped"] = s.stages_skipped;
+          d["dropped"] = s.dropped;
           return d;
         }, py::arg("options"), py::arg("progress") = py::none(), py::arg("rank") = 0, py::arg("world") = 1,
         py::arg("comm") = py::none());

@@ -513,6 +513,9 @@ int cmd_run(const Command& c, const Args& a, const qinterp::experiment::Parallel
     };
   const auto summary = qinterp::experiment::run(o, progress, par);
   if (par.rank != 0) return 0;
+  if (!summary.dropped.empty())
+    std::cerr << "[run] removed " << summary.dropped.size() << " unreadable copy(ies) that killed runs left, e.g. "
+              << summary.dropped.front() << "\n";
   std::cerr << "[run] " << summary.stages_run << " stage(s) run, " << summary.stages_skipped
             << " already in the file; results in " << summary.out << "\n";
   std::cout << qinterp::experiment::make_report(o.out).markdown;

@@ -50,7 +50,8 @@ def run(model: Union[str, os.PathLike], quant: Union[str, Sequence[str]] = ("fp3
         labels: Optional[Sequence[str]] = None, prompt_column: str = "prompt", gold_column: str = "gold",
         progress: Union[bool, Callable] = True) -> Dict[str, object]:
     """Run the paper's protocol (see `qinterp run --help` and docs/runner.md); returns
-    {out, stages_run, stages_skipped}. progress: True prints rate and ETA to stderr, a callable
+    {out, stages_run, stages_skipped, dropped} (dropped: paths of unreadable copies that killed runs
+    left, removed at the end). progress: True prints rate and ETA to stderr, a callable
     receives each ProgressEvent, False is silent. Inside torchrun the examples are split over the
     processes and rank 0 writes the file."""
     import torch

@@ -881,6 +881,7 @@ RunSummary run(const RunOptions& o, const ProgressFn& progress, const Parallel& 
   }
   if (store) {
     store->close();
+    c.summary.dropped = io::ResultStore::drop_unreadable_objects(o.out);
     check_results_read_back(o.out, c.model_name, "this run's results do not read back");
   }
   c.summary.out = o.out;

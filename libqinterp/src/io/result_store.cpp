@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <sys/stat.h>
@@ -727,6 +728,143 @@ State ResultStore::load_state(const std::string& group_in) const {
   if (it == a.end() || !std::holds_alternative<std::string>(it->second))
     fail("HDF5 file ", path_, ": '", group, "' is not a saved analysis state (no 'kind' attribute)");
   return State{std::get<std::string>(it->second), read_tensors(group)};
+}
+
+namespace {
+// One link of the tree drop_unreadable_objects walks: a hard link HDF5 can open (and, for a
+// group, whether everything below it can be opened too), a soft link, or an unreadable object.
+struct LinkNode {
+  std::string name;
+  bool soft = false, readable = true, group = false, clean = true;
+  std::vector<LinkNode> kids;
+};
+
+// "<name>.partial" or "<name>.partialK": a save's copy (see write_group), never a result.
+bool is_partial_copy(const std::string& name) {
+  const size_t at = name.rfind(".partial");
+  if (at == std::string::npos || at == 0) return false;
+  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at + 8), name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+herr_t collect_link(hid_t, const char* name, const H5L_info_t* info, void* out) {
+  LinkNode n;
+  n.name = name;
+  n.soft = info->type == H5L_TYPE_SOFT;
+  static_cast<std::vector<LinkNode>*>(out)->push_back(std::move(n));
+  return 0;
+}
+
+// Fills n.kids from the group at `path`; false when the group's links cannot be listed. An
+// unreadable object that is not a save's copy sets `other_damage`: that is damage to report.
+bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_damage) {
+  Id g(H5Gopen2(file, path.c_str(), H5P_DEFAULT), H5Gclose);
+  hsize_t idx = 0;
+  if (g.id < 0 || H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_link, &n.kids) < 0) {
+    h5_message();
+    return false;
+  }
+  for (LinkNode& k : n.kids) {
+    if (k.soft) continue;
+    const std::string p = (path == "/" ? "" : path) + "/" + k.name;
+    H5O_info_t info;
+    if (!object_info(file, p, info)) {
+      k.readable = false;
+      if (!is_partial_copy(k.name)) other_damage = true;
+    } else if (info.type == H5O_TYPE_GROUP) {
+      k.group = true;
+      if (!scan_group(file, p, k, other_damage)) other_damage = true;
+    }
+    if (!k.readable || !k.clean) n.clean = false;
+  }
+  return true;
+}
+
+// Every attribute of src copied onto dst, bytes and types as they are.
+bool copy_attributes(hid_t src, hid_t dst) {
+  H5O_info_t info;
+  if (H5Oget_info2(src, &info, H5O_INFO_NUM_ATTRS) < 0) return false;
+  for (hsize_t i = 0; i < info.num_attrs; ++i) {
+    Id a(H5Aopen_by_idx(src, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    if (a.id < 0) return false;
+    Id type(H5Aget_type(a), H5Tclose), space(H5Aget_space(a), H5Sclose);
+    const ssize_t len = H5Aget_name(a, 0, nullptr);
+    if (type.id < 0 || space.id < 0 || len < 0) return false;
+    std::string name(static_cast<size_t>(len), '\0');
+    H5Aget_name(a, static_cast<size_t>(len) + 1, name.data());
+    const hssize_t points = H5Sget_simple_extent_npoints(space);
+    std::vector<unsigned char> buf(static_cast<size_t>(std::max<hssize_t>(points, 1)) * H5Tget_size(type));
+    if (H5Aread(a, type, buf.data()) < 0) return false;
+    Id b(H5Acreate2(dst, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    const bool ok = b.id >= 0 && H5Awrite(b, type, buf.data()) >= 0;
+    if (H5Tdetect_class(type, H5T_VLEN) > 0 || (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0))
+      H5Dvlen_reclaim(type, space, H5P_DEFAULT, buf.data());
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Copies the members of src's group `path` that can be read into dst; the paths of the others
+// are added to `dropped`. Clean subtrees go in one H5Ocopy.
+bool copy_readable(hid_t src, hid_t dst, const std::string& path, const LinkNode& n, std::vector<std::string>& dropped) {
+  for (const LinkNode& k : n.kids) {
+    const std::string p = (path == "/" ? "" : path) + "/" + k.name;
+    if (k.soft) {
+      H5L_info_t li;
+      if (H5Lget_info(src, p.c_str(), &li, H5P_DEFAULT) < 0) return false;
+      std::string target(li.u.val_size, '\0');
+      if (H5Lget_val(src, p.c_str(), target.data(), target.size(), H5P_DEFAULT) < 0) return false;
+      if (H5Lcreate_soft(target.c_str(), dst, p.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0) return false;
+    } else if (!k.readable) {
+      dropped.push_back(p);
+    } else if (!k.group || k.clean) {
+      if (H5Ocopy(src, p.c_str(), dst, p.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0) return false;
+    } else {
+      Id sg(H5Gopen2(src, p.c_str(), H5P_DEFAULT), H5Gclose);
+      Id gcpl(sg.id >= 0 ? H5Gget_create_plist(sg) : -1, H5Pclose);
+      if (gcpl.id < 0) return false;
+      Id dg(H5Gcreate2(dst, p.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT), H5Gclose);
+      if (dg.id < 0 || !copy_attributes(sg, dg) || !copy_readable(src, dst, p, k, dropped)) return false;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string& path) {
+  silence_hdf5();
+  std::vector<std::string> dropped;
+  LinkNode root;
+  {
+    Id fapl(file_access(), H5Pclose);
+    Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
+    bool other_damage = false;
+    if (f.id < 0 || !scan_group(f, "/", root, other_damage) || root.clean || other_damage) {
+      h5_message();
+      return dropped;  // nothing to drop, or damage beyond a save's copy: the read-back check names it
+    }
+  }
+  const std::string tmp = path + ".rewrite";
+  bool ok = false;
+  {
+    Id fapl(file_access(), H5Pclose);
+    Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
+    Id out_fapl(file_access(), H5Pclose);
+    H5Pset_libver_bounds(out_fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
+    Id fcpl(f.id >= 0 ? H5Fget_create_plist(f) : -1, H5Pclose);
+    Id out(fcpl.id >= 0 ? H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, out_fapl) : -1, H5Fclose);
+    if (out.id >= 0) {
+      Id sr(H5Gopen2(f, "/", H5P_DEFAULT), H5Gclose), dr(H5Gopen2(out, "/", H5P_DEFAULT), H5Gclose);
+      ok = sr.id >= 0 && dr.id >= 0 && copy_attributes(sr, dr) && copy_readable(f, out, "/", root, dropped) &&
+           H5Fflush(out, H5F_SCOPE_GLOBAL) >= 0;
+    }
+  }
+  const std::string why = h5_message();
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail("HDF5 file ", path, ": cannot rewrite it without the unreadable objects a killed run left",
+         why.empty() ? "" : " (HDF5: " + why + ")");
+  }
+  return dropped;
 }
 
 namespace {

@@ -81,6 +81,8 @@ struct Parallel {
 struct RunSummary {
   std::string out;
   int64_t stages_run = 0, stages_skipped = 0;  // skipped: already in the file
+  // Unreadable copies that killed runs left in the file, removed at the end (their paths).
+  std::vector<std::string> dropped;
 };
 
 // Checks the options (every name, spec, path) before any work; throws Error naming the first bad one.

@@ -105,6 +105,14 @@ class ResultStore {
   // Flushes and closes the file (the destructor does it too); later calls throw Error.
   void close();
 
+  // A run killed while HDF5 wrote a save's copy ("<group>.partial") can leave a link to an object
+  // header HDF5 cannot read, nor unlink: the store then writes beside it and leaves it orphaned,
+  // but whoever walks the file (h5py's visititems, h5ls -r) stops at it. This rewrites the closed
+  // file `path` without such copies (everything else copied as it is, then renamed over the
+  // original) and returns their paths. The file is not touched when there are none, or when some
+  // other object is unreadable: that is damage for the caller's read-back to report.
+  static std::vector<std::string> drop_unreadable_objects(const std::string& path);
+
  private:
   friend class ActivationDump;
   std::string path_;
