@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <sys/stat.h>
 #include <type_traits>
 #include <zlib.h>
@@ -756,7 +757,9 @@ herr_t collect_link(hid_t, const char* name, const H5L_info_t* info, void* out) 
 
 // Fills n.kids from the group at `path`; false when the group's links cannot be listed. An
 // unreadable object that is not a save's copy sets `other_damage`: that is damage to report.
-bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_damage) {
+bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_damage,
+                const std::function<bool(const std::string&)>& listable) {
+  if (!listable(path)) return false;
   Id g(H5Gopen2(file, path.c_str(), H5P_DEFAULT), H5Gclose);
   hsize_t idx = 0;
   if (g.id < 0 || H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_link, &n.kids) < 0) {
@@ -772,7 +775,7 @@ bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_da
       if (!is_partial_copy(k.name)) other_damage = true;
     } else if (info.type == H5O_TYPE_GROUP) {
       k.group = true;
-      if (!scan_group(file, p, k, other_damage)) other_damage = true;
+      if (!scan_group(file, p, k, other_damage, listable)) other_damage = true;
     }
     if (!k.readable || !k.clean) n.clean = false;
   }
@@ -835,10 +838,17 @@ std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string&
   std::vector<std::string> dropped;
   LinkNode root;
   {
-    Id fapl(file_access(), H5Pclose);
-    Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
+    const ResultStore src(path, Mode::Read);  // its checks run before HDF5 lists a group
+    const auto listable = [&src](const std::string& g) {
+      try {
+        src.check_group(g);
+        return true;
+      } catch (const Error&) {
+        return false;
+      }
+    };
     bool other_damage = false;
-    if (f.id < 0 || !scan_group(f, "/", root, other_damage) || root.clean || other_damage) {
+    if (!scan_group(src.file_, "/", root, other_damage, listable) || root.clean || other_damage) {
       h5_message();
       return dropped;  // nothing to drop, or damage beyond a save's copy: the read-back check names it
     }
