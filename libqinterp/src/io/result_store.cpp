@@ -836,7 +836,8 @@ bool copy_readable(hid_t src, hid_t dst, const std::string& path, const LinkNode
 std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string& path) {
   silence_hdf5();
   std::vector<std::string> dropped;
-  LinkNode root;
+  const std::string tmp = path + ".rewrite";
+  bool ok = false;
   {
     const ResultStore src(path, Mode::Read);  // its checks run before HDF5 lists a group
     const auto listable = [&src](const std::string& g) {
@@ -847,24 +848,19 @@ std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string&
         return false;
       }
     };
+    LinkNode root;
     bool other_damage = false;
     if (!scan_group(src.file_, "/", root, other_damage, listable) || root.clean || other_damage) {
       h5_message();
       return dropped;  // nothing to drop, or damage beyond a save's copy: the read-back check names it
     }
-  }
-  const std::string tmp = path + ".rewrite";
-  bool ok = false;
-  {
-    Id fapl(file_access(), H5Pclose);
-    Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
     Id out_fapl(file_access(), H5Pclose);
     H5Pset_libver_bounds(out_fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
-    Id fcpl(f.id >= 0 ? H5Fget_create_plist(f) : -1, H5Pclose);
+    Id fcpl(H5Fget_create_plist(src.file_), H5Pclose);
     Id out(fcpl.id >= 0 ? H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, out_fapl) : -1, H5Fclose);
     if (out.id >= 0) {
-      Id sr(H5Gopen2(f, "/", H5P_DEFAULT), H5Gclose), dr(H5Gopen2(out, "/", H5P_DEFAULT), H5Gclose);
-      ok = sr.id >= 0 && dr.id >= 0 && copy_attributes(sr, dr) && copy_readable(f, out, "/", root, dropped) &&
+      Id sr(H5Gopen2(src.file_, "/", H5P_DEFAULT), H5Gclose), dr(H5Gopen2(out, "/", H5P_DEFAULT), H5Gclose);
+      ok = sr.id >= 0 && dr.id >= 0 && copy_attributes(sr, dr) && copy_readable(src.file_, out, "/", root, dropped) &&
            H5Fflush(out, H5F_SCOPE_GLOBAL) >= 0;
     }
   }
