@@ -2,11 +2,14 @@
 
 Each target is a real file (the stories260K model and tokenizer, the Llama-2 tokenizer.model,
 safetensors checkpoints written by Model.save, a result store with a saved Correlation state, a
-tokenizer.json written by transformers, the SmolLM2 GGUF if it was downloaded). Copies are
+run-like store before and after a kill left a save's copy unreadable, a tokenizer.json written by
+transformers, the SmolLM2 GGUF if it was downloaded). Copies are
 mutated (bit flips and extreme integers in the first 4 KB or anywhere, truncations; for JSON also
 changed values and types) and loaded in a worker process. Anything other than success or
 qinterp.Error is reported and the file kept: a Python exception of another type, a crash
-(the worker dies), or a hang (no answer in --timeout seconds).
+(the worker dies), or a hang (no answer in --timeout seconds). The run-like stores go through
+ResultStore.drop_unreadable_objects, which must keep every dataset that read before it
+("ok-rewritten" when it dropped something).
 
     PYTHONPATH=build/python ~/.cache/qinterp/venv/bin/python scripts/fuzz_files.py --cases 500
     ... --only h5,json --seed 7 --keep /tmp/fuzz-found
@@ -54,12 +57,58 @@ def worker():
             c = analysis.Correlation()
             c.restore(s.load_state("m/p/corr"))
             c.result()
+        elif kind == "h5drop":
+            # What a run's end does to its file: drop_unreadable_objects on a copy (the mutated
+            # file stays as it is, to be kept). It may drop only '.partial' copies: every dataset
+            # readable before must read back equal, and a file with nothing dropped must be
+            # byte for byte the same.
+            work = path + ".work"
+            shutil.copy(path, work)
+            before = walk(work)
+            orig = open(work, "rb").read()
+            dropped = qinterp.ResultStore.drop_unreadable_objects(work)
+            if not dropped:
+                if open(work, "rb").read() != orig:
+                    raise AssertionError("nothing dropped, yet the file changed")
+                return None
+            if any(".partial" not in d.rsplit("/", 1)[-1] for d in dropped):
+                raise AssertionError(f"dropped objects that are not save copies: {dropped}")
+            after = walk(work)
+            for name, t in before.items():
+                if any(name == d or name.startswith(d + "/") for d in dropped):
+                    continue
+                if name not in after or not torch.equal(after[name], t):
+                    raise AssertionError(f"{name} was readable before the rewrite and is lost or changed after it")
+            return "dropped"
+
+    def walk(path):
+        """Every dataset qinterp can read in the store at path: {name: tensor}."""
+        out = {}
+        try:
+            s = qinterp.ResultStore(path, "r")
+        except qinterp.Error:
+            return out
+
+        def visit(group, depth):
+            try:
+                names = s.list(group)
+            except qinterp.Error:
+                return
+            for n in names:
+                full = f"{group}/{n}" if group else n
+                try:
+                    out[full] = s.read(full)
+                except qinterp.Error:
+                    if depth < 8:
+                        visit(full, depth + 1)
+        visit("", 0)
+        s.close()
+        return out
 
     for line in sys.stdin:
         kind, path = line.split(maxsplit=1)
         try:
-            load(kind, path.strip())
-            r = "ok"
+            r = "ok" if load(kind, path.strip()) is None else "ok-rewritten"
         except qinterp.Error as e:
             r = "qerror " + str(e).replace("\n", " ")[:200]
         except Exception as e:  # noqa: BLE001 -- exactly what the fuzzer looks for
@@ -160,6 +209,27 @@ def make_seeds(d):
     s.save_state("m/p/corr", c.state())
     s.close()
     t.append(("h5 result store", "h5", os.path.join(d, "r.h5"), "bytes"))
+    # A run's file as a killed run can leave it: results, states, attributes and save copies.
+    s = qinterp.ResultStore(os.path.join(d, "run.h5"), "w")
+    s.set_attrs("", {"qinterp_version": "x", "model": "m"})
+    for k in range(2):
+        s.write(f"m/t{k}/forward/loss", torch.randn(40, dtype=torch.float64))
+        s.save_state(f"m/t{k}/corr", c.state(), {"examples": 300})
+        s.write_tensors(f"m/_checkpoints/t{k}/forward.partial", {"n": torch.arange(20), "x": torch.randn(8, 5)})
+    s.write_tensors("m/_checkpoints/t0/forward.partial1", {"n": torch.arange(3)})
+    s.set_attrs("m/t1", {"done": 1, "note": "abc"})
+    s.close()
+    t.append(("h5 run file rewrite", "h5drop", os.path.join(d, "run.h5"), "bytes"))
+    # The same with one copy's object header unreadable, as a kill can leave it: the rewrite's case.
+    import h5py
+    killed = os.path.join(d, "killed.h5")
+    shutil.copy(os.path.join(d, "run.h5"), killed)
+    with h5py.File(killed, "r") as f:
+        at = h5py.h5o.get_info(f["m/_checkpoints/t1/forward.partial"].id).addr
+    with open(killed, "r+b") as f:
+        f.seek(at)
+        f.write(b"\x07")  # the version byte of a version 1 object header
+    t.append(("h5 killed run file rewrite", "h5drop", killed, "bytes"))
     try:
         import transformers
         src = os.path.join(d, "l2src")
@@ -232,7 +302,7 @@ def main():
                 r = w.run(kind, target)
             cls = r.split()[0]
             counts[cls] = counts.get(cls, 0) + 1
-            if cls not in ("ok", "qerror"):
+            if cls not in ("ok", "ok-rewritten", "qerror"):
                 kept = os.path.join(a.keep, f"{name.replace(' ', '_')}-{a.seed}-{i}")
                 if target and os.path.isdir(target):
                     shutil.copytree(target, kept)
