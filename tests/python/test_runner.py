@@ -37,6 +37,13 @@ def small_run(out, **kw):
     return qinterp.run(MODEL, **args)
 
 
+def small_run_cli(out):
+    """small_run's settings through the command-line tool."""
+    quants = [a for p in PRECS for a in ("--quant", p)]
+    return cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", out, "--limit", 24,
+               "--ig-limit", 3, "--batch", 8, "--data", DATA)
+
+
 @pytest.fixture(scope="module")
 def run_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run.h5"
@@ -232,7 +239,8 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
         assert err.startswith("qinterp: error: ") and str(bad) in err and message in err, (name, err)
 
     # An attribute message HDF5 cannot decode (its int64's size made 256 bytes): the attributes
-    # read as none at all, and the task's accuracy row vanished from the table.
+    # read as none at all, and the task's accuracy row vanished from the table. The attribute
+    # checks now name it.
     data = bytearray(run_file.read_bytes())
     at, hits = data.find(b"empty_answers\0"), 0
     while at > 0:  # every task's and precision's (the report stops at the first)
@@ -245,7 +253,8 @@ def test_report_names_what_is_missing_or_malformed(run_file, tmp_path):
     r = cli("report", bad)
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1, err
-    assert str(bad) in err and "/predictions'; the file is damaged" in err, err
+    assert str(bad) in err and "attribute 'empty_answers' of 'stories260K/" in err, err
+    assert "/predictions': its value is larger than the message holds; the file is damaged" in err, err
 
     # A stage without its done flag (a run killed while writing its results) is not reported;
     # the IG stage's table (salient neurons) still is.
@@ -333,9 +342,7 @@ def test_rerun_refuses_a_file_whose_finished_results_are_damaged(run_file, tmp_p
     assert at > 16
     data[at - 14:at - 12] = b"\xf0\x7f"  # that attribute message's size: the object header no longer parses
     bad.write_bytes(bytes(data))
-    quants = [a for p in PRECS for a in ("--quant", p)]
-    r = cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", bad, "--limit", 24,
-            "--ig-limit", 3, "--batch", 8, "--data", DATA)
+    r = small_run_cli(bad)
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1, err
     assert str(bad) in err and f"'{target}'" in err and "already in the file do not read back" in err, err
@@ -367,9 +374,7 @@ def test_rerun_refuses_a_finished_stage_with_a_hole(run_file, tmp_path, edit):
             del f[g].attrs["forward_done"]
             del f[g].attrs["attrs_crc32"]  # an edit outside qinterp, accepted as such
     edited = bad.read_bytes()
-    quants = [a for p in PRECS for a in ("--quant", p)]
-    r = cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", bad, "--limit", 24,
-            "--ig-limit", 3, "--batch", 8, "--data", DATA)
+    r = small_run_cli(bad)
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1, err
     assert str(bad) in err and missing in err and "damaged or was edited" in err, err
@@ -459,11 +464,26 @@ def test_unreadable_copies_killed_runs_leave_are_removed_at_the_end(run_file, tm
     cli_out = tmp_path / "cli.h5"
     cli_out.write_bytes(run_file.read_bytes())
     damage_object_header(cli_out, orphan)
-    quants = [a for p in PRECS for a in ("--quant", p)]
-    r = cli("run", "--model", MODEL, *quants, "--task", "boolq", "--task", "piqa", "--out", cli_out, "--limit", 24,
-            "--ig-limit", 3, "--batch", 8, "--data", DATA)
+    r = small_run_cli(cli_out)
     assert r.returncode == 0, r.stderr
     assert f"removed 1 unreadable copy(ies) that killed runs left, e.g. /{orphan}" in r.stderr.decode()
+
+
+def test_rerun_refuses_a_file_with_a_loop_among_its_results(run_file, tmp_path):
+    """A link back up the tree among the results sent the read-back that starts every rerun round
+    in circles (no answer after 5 minutes). It is now one line naming the loop, and the file is
+    left as it was."""
+    import h5py
+    bad = tmp_path / "loop.h5"
+    bad.write_bytes(run_file.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["stories260K/int8/piqa"]["again"] = f["stories260K/int8"]
+    data = bad.read_bytes()
+    r = small_run_cli(bad)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert f"{bad}: '/stories260K/int8/piqa/again' leads back to '/stories260K/int8', a loop" in err, err
+    assert bad.read_bytes() == data
 
 
 def assert_same_file(expected, got, where):

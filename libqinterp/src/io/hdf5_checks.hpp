@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "qinterp/io/mapped_file.hpp"
 
@@ -29,5 +30,10 @@ std::string check_vlen_reference(const HeapIndex& h, uint64_t addr, const char* 
 std::string check_layout(const HeapIndex& h, uint64_t addr);
 // What is wrong with the symbol table of the group at `addr`, or "".
 std::string check_symbol_table(const HeapIndex& h, uint64_t addr);
+// The attribute of the object at `addr` that HDF5 could not decode safely and what is wrong with
+// it ({name or "#index", why}), or {"", ""}. HDF5 decodes all of an object's attributes before it
+// hands out any; when one fails, it frees the half-built table and may crash, and a string value
+// is copied from the heap as the reference says (see check_vlen_reference).
+std::pair<std::string, std::string> check_attributes(const HeapIndex& h, uint64_t addr);
 
 }  // namespace qinterp::io

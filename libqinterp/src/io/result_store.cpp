@@ -8,11 +8,18 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <set>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <type_traits>
 #include <zlib.h>
 
@@ -70,6 +77,9 @@ std::vector<std::string> split(const std::string& path) {
   }
   return parts;
 }
+
+// What HDF5 itself would refuse to create as a link name; only damage puts one in a file.
+bool valid_link_name(const std::string& n) { return !n.empty() && n != "." && n.find('/') == std::string::npos; }
 
 void silence_hdf5() {
   static bool done = [] {
@@ -297,17 +307,40 @@ int64_t ResultStore::open_group(const std::string& group, bool create) const {
 std::vector<std::string> ResultStore::list(const std::string& group) const {
   Id g(open_group(group, false), H5Gclose);
   check_group(group);
-  std::vector<std::string> names;
+  std::vector<std::string> raw;
   hsize_t idx = 0;
   QH5_CHECK(H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx,
                       [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-                        // names and strings from the file are handed on as UTF-8 (a damaged
-                        // byte becomes \xNN), so that they print and convert to Python str
-                        static_cast<std::vector<std::string>*>(out)->push_back(detail::printable_utf8(name));
+                        static_cast<std::vector<std::string>*>(out)->push_back(name);
                         return 0;
                       },
-                      &names),
+                      &raw),
           "cannot list '", group, "'");
+  // Whoever walks the tree joins these names to paths: a name no HDF5 file can hold, or a member
+  // that is the group itself or one above it, would send the walk round in circles.
+  std::vector<std::pair<haddr_t, std::string>> above{{HADDR_UNDEF, "/"}};
+  std::string cur;
+  for (const auto& part : split(group)) above.push_back({HADDR_UNDEF, cur += "/" + part});
+  const std::string at = above.back().second;
+  for (auto& [addr, p] : above) {
+    H5O_info_t info;
+    addr = object_info(file_, p, info) ? info.addr : HADDR_UNDEF;
+  }
+  std::vector<std::string> names;
+  for (const auto& n : raw) {
+    // names and strings from the file are handed on as UTF-8 (a damaged byte becomes \xNN), so
+    // that they print and convert to Python str
+    names.push_back(detail::printable_utf8(n.c_str()));
+    if (!valid_link_name(n))
+      fail("HDF5 file ", path_, ": group '", at, "' has a member named '", names.back(),
+           "', a name no HDF5 file can hold; the file is damaged");
+    H5O_info_t info;
+    if (!object_info(file_, (at == "/" ? "" : at) + "/" + n, info) || info.type != H5O_TYPE_GROUP) continue;
+    for (const auto& [addr, p] : above)
+      if (addr != HADDR_UNDEF && info.addr == addr)
+        fail("HDF5 file ", path_, ": '", (at == "/" ? "" : at), "/", names.back(), "' leads back to '", p,
+             "', a loop; the file is damaged");
+  }
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -449,6 +482,12 @@ Attrs ResultStore::read_attrs(const std::string& object) const {
   const HeapIndex* heaps = wrote_ ? nullptr : heaps_.get();
   H5O_info_t info{};
   if (heaps && H5Oget_info2(obj, &info, H5O_INFO_BASIC) < 0) heaps = nullptr;
+  if (heaps) {  // before HDF5 decodes them all (see check_attributes)
+    const auto [name, why] = check_attributes(*heaps, static_cast<uint64_t>(info.addr));
+    if (!why.empty())
+      fail("HDF5 file ", path_, ": attribute '", detail::printable_utf8(name.c_str()), "' of '",
+           object.empty() ? "/" : object, "': ", why, "; the file is damaged");
+  }
   struct Ctx {
     const ResultStore* self;
     Attrs out;
@@ -758,7 +797,8 @@ herr_t collect_link(hid_t, const char* name, const H5L_info_t* info, void* out) 
 // Fills n.kids from the group at `path`; false when the group's links cannot be listed. An
 // unreadable object that is not a save's copy sets `other_damage`: that is damage to report.
 bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_damage,
-                const std::function<bool(const std::string&)>& listable) {
+                const std::function<bool(const std::string&)>& listable,
+                const std::function<bool(haddr_t)>& attrs_sound, std::set<haddr_t>& seen) {
   if (!listable(path)) return false;
   Id g(H5Gopen2(file, path.c_str(), H5P_DEFAULT), H5Gclose);
   hsize_t idx = 0;
@@ -770,12 +810,19 @@ bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_da
     if (k.soft) continue;
     const std::string p = (path == "/" ? "" : path) + "/" + k.name;
     H5O_info_t info;
-    if (!object_info(file, p, info)) {
+    if (!valid_link_name(k.name)) {
+      k.readable = false;
+      other_damage = true;
+    } else if (!object_info(file, p, info)) {
       k.readable = false;
       if (!is_partial_copy(k.name)) other_damage = true;
+    } else if (!attrs_sound(info.addr)) {
+      other_damage = true;  // HDF5 copies attributes too; these would crash it
     } else if (info.type == H5O_TYPE_GROUP) {
       k.group = true;
-      if (!scan_group(file, p, k, other_damage, listable)) other_damage = true;
+      // A store links each group once: a second link to one (a loop, if it is above) is damage.
+      if (!seen.insert(info.addr).second || !scan_group(file, p, k, other_damage, listable, attrs_sound, seen))
+        other_damage = true;
     }
     if (!k.readable || !k.clean) n.clean = false;
   }
@@ -834,6 +881,88 @@ bool copy_readable(hid_t src, hid_t dst, const std::string& path, const LinkNode
 }  // namespace
 
 std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string& path) {
+  // The child reports its dropped paths (or its error) through a pipe: a tag byte ('D' dropped,
+  // 'E' error), then (u32 length, bytes) records.
+  int fds[2];
+  if (::pipe(fds) != 0) fail("HDF5 file ", path, ": cannot rewrite it (pipe: ", std::strerror(errno), ")");
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    fail("HDF5 file ", path, ": cannot rewrite it (fork: ", std::strerror(errno), ")");
+  }
+  if (pid == 0) {  // the child: no Python, no destructors of the parent's objects; _exit only
+    ::close(fds[0]);
+    // A crash here ends the child quietly: the parent's handlers (Python's faulthandler) would
+    // print the parent's stack as if the parent had crashed.
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) ::signal(sig, SIG_DFL);
+    std::string out;
+    auto record = [&out](const std::string& x) {
+      const uint32_t n = static_cast<uint32_t>(x.size());
+      out.append(reinterpret_cast<const char*>(&n), 4);
+      out += x;
+    };
+    try {
+      const auto dropped = drop_unreadable_objects_here(path);
+      out = "D";
+      for (const auto& d : dropped) record(d);
+    } catch (const std::exception& e) {
+      out = "E";
+      record(e.what());
+    }
+    for (size_t at = 0; at < out.size();) {
+      const ssize_t w = ::write(fds[1], out.data() + at, out.size() - at);
+      if (w <= 0) ::_exit(3);
+      at += static_cast<size_t>(w);
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  // A generous limit: the copy runs at well over 20 MB/s.
+  struct stat st {};
+  const double limit_s = 120.0 + (::stat(path.c_str(), &st) == 0 ? static_cast<double>(st.st_size) / 20e6 : 0.0);
+  const auto start = std::chrono::steady_clock::now();
+  std::string in;
+  bool timed_out = false;
+  for (;;) {
+    const double left = limit_s - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (left <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd pfd{fds[0], POLLIN, 0};
+    const int r = ::poll(&pfd, 1, static_cast<int>(std::min(left, 1.0) * 1000) + 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // the child closed its end: finished, or died
+    in.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  if (timed_out) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  std::vector<std::string> recs;
+  for (size_t at = 1; at + 4 <= in.size();) {
+    uint32_t n = 0;
+    std::memcpy(&n, in.data() + at, 4);
+    if (n > in.size() - at - 4) break;
+    recs.emplace_back(in.data() + at + 4, n);
+    at += 4 + n;
+  }
+  const bool clean_exit = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0 && !in.empty();
+  if (!clean_exit) {  // crashed or hung on damage: the file is as it was (the rename is the last step)
+    std::remove((path + ".rewrite").c_str());
+    return {};
+  }
+  if (in[0] == 'E') throw Error(recs.empty() ? "HDF5 file " + path + ": cannot rewrite it" : recs[0]);
+  return recs;
+}
+
+std::vector<std::string> ResultStore::drop_unreadable_objects_here(const std::string& path) {
   silence_hdf5();
   std::vector<std::string> dropped;
   const std::string tmp = path + ".rewrite";
@@ -850,9 +979,47 @@ std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string&
     };
     LinkNode root;
     bool other_damage = false;
-    if (!scan_group(src.file_, "/", root, other_damage, listable) || root.clean || other_damage) {
+    const auto attrs_sound = [&src](haddr_t addr) {
+      return !src.heaps_ || check_attributes(*src.heaps_, static_cast<uint64_t>(addr)).second.empty();
+    };
+    H5O_info_t root_info;
+    std::set<haddr_t> seen;
+    if (!object_info(src.file_, "/", root_info) || !attrs_sound(root_info.addr)) return dropped;  // damage to report
+    seen.insert(root_info.addr);
+    if (!scan_group(src.file_, "/", root, other_damage, listable, attrs_sound, seen) || root.clean || other_damage) {
       h5_message();
       return dropped;  // nothing to drop, or damage beyond a save's copy: the read-back check names it
+    }
+    // H5Ocopy decodes every message of what it copies, and HDF5's error paths there can crash on
+    // damage; so everything that is kept must first read back through the store's checks.
+    try {
+      src.attrs("");
+      std::function<void(const std::string&, const LinkNode&)> read_all = [&](const std::string& at, const LinkNode& g) {
+        for (const LinkNode& k : g.kids) {
+          if (k.soft || !k.readable) continue;
+          const std::string p = at + (at.empty() ? "" : "/") + k.name;
+          if (k.group) {
+            src.attrs(p);
+            read_all(p, k);
+            continue;
+          }
+          H5O_info_t info;
+          if (src.heaps_ && object_info(src.file_, "/" + p, info) &&
+              !check_layout(*src.heaps_, static_cast<uint64_t>(info.addr)).empty())
+            fail("damaged layout");  // HDF5 divides by the chunk dimensions as it opens the dataset
+          Id ds(H5Dopen2(src.file_, ("/" + p).c_str(), H5P_DEFAULT), H5Dclose);
+          const bool big = ds.id >= 0 && H5Dget_storage_size(ds) > (hsize_t{1} << 30);
+          h5_message();
+          if (big)
+            src.attrs(p);  // over 1 GiB: not read into memory
+          else
+            src.read(p);
+        }
+      };
+      read_all("", root);
+    } catch (const Error&) {
+      h5_message();
+      return dropped;  // damage beyond a save's copy: the read-back check names it
     }
     Id out_fapl(file_access(), H5Pclose);
     H5Pset_libver_bounds(out_fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
@@ -864,6 +1031,8 @@ std::vector<std::string> ResultStore::drop_unreadable_objects(const std::string&
            H5Fflush(out, H5F_SCOPE_GLOBAL) >= 0;
     }
   }
+  for (auto& d : dropped) d = detail::printable_utf8(d.c_str());  // names from a damaged file
+  if (ok && std::getenv("QINTERP_CRASH_IN_REWRITE")) ::raise(SIGKILL);  // fault injection: HDF5 crashing mid-copy
   const std::string why = h5_message();
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());

@@ -110,10 +110,13 @@ class ResultStore {
   // but whoever walks the file (h5py's visititems, h5ls -r) stops at it. This rewrites the closed
   // file `path` without such copies (everything else copied as it is, then renamed over the
   // original) and returns their paths. The file is not touched when there are none, or when some
-  // other object is unreadable: that is damage for the caller's read-back to report.
+  // other object is unreadable: that is damage for the caller's read-back to report. The work runs
+  // in a child process: HDF5 1.10 can crash or hang on damage it meets while copying, and then the
+  // file is left as it was.
   static std::vector<std::string> drop_unreadable_objects(const std::string& path);
 
  private:
+  static std::vector<std::string> drop_unreadable_objects_here(const std::string& path);
   friend class ActivationDump;
   std::string path_;
   int64_t file_ = -1;  // hid_t
