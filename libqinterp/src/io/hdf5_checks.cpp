@@ -33,8 +33,8 @@ bool standard_superblock(const uint8_t* d, uint64_t n) {
 
 // The messages of the version 1 object header at `addr` (type, first byte, size, flags), continuation
 // chunks followed. Returns false when the file or the header is not one this reader knows
-// (version 2 headers, offsets or lengths other than 8 bytes, a chunk outside the file), in which
-// case the callers check nothing and HDF5 reads the object unchecked.
+// (version 2 headers, offsets or lengths other than 8 bytes) or a chunk lies outside the file;
+// the callers then check nothing and HDF5 reads the object unchecked.
 template <class F>
 bool for_each_message(const HeapIndex& h, uint64_t addr, F&& f) {
   const uint8_t* d = h.file.data();
@@ -47,7 +47,7 @@ bool for_each_message(const HeapIndex& h, uint64_t addr, F&& f) {
     for (uint64_t p = start; p + 8 <= start + len;) {
       const uint64_t type = le(d + p, 2), size = le(d + p + 2, 2), data = p + 8;
       const uint8_t flags = d[p + 4];
-      if (data + size > start + len) return false;
+      if (data + size > start + len) break;  // a message past its chunk: HDF5 refuses it itself
       p = data + size;
       if (type == 0x10 && size >= 16) chunks.emplace_back(le(d + data, 8), le(d + data + 8, 8));
       if (!f(type, d + data, size, flags)) return true;  // the callback found what it wanted
@@ -171,23 +171,6 @@ std::string check_layout(const HeapIndex& h, uint64_t addr) {
 }
 
 namespace {
-// Whether the version 1 object header at `addr` and its continuation chunks lie inside the file.
-bool header_inside(const uint8_t* d, uint64_t n, uint64_t addr) {
-  if (addr > n - 16) return false;
-  std::vector<std::pair<uint64_t, uint64_t>> chunks = {{addr + 16, le(d + addr + 8, 4)}};
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    const uint64_t start = chunks[c].first, len = chunks[c].second;
-    if (c >= 64 || start > n || len > n - start) return false;
-    for (uint64_t p = start; p + 8 <= start + len;) {
-      const uint64_t type = le(d + p, 2), size = le(d + p + 2, 2);
-      if (p + 8 + size > start + len) break;  // HDF5 refuses this one itself
-      if (type == 0x10 && size >= 16) chunks.emplace_back(le(d + p + 8, 8), le(d + p + 16, 8));
-      p += 8 + size;
-    }
-  }
-  return true;
-}
-
 // A local heap's free list as HDF5 1.10 walks it (offset of the next block, then this block's
 // size, at each block): a block that points back to one before it makes HDF5 allocate forever.
 bool free_list_sound(const uint8_t* data, uint64_t size, uint64_t at) {
@@ -206,8 +189,9 @@ bool free_list_sound(const uint8_t* data, uint64_t size, uint64_t at) {
 // node one level down or, at level 0, a symbol table node ("SNOD") whose entries' names lie in the
 // local heap's data [seg, seg + seg_size). HDF5 1.10 follows the child addresses and name offsets
 // as they are (a damaged one: memcpy out of the file's bounds, found by fuzzing).
-std::string check_group_nodes(const uint8_t* d, uint64_t n, uint64_t tree, int level, uint64_t seg,
-                              uint64_t seg_size) {
+std::string check_group_nodes(const HeapIndex& h, uint64_t tree, int level, uint64_t seg, uint64_t seg_size) {
+  const uint8_t* d = h.file.data();
+  const uint64_t n = h.file.size();
   if (tree > n - 24 || std::memcmp(d + tree, "TREE", 4) != 0 || d[tree + 4] != 0)
     return "its link index has a node at " + std::to_string(tree) + " that is not one";
   const int node_level = d[tree + 5];
@@ -218,7 +202,7 @@ std::string check_group_nodes(const uint8_t* d, uint64_t n, uint64_t tree, int l
   for (uint64_t i = 0; i < entries; ++i) {
     const uint64_t child = le(d + tree + 24 + 16 * i + 8, 8);
     if (node_level > 0) {
-      const std::string why = check_group_nodes(d, n, child, node_level - 1, seg, seg_size);
+      const std::string why = check_group_nodes(h, child, node_level - 1, seg, seg_size);
       if (!why.empty()) return why;
       continue;
     }
@@ -238,7 +222,8 @@ std::string check_group_nodes(const uint8_t* d, uint64_t n, uint64_t tree, int l
       // HDF5 reads the member's object header, continuation chunks and all, as soon as anything
       // asks about the member (a chunk past the end of the file: memcpy out of bounds).
       // Another version byte is refused by HDF5 itself (a killed save's copy has one).
-      if (header > n - 16 || (d[header] == 1 && !header_inside(d, n, header)))
+      const auto no_message = [](uint64_t, const uint8_t*, uint64_t, uint8_t) { return true; };
+      if (header > n - 16 || (d[header] == 1 && !for_each_message(h, header, no_message)))
         return "a link points to byte " + std::to_string(header) + ", where there is no sound object header";
     }
   }
@@ -272,7 +257,7 @@ std::string check_symbol_table(const HeapIndex& h, uint64_t addr) {
       else if (!free_list_sound(d + seg, seg_size, le(d + heap + 16, 8)))
         why = "its local heap's free list is damaged";
       else
-        why = check_group_nodes(d, n, tree, -1, seg, seg_size);
+        why = check_group_nodes(h, tree, -1, seg, seg_size);
     }
     return false;
   });
