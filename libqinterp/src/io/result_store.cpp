@@ -621,7 +621,7 @@ void ResultStore::write_unflushed(const std::string& dataset, const at::Tensor& 
   }
 }
 
-at::Tensor ResultStore::read(const std::string& dataset) const {
+int64_t ResultStore::open_dataset(const std::string& dataset) const {
   if (!exists(dataset)) fail("HDF5 file ", path_, ": no dataset '", dataset, "'");
   if (heaps_ && !wrote_) {  // HDF5 divides by the chunk dimensions as it opens the dataset
     H5O_info_t info{};
@@ -630,8 +630,13 @@ at::Tensor ResultStore::read(const std::string& dataset) const {
       if (!why.empty()) fail("HDF5 file ", path_, ": dataset '", dataset, "': ", why, "; the file is damaged");
     }
   }
-  Id ds(H5Dopen2(file_, ("/" + dataset).c_str(), H5P_DEFAULT), H5Dclose);
-  QH5_CHECK(ds.id, "'", dataset, "' is not a dataset");
+  const hid_t ds = H5Dopen2(file_, ("/" + dataset).c_str(), H5P_DEFAULT);
+  QH5_CHECK(ds, "'", dataset, "' is not a dataset");
+  return ds;
+}
+
+at::Tensor ResultStore::read(const std::string& dataset) const {
+  Id ds(open_dataset(dataset), H5Dclose);
   Id t(H5Dget_type(ds), H5Tclose);
   Id space(H5Dget_space(ds), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space);
@@ -1003,13 +1008,11 @@ std::vector<std::string> ResultStore::drop_unreadable_objects_here(const std::st
             read_all(p, k);
             continue;
           }
-          H5O_info_t info;
-          if (src.heaps_ && object_info(src.file_, "/" + p, info) &&
-              !check_layout(*src.heaps_, static_cast<uint64_t>(info.addr)).empty())
-            fail("damaged layout");  // HDF5 divides by the chunk dimensions as it opens the dataset
-          Id ds(H5Dopen2(src.file_, ("/" + p).c_str(), H5P_DEFAULT), H5Dclose);
-          const bool big = ds.id >= 0 && H5Dget_storage_size(ds) > (hsize_t{1} << 30);
-          h5_message();
+          bool big = false;
+          {
+            Id ds(src.open_dataset(p), H5Dclose);
+            big = H5Dget_storage_size(ds) > (hsize_t{1} << 30);
+          }
           if (big)
             src.attrs(p);  // over 1 GiB: not read into memory
           else

@@ -117,6 +117,7 @@ class ResultStore {
 
  private:
   static std::vector<std::string> drop_unreadable_objects_here(const std::string& path);
+  int64_t open_dataset(const std::string& dataset) const;  // hid_t, after the layout check
   friend class ActivationDump;
   std::string path_;
   int64_t file_ = -1;  // hid_t
