@@ -482,7 +482,7 @@ Attrs ResultStore::read_attrs(const std::string& object) const {
   const HeapIndex* heaps = wrote_ ? nullptr : heaps_.get();
   H5O_info_t info{};
   if (heaps && H5Oget_info2(obj, &info, H5O_INFO_BASIC) < 0) heaps = nullptr;
-  if (heaps) {  // before HDF5 decodes them all (see check_attributes)
+  if (heaps) {  // before HDF5 decodes them all, string heap references included (see check_attributes)
     const auto [name, why] = check_attributes(*heaps, static_cast<uint64_t>(info.addr));
     if (!why.empty())
       fail("HDF5 file ", path_, ": attribute '", detail::printable_utf8(name.c_str()), "' of '",
@@ -492,9 +492,7 @@ Attrs ResultStore::read_attrs(const std::string& object) const {
     const ResultStore* self;
     Attrs out;
     std::string bad, why;  // an attribute that cannot be read safely (errors cannot unwind through HDF5)
-    const HeapIndex* heaps;
-    uint64_t header;
-  } ctx{this, {}, {}, {}, heaps, static_cast<uint64_t>(info.addr)};
+  } ctx{this, {}, {}, {}};
   hsize_t idx = 0;
   const herr_t walked = H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, &idx,
               [](hid_t loc, const char* name, const H5A_info_t*, void* p) -> herr_t {
@@ -538,14 +536,6 @@ Attrs ResultStore::read_attrs(const std::string& object) const {
                   }
                   case H5T_STRING: {
                     if (H5Tis_variable_str(t) > 0) {
-                      if (c->heaps) {
-                        const std::string why = check_vlen_reference(*c->heaps, c->header, name);
-                        if (!why.empty()) {
-                          c->bad = name;
-                          c->why = why;
-                          return -1;
-                        }
-                      }
                       char* s = nullptr;
                       Id mt(H5Tcopy(H5T_C_S1), H5Tclose);
                       H5Tset_size(mt, H5T_VARIABLE);
@@ -802,8 +792,7 @@ herr_t collect_link(hid_t, const char* name, const H5L_info_t* info, void* out) 
 // Fills n.kids from the group at `path`; false when the group's links cannot be listed. An
 // unreadable object that is not a save's copy sets `other_damage`: that is damage to report.
 bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_damage,
-                const std::function<bool(const std::string&)>& listable,
-                const std::function<bool(haddr_t)>& attrs_sound, std::set<haddr_t>& seen) {
+                const std::function<bool(const std::string&)>& listable, std::set<haddr_t>& seen) {
   if (!listable(path)) return false;
   Id g(H5Gopen2(file, path.c_str(), H5P_DEFAULT), H5Gclose);
   hsize_t idx = 0;
@@ -821,12 +810,10 @@ bool scan_group(hid_t file, const std::string& path, LinkNode& n, bool& other_da
     } else if (!object_info(file, p, info)) {
       k.readable = false;
       if (!is_partial_copy(k.name)) other_damage = true;
-    } else if (!attrs_sound(info.addr)) {
-      other_damage = true;  // HDF5 copies attributes too; these would crash it
     } else if (info.type == H5O_TYPE_GROUP) {
       k.group = true;
       // A store links each group once: a second link to one (a loop, if it is above) is damage.
-      if (!seen.insert(info.addr).second || !scan_group(file, p, k, other_damage, listable, attrs_sound, seen))
+      if (!seen.insert(info.addr).second || !scan_group(file, p, k, other_damage, listable, seen))
         other_damage = true;
     }
     if (!k.readable || !k.clean) n.clean = false;
@@ -984,14 +971,11 @@ std::vector<std::string> ResultStore::drop_unreadable_objects_here(const std::st
     };
     LinkNode root;
     bool other_damage = false;
-    const auto attrs_sound = [&src](haddr_t addr) {
-      return !src.heaps_ || check_attributes(*src.heaps_, static_cast<uint64_t>(addr)).second.empty();
-    };
     H5O_info_t root_info;
     std::set<haddr_t> seen;
-    if (!object_info(src.file_, "/", root_info) || !attrs_sound(root_info.addr)) return dropped;  // damage to report
+    if (!object_info(src.file_, "/", root_info)) return dropped;  // damage to report
     seen.insert(root_info.addr);
-    if (!scan_group(src.file_, "/", root, other_damage, listable, attrs_sound, seen) || root.clean || other_damage) {
+    if (!scan_group(src.file_, "/", root, other_damage, listable, seen) || root.clean || other_damage) {
       h5_message();
       return dropped;  // nothing to drop, or damage beyond a save's copy: the read-back check names it
     }
