@@ -207,8 +207,11 @@ void ResultStore::check_group(const std::string& group) const {
   const std::string at = group.empty() ? "/" : group;
   H5O_info_t info;
   if (!object_info(file_, at, info) || info.type != H5O_TYPE_GROUP) return;  // HDF5 will say what it cannot read
-  const std::string why = check_symbol_table(*heaps_, static_cast<uint64_t>(info.addr));
+  const auto addr = static_cast<uint64_t>(info.addr);
+  if (sound_groups_.count(addr)) return;
+  const std::string why = check_symbol_table(*heaps_, addr);
   if (!why.empty()) fail("HDF5 file ", path_, ": group '", at, "': ", why, "; the file is damaged");
+  sound_groups_.insert(addr);
 }
 
 ResultStore::ResultStore(const std::string& path, Mode mode) : path_(path), read_only_(mode == Mode::Read) {

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <variant>
 #include <vector>
@@ -126,6 +127,9 @@ class ResultStore {
   // against them before HDF5 reads them (result_store.cpp says why). Only until the first write.
   std::shared_ptr<const struct HeapIndex> heaps_;
   void check_group(const std::string& group) const;
+  // groups (object header addresses) check_group found sound: each is walked once, not at every
+  // lookup in it (the walk reads the whole link index)
+  mutable std::set<uint64_t> sound_groups_;
   mutable bool wrote_ = false;
   int64_t open_group(const std::string& group, bool create) const;
   void remove_if_exists(const std::string& object);
